@@ -1,0 +1,112 @@
+"""Shared attention plumbing: projections, head split, one mask convention, SDPA.
+
+Mixer contract (every ``attention=`` option follows it):
+
+* constructor ``Variant(dims, head, position, **variant_kwargs)``; ``position`` is a position
+  scheme module (see :mod:`famlab.position.base`) applied to queries and keys.
+* ``forward(x, positions, cache=None) -> Tensor`` with ``x`` ``[B, T, dims]``, ``positions`` a
+  LongTensor ``[T]`` of absolute token positions (``arange(T) + offset`` when decoding with a
+  cache), ``cache`` a :class:`famlab.attention.cache.KVCache` layer slot or ``None``; returns a
+  tensor shaped like ``x``.
+* optional hooks, all looked up by :class:`famlab.model.transformer.TransformerLM`:
+  ``aux_loss() -> Tensor | None`` (added to the training loss), ``post_step(loss=None)`` (after
+  each optimizer step; ``loss`` is the detached training loss), ``metrics() -> dict[str, Tensor]``
+  (detached tensors, keys ``"group/name"`` such as ``"span/mean"``; logged every N steps).
+
+Masks: boolean, ``True`` = may attend (as in ``F.scaled_dot_product_attention``). Convert any
+other convention at the boundary.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def split_heads(x: torch.Tensor, head: int) -> torch.Tensor:
+    """``[B, T, H*hd] -> [B, H, T, hd]``."""
+    return rearrange(x, "b t (h d) -> b h t d", h=head)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, T, hd] -> [B, T, H*hd]``."""
+    return rearrange(x, "b h t d -> b t (h d)")
+
+
+def causal_mask(q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
+    """Boolean ``[Tq, Tk]`` mask, True where key position <= query position."""
+    return k_positions[None, :] <= q_positions[:, None]
+
+
+def attention_stats(scores: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean attention entropy (nats) and largest logit of ``scores`` ``[B, H, Tq, Tk]``.
+
+    These are the instability signals of Wortsman et al. (2024); both stay on device.
+    """
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    logp = torch.log(probs.clamp_min(1e-30))
+    entropy = -(probs * logp).sum(-1).mean()
+    max_logit = scores.masked_fill(torch.isinf(scores), float("-inf")).amax()
+    return entropy.detach(), max_logit.detach()
+
+
+class AttentionBase(nn.Module):
+    """Multi-head attention skeleton: fused QKV projection, output projection, position scheme.
+
+    Subclasses implement ``forward`` and reuse :meth:`project_qkv`, :meth:`attend` and
+    :meth:`out`. ``record_stats`` is a plain Python flag the training loop turns on every N
+    steps; while it is on, :meth:`attend` also computes the explicit attention matrix to record
+    entropy and the largest logit into ``self._stats`` (device tensors, no host sync).
+    """
+
+    def __init__(self, dims: int, head: int, position: nn.Module | None = None, bias: bool = False):
+        super().__init__()
+        if dims <= 0 or head <= 0:
+            raise ValueError(f"attention: dims and head must be positive, got dims={dims}, head={head}")
+        if dims % head != 0:
+            raise ValueError(f"attention: model.heads={head} must divide model.dims={dims}")
+        self.dims, self.head, self.head_dim = dims, head, dims // head
+        self.qkv = nn.Linear(dims, 3 * dims, bias=bias)
+        self.proj = nn.Linear(dims, dims, bias=bias)
+        if position is None:
+            from famlab.position.none import NoPosition
+
+            position = NoPosition(self.head_dim)
+        self.position = position
+        self.record_stats = False
+        self._stats: dict[str, torch.Tensor] = {}
+
+    def project_qkv(self, x: torch.Tensor, positions: torch.Tensor):
+        """Project ``x`` ``[B, T, D]`` to rotated q, k and v, each ``[B, H, T, hd]``."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (split_heads(t, self.head) for t in (q, k, v))
+        q = self.position.rotate_qk(q, positions)
+        k = self.position.rotate_qk(k, positions)
+        return q, k, v
+
+    def attend(self, q, k, v, mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """SDPA with a boolean mask (True = attend) or ``is_causal``; records stats if asked."""
+        if self.record_stats:
+            self._record(q, k, mask, is_causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
+
+    def _record(self, q, k, mask, is_causal) -> None:
+        with torch.no_grad():
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            if mask is None and is_causal:
+                tq, tk = scores.shape[-2:]
+                mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+            entropy, max_logit = attention_stats(scores.float(), mask)
+        self._stats = {"attn/entropy": entropy, "attn/max_logit": max_logit}
+
+    def out(self, y: torch.Tensor) -> torch.Tensor:
+        """``[B, H, T, hd] -> [B, T, D]`` through the output projection."""
+        return self.proj(merge_heads(y))
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        return dict(self._stats)
