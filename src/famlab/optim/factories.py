@@ -1,0 +1,162 @@
+"""Optimizer factories used by ``conf/optimizer/*.yaml`` (``_partial_: true``; LitLM calls ``cfg.optimizer(model)``).
+
+Each factory builds parameter groups from the model and returns a ready ``torch.optim.Optimizer``:
+
+* ``adamw`` / ``adam`` / ``sgd``: two groups, ``decay`` (every parameter with ``ndim >= 2`` outside norm layers,
+  i.e. matmul weights and embeddings, as in nanoGPT) and ``no_decay`` (norms,
+  biases, any 1-D or scalar parameter). Tied weights are counted once (``named_parameters`` deduplicates).
+* ``fam``: the handler-aware groups of :func:`famlab.optim.groups.get_parameter_groups` fed to
+  :class:`famlab.optim.fam.FAMOptimizer`.
+
+Every bad value raises ``ValueError`` naming the config key (``optimizer.lr`` ...).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+if hasattr(nn, "RMSNorm"):
+    _NORM_TYPES = _NORM_TYPES + (nn.RMSNorm,)
+
+
+def _check_positive(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"optimizer.{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _check_nonneg(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"optimizer.{name} must be >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_unit(name: str, value: float, closed: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0)
+    if not ok:
+        raise ValueError(f"optimizer.{name} must lie in [0, 1{']' if closed else ')'}, got {value!r}")
+    return float(value)
+
+
+def _check_betas(betas: Sequence[float]) -> tuple[float, float]:
+    if betas is None or len(betas) != 2:
+        raise ValueError(f"optimizer.betas must be a pair [beta1, beta2], got {betas!r}")
+    return _check_unit("betas[0]", betas[0]), _check_unit("betas[1]", betas[1])
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split trainable parameters into ``decay`` (``ndim >= 2``, not inside a norm) and ``no_decay`` groups.
+
+    Groups carry ``names`` (parameter names as in ``named_parameters``); empty groups are dropped.
+    """
+    norm_params = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
+    decay, no_decay = {"params": [], "names": [], "group": "decay", "weight_decay": weight_decay}, {
+        "params": [], "names": [], "group": "no_decay", "weight_decay": 0.0}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        target = decay if p.ndim >= 2 and id(p) not in norm_params else no_decay
+        target["params"].append(p)
+        target["names"].append(name)
+    return [g for g in (decay, no_decay) if g["params"]]
+
+
+def _params_on_cuda(model: nn.Module) -> bool:
+    params = list(model.parameters())
+    return bool(params) and all(p.is_cuda for p in params)
+
+
+def adamw(
+    model: nn.Module,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    betas: Sequence[float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on ``>= 2``-D weights. ``fused=None``: fused iff all params are on CUDA."""
+    lr, weight_decay, eps = _check_positive("lr", lr), _check_nonneg("weight_decay", weight_decay), _check_positive(
+        "eps", eps)
+    betas = _check_betas(betas)
+    fused = _params_on_cuda(model) if fused is None else bool(fused)
+    kwargs = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, **kwargs)
+
+
+def adam(
+    model: nn.Module,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    betas: Sequence[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    fused: bool | None = None,
+) -> torch.optim.Adam:
+    """Adam with coupled L2 (``weight_decay`` added to the gradient) on ``>= 2``-D weights only."""
+    lr, weight_decay, eps = _check_positive("lr", lr), _check_nonneg("weight_decay", weight_decay), _check_positive(
+        "eps", eps)
+    betas = _check_betas(betas)
+    fused = _params_on_cuda(model) if fused is None else bool(fused)
+    kwargs = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.Adam(decay_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, **kwargs)
+
+
+def sgd(
+    model: nn.Module,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> torch.optim.SGD:
+    """SGD (heavy-ball, optionally Nesterov) with coupled L2 on ``>= 2``-D weights only."""
+    lr, weight_decay = _check_positive("lr", lr), _check_nonneg("weight_decay", weight_decay)
+    momentum = _check_unit("momentum", momentum)
+    if nesterov and momentum == 0:
+        raise ValueError("optimizer.nesterov=true needs optimizer.momentum > 0")
+    return torch.optim.SGD(decay_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=bool(nesterov),
+                           weight_decay=0.0, foreach=True)
+
+
+def fam(
+    model: nn.Module,
+    lr: float = 1e-3,
+    alpha: float = 0.9,
+    beta: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    n_bands: int = 8,
+    fam_start_step: int = 100,
+    min_size: int = 256,
+    base: str = "sgd",
+    spectrum: str = "spatial",
+    analysis: bool = True,
+    attention_layout: str = "high",
+    beta2: float = 0.999,
+    adam_eps: float = 1e-8,
+    window: int = 64,
+    seed: int = 0,
+    debug: bool = False,
+    debug_dir: str = "./fam_debug",
+    debug_interval: int = 1000,
+):
+    """FAMOptimizer over :func:`get_parameter_groups` (group table of the seed, module-type first).
+
+    ``base``: ``sgd`` (seed: EMA momentum + coupled L2) or ``adam`` (extension: alpha_eff drives Adam's beta1,
+    decoupled wd). ``spectrum``: ``spatial`` (seed: rfft over sampled parameter indices) or ``temporal``
+    (extension: rfft over a ring buffer of per-step gradient projections). ``analysis=False`` keeps each
+    group's constant momentum (ablation).
+    """
+    from famlab.optim.fam import FAMOptimizer
+    from famlab.optim.groups import get_parameter_groups
+
+    lr = _check_positive("lr", lr)
+    weight_decay = _check_nonneg("weight_decay", weight_decay)
+    groups = get_parameter_groups(model, lr=lr, weight_decay=weight_decay)
+    return FAMOptimizer(
+        groups, lr=lr, alpha=alpha, beta=beta, eps=eps, weight_decay=weight_decay, n_bands=n_bands,
+        fam_start_step=fam_start_step, min_size=min_size, debug=debug, debug_dir=debug_dir,
+        debug_interval=debug_interval, base=base, spectrum=spectrum, analysis=analysis,
+        attention_layout=attention_layout, beta2=beta2, adam_eps=adam_eps, window=window, seed=seed,
+    )
