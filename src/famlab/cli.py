@@ -1,0 +1,59 @@
+"""The ``famlab`` console script: ``famlab <subcommand> [args...]``.
+
+Each subcommand is a module entry point ``"module:function"`` imported only when called, so
+``famlab compare`` never imports torch and a subcommand whose module is not installed fails with a
+clear message. The entry point sees ``sys.argv = ["famlab <subcommand>", *args]`` (what Hydra mains
+and argparse mains both read) and its return value becomes the exit status.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, str] = {
+    "compare": "famlab.compare:main",
+    "evaluate": "famlab.evaluate:main",
+    "sample": "famlab.sample:main",
+}
+HELP = {
+    "compare": "tables, CIs, plots and verdicts from run directories (docs/compare.md)",
+    "evaluate": "evaluate a checkpoint (python -m famlab.evaluate)",
+    "sample": "generate text from a checkpoint (python -m famlab.sample)",
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: famlab <subcommand> [args...]", "", "subcommands:"]
+    lines += [f"  {name.ljust(width)}  {HELP.get(name, '')}" for name in SUBCOMMANDS]
+    return "\n".join(lines)
+
+
+def resolve(name: str):
+    """Import and return the entry point of subcommand ``name`` (raises SystemExit with a message)."""
+    if name not in SUBCOMMANDS:
+        raise SystemExit(f"famlab: unknown subcommand {name!r}\n\n{usage()}")
+    module_name, _, func_name = SUBCOMMANDS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise SystemExit(f"famlab {name}: not available in this installation "
+                         f"(module {module_name} not found)") from exc
+    return getattr(module, func_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    entry = resolve(argv[0])
+    sys.argv = [f"famlab {argv[0]}", *argv[1:]]
+    code = entry()
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Report figures (matplotlib ``Figure`` objects rendered with Agg; no pyplot global state).
+
+Each function writes one PNG and returns its path, or returns None when the data for it is absent
+(e.g. a single learning rate, no ``eval.context_lengths``).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from famlab.report.results import GroupStats
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def seed_band(stats: GroupStats, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Steps, mean and std over seeds of ``column`` (per run the last value logged at each step)."""
+    per_step: dict[float, list[float]] = defaultdict(list)
+    for result in stats.results:
+        if result.run.metrics is None:
+            continue
+        series = result.run.metrics.series(column)
+        last = {s: v for s, v in zip(series.steps, series.values) if math.isfinite(v)}
+        for step, value in last.items():
+            per_step[step].append(value)
+    if not per_step:
+        return None
+    steps = np.array(sorted(per_step))
+    means = np.array([np.mean(per_step[s]) for s in steps])
+    stds = np.array([np.std(per_step[s], ddof=1) if len(per_step[s]) > 1 else 0.0 for s in steps])
+    return steps, means, stds
+
+
+def plot_loss_curves(stats: list[GroupStats], metric: str, path: Path) -> Path | None:
+    """``metric`` (and ``train/loss`` when logged) vs step, mean +- std over seeds per group."""
+    columns = [metric] + (["train/loss"] if metric != "train/loss" else [])
+    bands = {c: [(s.label, seed_band(s, c)) for s in stats] for c in columns}
+    columns = [c for c in columns if any(b is not None for _, b in bands[c])]
+    if not columns:
+        return None
+    fig = Figure(figsize=(6.5 * len(columns), 4.5))
+    for i, column in enumerate(columns):
+        ax = fig.add_subplot(1, len(columns), i + 1)
+        for label, band in bands[column]:
+            if band is None:
+                continue
+            steps, mean, std = band
+            (line,) = ax.plot(steps, mean, label=label, lw=1.4)
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel(column)
+        ax.set_title(f"{column} (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _without_lr(stats: GroupStats) -> str:
+    kept = {k: v for k, v in stats.group.shown.items() if k.split(".")[-1] != "lr"}
+    return ",".join(f"{k}={v}" for k, v in kept.items()) or stats.group.settings.get("optimizer", "all")
+
+
+def plot_lr_sensitivity(stats: list[GroupStats], path: Path) -> Path | None:
+    """Final val loss vs learning rate (log x), one line per setting other than the lr; None if
+    fewer than two distinct learning rates were run."""
+    points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for s in stats:
+        for r in s.results:
+            if r.run.status == "completed" and r.run.lr and r.final is not None:
+                points[_without_lr(s)].append((r.run.lr, r.final))
+    if len({lr for pts in points.values() for lr, _ in pts}) < 2:
+        return None
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for label, pts in points.items():
+        by_lr = defaultdict(list)
+        for lr, loss in pts:
+            by_lr[lr].append(loss)
+        lrs = sorted(by_lr)
+        (line,) = ax.plot(lrs, [np.mean(by_lr[x]) for x in lrs], marker="o", label=label)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=line.get_color(), s=10, alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final val loss")
+    ax.set_title("learning-rate sensitivity (dots: seeds, line: mean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_context_lengths(stats: list[GroupStats], path: Path) -> Path | None:
+    """Eval loss vs context length (log2 x), mean with 95% CI per group; None without evals."""
+    present = [s for s in stats if s.eval_loss]
+    if not present:
+        return None
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for s in present:
+        lengths = sorted(s.eval_loss)
+        means = np.array([s.eval_loss[k].mean for k in lengths])
+        half = np.array([s.eval_loss[k].half_width if s.eval_loss[k].n > 1 else 0.0 for k in lengths])
+        ax.errorbar(lengths, means, yerr=half, marker="o", capsize=3, label=s.label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("evaluation context length")
+    ax.set_ylabel("loss")
+    ax.set_title("loss vs context length (mean, 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_loss_vs_throughput(stats: list[GroupStats], path: Path) -> Path | None:
+    """Final val loss vs tokens/s per group (means, 95% CI bars); None without throughput."""
+    present = [s for s in stats if s.estimates["tokens_per_s"].n and s.estimates["final"].n]
+    if not present:
+        return None
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for s in present:
+        x, y = s.estimates["tokens_per_s"], s.estimates["final"]
+        ax.errorbar([x.mean], [y.mean], xerr=[[x.half_width if x.n > 1 else 0.0]],
+                    yerr=[[y.half_width if y.n > 1 else 0.0]], marker="o", capsize=3, label=s.label)
+    ax.set_xlabel("tokens/s")
+    ax.set_ylabel("final val loss")
+    ax.set_title("quality vs speed (mean, 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_plots(stats: list[GroupStats], metric: str, out: Path) -> dict[str, Path]:
+    """All figures that have data, as ``{name: path}`` under ``out/plots``."""
+    plots = {
+        "loss_curves": plot_loss_curves(stats, metric, out / "plots" / "loss_curves.png"),
+        "lr_sensitivity": plot_lr_sensitivity(stats, out / "plots" / "lr_sensitivity.png"),
+        "context_length": plot_context_lengths(stats, out / "plots" / "context_length.png"),
+        "loss_vs_throughput": plot_loss_vs_throughput(stats, out / "plots" / "loss_vs_throughput.png"),
+    }
+    return {k: v for k, v in plots.items() if v is not None}

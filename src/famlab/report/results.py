@@ -1,0 +1,183 @@
+"""Per-run numbers and per-group statistics over seeds.
+
+Per run (``RunResult``): final and best value of the compared metric (summary first, metrics.csv as
+fallback or when the metric is not ``val/loss``), step and elapsed seconds at which the target was
+first reached (recomputed from metrics.csv; the summary's ``target`` block is used only when the curve
+is absent and it was computed for the same metric and value), tokens/s, optimizer ms per step, and
+``eval.context_lengths`` losses. ``*_censored`` values replace "never reached" by the run's budget
+(its last step / wall time): a lower bound of the true cost, used by the verdict rules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from famlab.report.groups import Group
+from famlab.report.runs import Run, finite
+from famlab.report.stats import Estimate, mean_ci, steps_to_target, time_to_target, welch_t_test
+
+GROUP_METRICS = ("final", "best", "steps_to_target", "time_to_target", "tokens_per_s", "optimizer_ms")
+
+
+@dataclass
+class RunResult:
+    run: Run
+    final: float | None = None
+    best: float | None = None
+    steps_to_target: float | None = None
+    time_to_target: float | None = None
+    reached: bool | None = None  # None: no target, or no curve to decide from
+    budget_steps: float | None = None
+    budget_time: float | None = None
+    tokens_per_s: float | None = None
+    optimizer_ms: float | None = None
+    eval_loss: dict[int, float] = field(default_factory=dict)
+    eval_accuracy: dict[int, float] = field(default_factory=dict)
+
+    def value(self, metric: str, censored: bool = False) -> float | None:
+        """Named per-run value; ``censored`` replaces an unreached target by the run's budget."""
+        if metric in ("final", "final_val_loss"):
+            return self.final
+        if metric in ("best", "best_val_loss"):
+            return self.best
+        if metric in ("steps_to_target", "time_to_target"):
+            reached = getattr(self, metric)
+            if reached is not None or not censored or self.reached is not False:
+                return reached
+            return self.budget_steps if metric == "steps_to_target" else self.budget_time
+        if metric in ("tokens_per_s", "optimizer_ms"):
+            return getattr(self, metric)
+        for prefix, table in (("eval_loss@", self.eval_loss), ("eval_accuracy@", self.eval_accuracy)):
+            if metric.startswith(prefix):
+                return table.get(int(metric[len(prefix):]))
+        raise ValueError(f"unknown metric {metric!r}: use final_val_loss, best_val_loss, "
+                         "steps_to_target, time_to_target, tokens_per_s, optimizer_ms, "
+                         "eval_loss@<context> or eval_accuracy@<context>")
+
+
+def _last(values: list[float]) -> float | None:
+    finite_values = [v for v in values if finite(v) is not None]
+    return finite_values[-1] if finite_values else None
+
+
+def run_result(run: Run, metric: str = "val/loss", target: float | None = None,
+               maximize: bool = False) -> RunResult:
+    """Collect one run's numbers (see module docstring)."""
+    s, out = run.summary, RunResult(run)
+    curve = run.metrics.series(metric) if run.metrics else None
+    has_curve = bool(curve and curve.values)
+    if metric == "val/loss" and (s.get("final_val_loss") is not None or not has_curve):
+        out.final, out.best = finite(s.get("final_val_loss")), finite(s.get("best_val_loss"))
+    elif has_curve:
+        vals = [v for v in curve.values if finite(v) is not None]
+        out.final = _last(curve.values)
+        out.best = (max(vals) if maximize else min(vals)) if vals else None
+    out.tokens_per_s, out.optimizer_ms = finite(s.get("tokens_per_s")), finite(s.get("optimizer_ms"))
+    if run.metrics and out.tokens_per_s is None:
+        out.tokens_per_s = _last(run.metrics.series("perf/tokens_per_s").values)
+    if run.metrics and out.optimizer_ms is None:
+        out.optimizer_ms = _last(run.metrics.series("perf/optimizer_ms").values)
+    out.budget_steps = finite(s.get("steps")) or (run.metrics.last_step if run.metrics else None)
+    elapsed = run.metrics.series("perf/elapsed_s") if run.metrics else None
+    out.budget_time = finite(s.get("wall_time_s")) or (_last(elapsed.values) if elapsed else None)
+    if target is not None:
+        if has_curve:
+            out.steps_to_target = steps_to_target(curve.steps, curve.values, target, maximize)
+            out.reached = out.steps_to_target is not None
+            if out.reached and elapsed is not None:
+                out.time_to_target = time_to_target(curve.steps, curve.values, target,
+                                                    elapsed.steps, elapsed.values, maximize)
+        else:
+            block = s.get("target") or {}
+            if block.get("metric", metric) == metric and finite(block.get("value")) == target:
+                out.steps_to_target, out.time_to_target = finite(block.get("step")), finite(
+                    block.get("time_s"))
+                out.reached = out.steps_to_target is not None
+    contexts = ((s.get("eval") or {}).get("context_lengths") or {})
+    for length, entry in contexts.items():
+        entry = entry if isinstance(entry, dict) else {"loss": entry}
+        if finite(entry.get("loss")) is not None:
+            out.eval_loss[int(length)] = finite(entry.get("loss"))
+        if finite(entry.get("accuracy")) is not None:
+            out.eval_accuracy[int(length)] = finite(entry.get("accuracy"))
+    return out
+
+
+@dataclass
+class GroupStats:
+    """Statistics of one group: estimates over its finished runs and target counts."""
+
+    group: Group
+    results: list[RunResult]
+    estimates: dict[str, Estimate]
+    reached: int
+    decided: int  # finished runs for which reaching the target could be decided
+    eval_loss: dict[int, Estimate]
+    ratios: dict[str, dict] = field(default_factory=dict)
+    maximize: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.group.label
+
+    def values(self, metric: str, censored: bool = False) -> list[float]:
+        """Per-seed values: target metrics over finished runs, everything else over completed."""
+        pool = self.results if metric.endswith("_to_target") else [
+            r for r in self.results if r.run.status == "completed"]
+        vals = [r.value(metric, censored) for r in pool]
+        return [v for v in vals if v is not None]
+
+
+def group_stats(group: Group, metric: str = "val/loss", target: float | None = None,
+                maximize: bool = False, confidence: float = 0.95) -> GroupStats:
+    """Stats over the group's finished runs (completed + diverged; losses over completed only)."""
+    results = [run_result(r, metric, target, maximize) for r in group.finished]
+    completed = [r for r in results if r.run.status == "completed"]
+    lengths = sorted({k for r in completed for k in r.eval_loss})
+    eval_loss = {k: mean_ci([r.eval_loss[k] for r in completed if k in r.eval_loss], confidence)
+                 for k in lengths}
+    decided = [r for r in results if r.reached is not None]
+    stats = GroupStats(group, results, {}, sum(bool(r.reached) for r in decided), len(decided),
+                       eval_loss, maximize=maximize)
+    stats.estimates = {name: mean_ci(stats.values(name), confidence) for name in GROUP_METRICS}
+    return stats
+
+
+def add_ratios(stats: list[GroupStats], baseline: GroupStats, confidence: float = 0.95) -> None:
+    """Fill ``ratios[metric] = {ratio, p, ...}``: mean(group)/mean(baseline) and Welch p per metric.
+
+    Steps/time to target use reached runs only (the "not reached" counts stand beside them).
+    """
+    for st in stats:
+        for name in GROUP_METRICS:
+            a, b = st.estimates[name], baseline.estimates[name]
+            ratio = a.mean / b.mean if a.n and b.n and b.mean != 0 else float("nan")
+            test = welch_t_test(st.values(name), baseline.values(name), confidence)
+            st.ratios[name] = {"ratio": ratio, "p": test.p, "diff": test.diff,
+                               "diff_ci": [test.lo, test.hi], "df": test.df}
+
+
+def describe_scale(runs: list[Run]) -> dict:
+    """Parameters, tokens per run, hardware and run counts of ``runs`` (the verdicts' scale)."""
+    done = [r for r in runs if r.status in ("completed", "diverged")]
+    params = sorted({int(p) for p in (finite(r.summary.get("n_parameters")) for r in done) if p})
+    tokens = [t for t in (finite(r.summary.get("tokens_seen")) for r in done) if t]
+    hardware = sorted({str(r.summary["hardware"]) for r in done if r.summary.get("hardware")})
+    return {"n_parameters": params, "tokens_per_run": [min(tokens), max(tokens)] if tokens else [],
+            "hardware": hardware, "runs": len(runs), "finished_runs": len(done)}
+
+
+def _si(x: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def scale_line(scale: dict) -> str:
+    """``scale: 10.7M parameters, 2.05M tokens/run, NVIDIA H200, 12/13 runs finished``."""
+    params = "/".join(_si(p) for p in scale["n_parameters"]) or "unknown"
+    tok = scale["tokens_per_run"]
+    tokens = "unknown" if not tok else _si(tok[0]) if tok[0] == tok[1] else f"{_si(tok[0])}-{_si(tok[1])}"
+    hardware = ", ".join(scale["hardware"]) or "unknown hardware"
+    return (f"scale: {params} parameters, {tokens} tokens/run, {hardware}, "
+            f"{scale['finished_runs']}/{scale['runs']} runs finished")

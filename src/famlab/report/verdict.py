@@ -1,0 +1,164 @@
+"""Pre-registered verdict rules: "supported", "not supported at this scale" or "inconclusive".
+
+A rule (``config.yaml: experiment_meta.verdict``, ``summary.json: verdict_rule`` or ``--verdict``)::
+
+    {"claim": "FAM reaches the target in fewer steps than Adam", "method": "optimizer=fam",
+     "baseline": "optimizer=adam", "ablation": "optimizer=fam_constant",   # ablation optional
+     "metric": "steps_to_target", "direction": "lower", "min_effect": 0.15,
+     "effect": "relative"}                                                  # or "absolute"
+
+Improvement I = baseline - method (direction lower) or method - baseline (higher), with a Welch 95%
+CI from the per-seed values; relative effects divide I and its CI by |mean(baseline)|.
+
+- supported: n >= 2 in every arm, CI(I vs baseline) lies above 0, mean I >= min_effect, every method
+  run reached the target (for ``*_to_target``), and, if an ablation is named, CI(I vs ablation) > 0.
+- not supported at this scale: CI(I vs baseline) upper bound <= 0 or < min_effect (even the optimistic
+  end misses the claimed effect), or CI(I vs ablation) upper bound <= 0 (the novelty does not help).
+- inconclusive: anything else, including n < 2, missing arms and invalid rules.
+
+A spec matching several groups (an LR sweep) resolves to the arm's best group on the rule's metric,
+i.e. each arm at its own tuned setting; the chosen group is reported. For ``*_to_target`` metrics a
+run that never reached the target counts with its budget (last step / wall time), a lower bound of
+its true cost: this understates an unreached baseline's cost (conservative for "supported"), and a
+method run that never reached the target blocks "supported".
+"""
+from __future__ import annotations
+
+import json
+import math
+
+from famlab.report.groups import matching_groups
+from famlab.report.results import GroupStats, RunResult, describe_scale, scale_line
+from famlab.report.runs import Run
+from famlab.report.stats import welch_t_test
+
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported at this scale", "inconclusive"
+HIGHER_IS_BETTER = ("tokens_per_s", "eval_accuracy@")
+
+
+def default_direction(metric: str) -> str:
+    return "higher" if metric.startswith(HIGHER_IS_BETTER) else "lower"
+
+
+def validate_rule(rule: dict) -> dict:
+    """Normalised copy of ``rule``; raises ValueError naming the bad key."""
+    if not isinstance(rule, dict):
+        raise ValueError(f"verdict rule must be a mapping, got {type(rule).__name__}")
+    for key in ("method", "baseline", "metric"):
+        if not rule.get(key):
+            raise ValueError(f"verdict rule needs '{key}' (got keys {sorted(rule)})")
+    out = dict(rule)
+    out.setdefault("claim", f"{rule['method']} beats {rule['baseline']} on {rule['metric']}")
+    out["direction"] = str(out.get("direction") or default_direction(str(rule["metric"])))
+    if out["direction"] not in ("lower", "higher"):
+        raise ValueError(f"verdict rule 'direction' must be 'lower' or 'higher', got {out['direction']!r}")
+    out["effect"] = str(out.get("effect") or "relative")
+    if out["effect"] not in ("relative", "absolute"):
+        raise ValueError(f"verdict rule 'effect' must be 'relative' or 'absolute', got {out['effect']!r}")
+    out["min_effect"] = float(out.get("min_effect") or 0.0)
+    return out
+
+
+def collect_rules(runs: list[Run]) -> list[dict]:
+    """Distinct rules stated in the runs' configs and summaries (a dict or a list of dicts each)."""
+    found, seen = [], set()
+    for run in runs:
+        for source in (run.experiment_meta.get("verdict"), run.summary.get("verdict_rule")):
+            for rule in source if isinstance(source, list) else [source] if source else []:
+                key = json.dumps(rule, sort_keys=True, default=str)
+                if key not in seen:
+                    seen.add(key)
+                    found.append(rule)
+    return found
+
+
+def _pick(spec: str, stats: list[GroupStats], metric: str, direction: str) -> tuple[GroupStats | None, str]:
+    groups = matching_groups(spec, [s.group for s in stats])
+    arms = [s for s in stats if s.group in groups and s.values(metric, censored=True)]
+    if not arms:
+        return None, f"no finished runs match {spec!r}"
+    if len(arms) == 1:
+        return arms[0], ""
+    sign = 1.0 if direction == "lower" else -1.0
+    best = min(arms, key=lambda s: sign * sum(s.values(metric, True)) / len(s.values(metric, True)))
+    return best, f"{spec!r} matched {len(arms)} groups; using the best on {metric}: {best.label}"
+
+
+def compare_arms(method: GroupStats, other: GroupStats, rule: dict, min_effect: float) -> dict:
+    """Improvement of ``method`` over ``other`` with CI and its outcome (better / not better / unclear)."""
+    metric, lower = rule["metric"], rule["direction"] == "lower"
+    a, b = method.values(metric, censored=True), other.values(metric, censored=True)
+    test = welch_t_test(a, b)
+    sign = -1.0 if lower else 1.0
+    imp, lo, hi = sign * test.diff, *sorted((sign * test.lo, sign * test.hi))
+    scale = abs(sum(b) / len(b)) if rule["effect"] == "relative" and b else 1.0
+    scale = scale if scale > 0 else float("nan")
+    rel, rel_lo, rel_hi = imp / scale, lo / scale, hi / scale
+    if len(a) < 2 or len(b) < 2 or math.isnan(rel_lo):
+        outcome = "unclear"
+    elif rel_lo > 0 and rel >= min_effect:
+        outcome = "better"
+    elif rel_hi <= 0 or rel_hi < min_effect:
+        outcome = "not better"
+    else:
+        outcome = "unclear"
+    return {"against": other.label, "n_method": len(a), "n_other": len(b),
+            "improvement": rel, "ci": [rel_lo, rel_hi], "p": test.p, "df": test.df,
+            "effect": rule["effect"], "outcome": outcome}
+
+
+def evaluate_rule(rule: dict, stats: list[GroupStats], scale: str) -> dict:
+    """Apply one rule to the group statistics; never raises (an invalid rule is inconclusive)."""
+    result = {"rule": rule, "scale": scale, "verdict": INCONCLUSIVE, "reasons": [], "comparisons": {}}
+    try:
+        rule = validate_rule(rule)
+        result["rule"] = rule
+        metric = rule["metric"]
+        RunResult(run=None).value(metric)  # raises on an unknown metric name
+        arms = {}
+        for role in ("method", "baseline", "ablation"):
+            if rule.get(role):
+                arms[role], note = _pick(str(rule[role]), stats, metric, rule["direction"])
+                if note:
+                    result["reasons"].append(note)
+    except ValueError as exc:
+        result["reasons"].append(f"invalid rule: {exc}")
+        return result
+    if any(v is None for v in arms.values()):
+        result["reasons"].append("missing arm(s): " + ", ".join(k for k, v in arms.items() if v is None))
+        return result
+    result["scale"] = scale_line(describe_scale([r for a in arms.values() for r in a.group.runs]))
+    method = arms["method"]
+    base = compare_arms(method, arms["baseline"], rule, rule["min_effect"])
+    result["comparisons"]["baseline"] = base
+    ablation = compare_arms(method, arms["ablation"], rule, 0.0) if "ablation" in arms else None
+    if ablation:
+        result["comparisons"]["ablation"] = ablation
+    unreached = metric.endswith("_to_target") and method.reached < method.decided
+    if unreached and base["outcome"] == "better":
+        base["outcome"] = "unclear"
+        result["reasons"].append(f"{method.decided - method.reached} method run(s) never reached the target")
+    if base["outcome"] == "not better" or (ablation and ablation["outcome"] == "not better"):
+        result["verdict"] = NOT_SUPPORTED
+    elif base["outcome"] == "better" and (ablation is None or ablation["outcome"] == "better"):
+        result["verdict"] = SUPPORTED
+    for name, cmp in result["comparisons"].items():
+        if cmp["n_method"] < 2 or cmp["n_other"] < 2:
+            result["reasons"].append(f"fewer than 2 seeds against the {name}")
+    return result
+
+
+def format_verdict(result: dict) -> str:
+    """One paragraph: claim, verdict, effect with CI and p for each comparison, scale line."""
+    rule = result["rule"] if isinstance(result["rule"], dict) else {}
+    lines = [f"**{rule.get('claim', 'claim')}**: {result['verdict']}"]
+    for name, cmp in result["comparisons"].items():
+        unit = "%" if cmp["effect"] == "relative" else ""
+        k = 100.0 if unit else 1.0
+        lines.append(f"- vs {name} `{cmp['against']}` on {rule.get('metric')}: improvement "
+                     f"{cmp['improvement'] * k:+.3g}{unit} (95% CI {cmp['ci'][0] * k:+.3g}{unit} .. "
+                     f"{cmp['ci'][1] * k:+.3g}{unit}), Welch p={cmp['p']:.3g}, n={cmp['n_method']} "
+                     f"vs {cmp['n_other']} -> {cmp['outcome']}")
+    lines.extend(f"- note: {r}" for r in result["reasons"])
+    lines.append(f"- {result['scale']}")
+    return "\n".join(lines)
