@@ -76,10 +76,15 @@ def fibonacci_axes(n: int) -> torch.Tensor:
 def rotate_triplets(x: torch.Tensor, angles: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive feature triplets of ``x`` ``[..., T, 3n]`` by ``angles`` ``[T, n]`` about ``axes`` ``[n, 3]``.
 
-    Triplet ``k`` of the token at row ``t`` turns by ``angles[t, k]`` about ``axes[k]``.
+    Triplet ``k`` of the token at row ``t`` turns by ``angles[t, k]`` about ``axes[k]``: the same
+    map as :func:`q_rotation`, evaluated as the ``[T, n, 3, 3]`` Rodrigues matrices (built once per
+    call from the angles) applied component-wise, which is ~4x cheaper than two cross products on
+    ``[B, H, T, n, 3]`` tensors.
     """
-    x3 = rearrange(x, "... t (n c) -> ... t n c", c=3)
-    return rearrange(q_rotation(x3, angles, axes), "... t n c -> ... t (n c)")
+    r = rotation_matrix(axes, angles)
+    x0, x1, x2 = rearrange(x, "... t (n c) -> c ... t n", c=3)
+    rows = [r[..., i, 0] * x0 + r[..., i, 1] * x1 + r[..., i, 2] * x2 for i in range(3)]
+    return rearrange(torch.stack(rows, dim=-1), "... t n c -> ... t (n c)").to(x.dtype)
 
 
 def orthonormal_rows(weight: torch.Tensor) -> torch.Tensor:
