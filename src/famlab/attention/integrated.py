@@ -1,0 +1,194 @@
+"""``attention=integrated`` / ``attention=local_global``: local sliding window + global attention.
+
+Seed (``IntegratedAttention(dims, head, max_dist, win_size, max_span, temp_scale)``): a local
+branch (windows of ``win_size * s``, spans of ``max_span * s``) and a global branch, merged by
+``Linear(cat[local, global])``; ``s`` = span predictor (``Linear + sigmoid`` on the mean of the
+global output) times a Q-learning refinement, read with ``.item()``.
+
+This version keeps those pieces and names but:
+
+* the local branch is causal sliding-window attention over the band ``[i - window + 1, i]``
+  (``window = min(win_size, max_dist)``; the seed's windows saw future keys), vectorised over
+  windows (:func:`famlab.attention.local.slide_win`, or FlexAttention on CUDA), cost ``T * window``;
+* the span is soft and differentiable: query ``i`` weights keys by the ramp
+  ``clamp((ramp + z_i - d) / ramp, 0, 1)`` with ``z_i = max_span * S_i`` and the logits are
+  sharpened by the seed's ``1 + temp_scale * (1 - S_i)``; ``S_i = clamp(sigmoid(span_pred(mean of
+  global outputs up to i)) * refine, 0, 1)``. The running (causal) mean replaces the seed's mean
+  over the whole sequence, which leaked future tokens; gradients reach ``span_pred``;
+* the global branch is standard causal MHA (``1/sqrt(hd)``);
+* ``focus_iters`` fixed iterations of ``q <- q + local_out`` (the seed's ``_focus`` loop, which
+  stopped on a tolerance checked on the host); default 1 = no refocusing;
+* the optional :class:`Refiner` picks ``refine`` once every few optimizer steps in
+  :meth:`post_step` (buffers, no host sync); ``refiner=None`` or ``enabled: false`` fixes
+  ``refine = 1`` (``attention=local_global``).
+
+``x`` ``[B, T, dims]`` -> ``[B, T, dims]``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from famlab.attention.cache import KVCache
+from famlab.attention.core import AttentionBase, causal_mask, merge_heads, split_heads
+from famlab.attention.local import dense_local_attention, flex_slide_win, slide_win
+from famlab.attention.refiner import Refiner
+
+_REFINER_KEYS = {"enabled", "states", "actions", "alpha", "gamma", "epsilon", "update_every", "seed",
+                 "span_cost", "loss_decay", "min_factor"}
+_BACKENDS = ("auto", "blocked", "flex")
+
+
+def build_refiner(refiner) -> Refiner | None:
+    """``None`` / ``{enabled: false, ...}`` -> None; a mapping of :class:`Refiner` kwargs -> Refiner."""
+    if refiner is None:
+        return None
+    if not isinstance(refiner, Mapping):
+        raise ValueError(f"attention.refiner must be null or a mapping, got {type(refiner).__name__}")
+    unknown = set(refiner) - _REFINER_KEYS
+    if unknown:
+        raise ValueError(f"attention.refiner: unknown keys {sorted(unknown)}; allowed {sorted(_REFINER_KEYS)}")
+    kwargs = dict(refiner)
+    if not kwargs.pop("enabled", True):
+        return None
+    kwargs.setdefault("states", 100)
+    kwargs.setdefault("actions", 10)
+    return Refiner(**kwargs)
+
+
+class IntegratedAttention(AttentionBase):
+    """Sliding-window branch with a learned soft span + global causal MHA, merged by ``proj``.
+
+    ``qkv`` (from :class:`AttentionBase`) serves the global branch, ``local_qkv`` the local one;
+    ``proj`` is the seed's ``Linear(2 * dims -> dims)`` combination. ``backend``: ``"blocked"``
+    (default, pure PyTorch), ``"flex"`` (FlexAttention; compiled on CUDA, forward-only on the CPU)
+    or ``"auto"`` (flex on CUDA unless stats are being recorded, blocked otherwise).
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        head: int,
+        position: nn.Module | None = None,
+        max_dist: int = 512,
+        win_size: int = 256,
+        max_span: int = 384,
+        temp_scale: float = 0.01,
+        refiner: Mapping | None = None,
+        focus_iters: int = 1,
+        ramp: int = 32,
+        backend: str = "blocked",
+        bias: bool = False,
+    ):
+        super().__init__(dims, head, position, bias=bias)
+        for key, value in dict(max_dist=max_dist, win_size=win_size, max_span=max_span, ramp=ramp,
+                               focus_iters=focus_iters).items():
+            if value <= 0:
+                raise ValueError(f"attention.{key} must be positive, got {value}")
+        if temp_scale < 0:
+            raise ValueError(f"attention.temp_scale must be >= 0, got {temp_scale}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"attention.backend must be one of {_BACKENDS}, got {backend!r}")
+        self.max_dist, self.win_size, self.max_span = int(max_dist), int(win_size), int(max_span)
+        self.window = min(self.win_size, self.max_dist)
+        self.temp_scale, self.focus_iters, self.ramp, self.backend = float(temp_scale), int(focus_iters), float(ramp), backend
+        self.norm_local = nn.LayerNorm(dims)
+        self.norm_global = nn.LayerNorm(dims)
+        self.local_qkv = nn.Linear(dims, 3 * dims, bias=bias)
+        self.span_pred = nn.Linear(dims, 1)
+        nn.init.xavier_uniform_(self.span_pred.weight)
+        nn.init.zeros_(self.span_pred.bias)
+        self.proj = nn.Linear(2 * dims, dims, bias=bias)  # cat[local, global] -> dims
+        self.refiner = build_refiner(refiner)
+        self.register_buffer("span_mean", torch.zeros(()), persistent=False)
+        self.register_buffer("pred_mean", torch.zeros(()), persistent=False)
+
+    def refine(self) -> torch.Tensor | float:
+        return 1.0 if self.refiner is None else self.refiner.factor
+
+    # --- branches ----------------------------------------------------------------------------
+    def _global(self, x, positions, cache):
+        q, k, v = self.project_qkv(x, positions)
+        if cache is None:
+            return merge_heads(self.attend(q, k, v, is_causal=True))
+        past = len(cache)
+        k, v = cache.append(k, v)
+        if q.shape[-2] == 1:
+            return merge_heads(self.attend(q, k, v))
+        mask = causal_mask(torch.arange(past, past + q.shape[-2], device=x.device), torch.arange(k.shape[-2], device=x.device))
+        return merge_heads(self.attend(q, k, v, mask=mask))
+
+    def _span(self, g: torch.Tensor, cache: KVCache | None):
+        """Per-query span ``S`` ``[B, T]`` from the running mean of the global output ``g``."""
+        total = g.cumsum(dim=1)
+        count = torch.arange(1, g.shape[1] + 1, device=g.device, dtype=g.dtype)
+        if cache is not None:
+            prev_sum, prev_count = cache.extra.get("g_sum"), cache.extra.get("g_count", 0)
+            if prev_sum is not None:
+                total = total + prev_sum
+            count = count + prev_count
+            cache.extra["g_sum"], cache.extra["g_count"] = total[:, -1:].detach(), prev_count + g.shape[1]
+        pred = torch.sigmoid(self.span_pred(total / count[:, None])).squeeze(-1)
+        return pred, (pred * self.refine()).clamp(0.0, 1.0)
+
+    def slide_win(self, q, k, v, span, temp):
+        """Local branch over whole sequences: ``[B, H, T, hd]`` -> ``[B, H, T, hd]`` (+ stats)."""
+        use_flex = self.backend == "flex" or (self.backend == "auto" and q.is_cuda and not self.record_stats)
+        if use_flex:
+            return flex_slide_win(q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp, compile=q.is_cuda), None
+        res = slide_win(q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp, return_stats=self.record_stats)
+        return res if self.record_stats else (res, None)
+
+    def _local(self, x, positions, span, temp, cache):
+        q, k, v = self.local_qkv(x).chunk(3, dim=-1)
+        q, k, v = (split_heads(t, self.head) for t in (q, k, v))
+        q, k = self.position.rotate_qk(q, positions), self.position.rotate_qk(k, positions)
+        if cache is not None:
+            local = cache.extra.setdefault("local", KVCache())
+            past, tq = local.extra.get("start", 0) + len(local), q.shape[-2]
+            k_all, v_all = local.append(k, v)
+            keep = min(self.window - 1, k_all.shape[-2])  # what the next query can still see
+            local.k, local.v = k_all[..., k_all.shape[-2] - keep:, :], v_all[..., v_all.shape[-2] - keep:, :]
+            local.extra["start"] = past + tq - keep
+            q_pos = torch.arange(past, past + tq, device=x.device)
+            k_pos = torch.arange(past + tq - k_all.shape[-2], past + tq, device=x.device)
+        stats = None
+        for it in range(self.focus_iters):
+            if cache is None:
+                y, stats = self.slide_win(q, k, v, span, temp)
+            else:
+                res = dense_local_attention(q, k_all, v_all, q_pos, k_pos, window=self.window, span=span,
+                                            ramp=self.ramp, temperature=temp, return_stats=self.record_stats)
+                y, stats = res if self.record_stats else (res, None)
+            if it + 1 < self.focus_iters:
+                q = q + y
+        return merge_heads(y), stats
+
+    # --- mixer contract ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        g = self._global(self.norm_global(x), positions, cache)
+        pred, s = self._span(g, cache)
+        span = (self.max_span * s)[:, None, :]  # [B, 1, T] tokens
+        temp = (1.0 + self.temp_scale * (1.0 - s))[:, None, :]
+        local, stats = self._local(self.norm_local(x), positions, span, temp, cache)
+        if self.training:
+            self.pred_mean.copy_(pred.detach().mean())
+            self.span_mean.copy_(span.detach().mean())
+        if stats is not None:
+            self._stats["attn/local_entropy"], self._stats["attn/local_max_logit"] = stats
+        return self.proj(torch.cat([local, g], dim=-1))
+
+    def post_step(self, loss: torch.Tensor | None = None) -> None:
+        """Feed the detached training loss and the span predictor mean to the refiner."""
+        if self.refiner is not None and loss is not None:
+            self.refiner.update(loss, self.pred_mean)
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        out = {"span/mean": self.span_mean.clone(), "span/pred": self.pred_mean.clone()}
+        if self.refiner is not None:
+            out.update(self.refiner.metrics())
+            out["refiner/span"] = self.span_mean.clone()
+        out.update(self._stats)
+        return out

@@ -1,0 +1,222 @@
+"""Causal attention over a bounded look-back: sliding windows and soft (adaptive) spans.
+
+One formula serves every local variant. Query ``i`` may attend key ``j`` at distance
+``d = i - j`` when ``0 <= d < window`` (hard band; ``window=None`` = unbounded) and, when a
+``span`` ``z`` is given, the key is weighted by the soft ramp of Sukhbaatar et al. (2019),
+``m(d) = clamp((ramp + z - d) / ramp, 0, 1)``, added to the scores as ``log m`` (identical to
+multiplying the softmax weights by ``m`` and renormalising; ``m = 0`` -> key skipped). Logits are
+``q.k / sqrt(hd) / temperature``. ``span`` and ``temperature`` broadcast to ``[B, H, Tq]`` (per
+head, per sequence or per query), so gradients reach whatever produced them.
+
+* :func:`blocked_attention` processes queries in blocks of ``block`` and gathers, per block, only
+  the ``lookback + block`` keys that can be in range (an ``unfold`` view, no Python loop), so the
+  cost is ``T * (lookback + block)`` instead of ``T^2``.
+* :func:`slide_win` is the sliding-window case (the seed's name): blocks of the window size,
+  keys = current + previous block, band ``[i - window + 1, i]``. The seed's windows reached up to
+  ``span - window`` keys into the future; here no future key is ever visible.
+* :func:`dense_local_attention` is the same formula on an explicit ``[Tq, Tk]`` distance grid,
+  used for cached decoding and as the reference in tests.
+* :func:`flex_slide_win` is the FlexAttention version (block mask + score modifier) used on CUDA.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+_NEG_INF = float("-inf")
+_TINY = 1e-30
+
+
+def _per_query(t: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor | None:
+    """Broadcast a scalar/``[B|1, H|1, Tq]`` tensor to a 3-D ``[B', H', Tq']`` tensor."""
+    if t is None:
+        return None
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    while t.dim() < 3:
+        t = t.unsqueeze(0)
+    return t
+
+
+def _attend(q, k, v, dist, valid, span, ramp, temperature, stats: bool):
+    """Masked soft-span softmax attention on any leading layout.
+
+    ``q`` ``[..., Q, hd]``, ``k``/``v`` ``[..., K, hd]``, ``dist``/``valid`` broadcastable to
+    ``[..., Q, K]``; ``span``/``temperature`` broadcastable to ``[..., Q, 1]``.
+    Returns ``(out [..., Q, hd], (entropy_rows [..., Q], max_logit) | None)``.
+    """
+    logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    if temperature is not None:
+        logits = logits / temperature
+    scores, keep = logits, valid
+    if span is not None:
+        ramp_mask = ((ramp + span - dist) / ramp).clamp(0.0, 1.0)
+        keep = keep & (ramp_mask > 0)
+        scores = scores + torch.log(ramp_mask.clamp_min(_TINY))
+    scores = scores.masked_fill(~keep, _NEG_INF)
+    probs = scores.softmax(dim=-1)
+    out = probs @ v
+    info = None
+    if stats:
+        with torch.no_grad():
+            logp = torch.log(probs.clamp_min(_TINY))
+            entropy_rows = -(probs * logp).sum(-1)
+            max_logit = logits.masked_fill(~keep, _NEG_INF).amax()
+        info = (entropy_rows, max_logit)
+    return out, info
+
+
+def blocked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    block: int,
+    lookback: int,
+    window: int | None = None,
+    span: torch.Tensor | float | None = None,
+    ramp: float = 32.0,
+    temperature: torch.Tensor | float | None = None,
+    return_stats: bool = False,
+):
+    """Causal attention where query ``i`` sees at most keys ``[i - lookback, i]``.
+
+    ``q, k, v`` ``[B, H, T, hd]`` -> ``[B, H, T, hd]`` (and ``(entropy, max_logit)`` detached if
+    ``return_stats``). ``lookback`` must bound the reach of ``window``/``span`` (``window - 1`` or
+    ``ceil(max span + ramp)``); keys further back are never computed. Queries are padded to a
+    multiple of ``block``; the key windows are an ``unfold`` view of the left-padded keys.
+    """
+    if block <= 0 or lookback < 0:
+        raise ValueError(f"blocked_attention: block must be > 0 and lookback >= 0, got {block}, {lookback}")
+    T = q.shape[-2]
+    block = min(block, T)
+    n = -(-T // block)
+    pad_t = n * block - T
+    lookback = min(lookback, (n - 1) * block)  # no block ever needs more
+    width = lookback + block
+    k_pad = F.pad(k, (0, 0, lookback, pad_t))
+    v_pad = F.pad(v, (0, 0, lookback, pad_t))
+    k_win = k_pad.unfold(-2, width, block).transpose(-1, -2)  # [B, H, n, width, hd]
+    v_win = v_pad.unfold(-2, width, block).transpose(-1, -2)
+    q_blk = rearrange(F.pad(q, (0, 0, 0, pad_t)), "b h (n s) d -> b h n s d", s=block)
+
+    device = q.device
+    a = torch.arange(block, device=device)
+    c = torch.arange(width, device=device)
+    dist = (a[:, None] + lookback - c[None, :]).to(q.dtype)  # [block, width], same for every block
+    q_pos = torch.arange(n * block, device=device).view(n, block, 1)
+    valid = (dist >= 0) & (dist <= q_pos)  # key index j = i - d must exist
+    if window is not None:
+        valid = valid & (dist < window)
+
+    def to_blocks(t):
+        t = _per_query(t, q)
+        if t is None:
+            return None
+        if t.shape[-1] > 1:
+            t = F.pad(t, (0, pad_t), value=1.0)
+            return rearrange(t, "b h (n s) -> b h n s 1", s=block)
+        return t[..., None, None]  # [B', H', 1, 1, 1]
+
+    out, info = _attend(q_blk, k_win, v_win, dist, valid, to_blocks(span), ramp, to_blocks(temperature), return_stats)
+    out = rearrange(out, "b h n s d -> b h (n s) d")[..., :T, :]
+    if not return_stats:
+        return out
+    entropy_rows = rearrange(info[0], "b h n s -> b h (n s)")[..., :T]
+    return out, (entropy_rows.mean(), info[1])
+
+
+def dense_local_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_positions: torch.Tensor,
+    k_positions: torch.Tensor,
+    *,
+    window: int | None = None,
+    span: torch.Tensor | float | None = None,
+    ramp: float = 32.0,
+    temperature: torch.Tensor | float | None = None,
+    return_stats: bool = False,
+):
+    """Reference/decoding path: the same rule on an explicit ``[Tq, Tk]`` distance grid.
+
+    ``q`` ``[B, H, Tq, hd]``, ``k, v`` ``[B, H, Tk, hd]``, positions LongTensors ``[Tq]``/``[Tk]``.
+    """
+    dist = (q_positions[:, None] - k_positions[None, :]).to(q.dtype)
+    valid = dist >= 0
+    if window is not None:
+        valid = valid & (dist < window)
+    sp, tp = _per_query(span, q), _per_query(temperature, q)
+    out, info = _attend(
+        q, k, v, dist, valid,
+        None if sp is None else sp[..., None], ramp,
+        None if tp is None else tp[..., None], return_stats,
+    )
+    if not return_stats:
+        return out
+    return out, (info[0].mean(), info[1])
+
+
+def slide_win(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    span: torch.Tensor | float | None = None,
+    ramp: float = 32.0,
+    temperature: torch.Tensor | float | None = None,
+    return_stats: bool = False,
+):
+    """Causal sliding-window attention, band ``[i - window + 1, i]``, vectorised over windows.
+
+    Queries in blocks of ``window``; each block attends to the current and previous block under
+    the band mask, optionally weighted by the soft span ``span`` (tokens, ``[B|1, H|1, T|1]``).
+    ``q, k, v`` ``[B, H, T, hd]`` -> ``[B, H, T, hd]``. Seed difference: the seed looped over
+    windows in Python, read the span with ``.item()`` and let windows see future keys.
+    """
+    if window <= 0:
+        raise ValueError(f"slide_win: window must be positive, got {window}")
+    return blocked_attention(
+        q, k, v, block=window, lookback=window - 1, window=window, span=span, ramp=ramp,
+        temperature=temperature, return_stats=return_stats,
+    )
+
+
+_compiled_flex = None
+
+
+def flex_slide_win(q, k, v, window: int, span=None, ramp: float = 32.0, temperature=None, compile: bool = True):
+    """:func:`slide_win` through FlexAttention (block-sparse band mask + soft-span score modifier).
+
+    Meant for CUDA (compiled); on the CPU FlexAttention has no backward, so it is only usable for
+    inference there. Same arguments and result as :func:`slide_win`.
+    """
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, H, T, _ = q.shape
+    fn = flex_attention
+    if compile:
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        fn = _compiled_flex
+    sp = None if span is None else _per_query(span, q).expand(B, H, T)
+    tp = None if temperature is None else _per_query(temperature, q).expand(B, H, T)
+
+    def band(b, h, qi, ki):
+        d = qi - ki
+        return (d >= 0) & (d < window)
+
+    def score_mod(score, b, h, qi, ki):
+        if tp is not None:
+            score = score / tp[b, h, qi]
+        if sp is not None:
+            m = ((ramp + sp[b, h, qi] - (qi - ki)) / ramp).clamp(0.0, 1.0)
+            score = torch.where(m > 0, score + torch.log(m.clamp_min(_TINY)), _NEG_INF)
+        return score
+
+    block_mask = create_block_mask(band, B=None, H=None, Q_LEN=T, KV_LEN=T, device=q.device)
+    return fn(q, k, v, score_mod=score_mod, block_mask=block_mask)
