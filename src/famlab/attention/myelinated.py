@@ -1,0 +1,273 @@
+"""``attention=myelinated``: the seed's MyelinatedLayer with per-token, trainable skip/jump decisions.
+
+A stack of ``layerA`` gated attention sub-layers inside one mixer. Each token walks the stack: at
+sub-layer ``i`` a node predictor scores token importance; tokens whose causal running importance
+is too low skip the sub-layer; a policy network may make a token jump ahead (mixing in the
+block input and a working memory). A gated MLP closes the block.
+
+What differs from the seed (see seed-spec section 5), and why:
+
+* every decision is per token (batch element *and* position) and applied as a mask
+  ``x <- x + active * delta``: no sample decides for the batch, no Python branching on values;
+* the seed's sequence means (``mean_L``) are causal prefix means here, otherwise a token's
+  decisions would read future tokens (causal leak in a language model);
+* node importance uses a straight-through hard threshold (forward = the seed's 0/1 mask,
+  backward = identity through the sigmoid), so the node predictors learn; the policy uses
+  straight-through Gumbel-softmax (binary for "jump?", 3-way for the length) with noise from a
+  ``torch.Generator`` re-seeded from ``(seed, forward counter)`` (identical on every rank; the
+  counter is checkpointed through ``get_extra_state``); eval is deterministic (argmax);
+* sub-layers are real attention layers with q/k/v/out projections and the position scheme (the
+  seed's q=k=v without projections gave near-diagonal attention); importance is a boolean key
+  mask (True = may be attended; a query always sees itself) inside a causal band ``max_dist``;
+* the jump mix is ``x <- (x + w*x0 + (1-w)*wm) / 2`` (a convex mix, so the norm cannot grow;
+  the seed's ``x + w*x0 + (1-w)*wm`` only added).
+
+Compute skipping (``skip_compute``): ``"batch"`` really skips a sub-layer when no token of the
+whole batch runs it (one host read ``bool(active.any())`` per sub-layer) in eval, and in
+training only when not running distributed (world size 1); ``"eval"`` skips only in eval;
+``"never"`` never reads back. Whenever compute is not skipped it is masked, so under DDP every
+parameter takes part in every step (skipped deltas are multiplied by 0). Real skipping in
+training drops the straight-through gradient the masked path would give the node predictors of
+that sub-layer for that step.
+
+Output: the mixer returns the block's delta ``out - x`` for its input ``x`` (= ``ln_1`` of the
+residual stream), so the Block's ``x + mixer(ln(x))`` adds exactly what the sub-layers, jumps
+and gated MLP changed.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from famlab.attention.cache import KVCache
+from famlab.attention.core import AttentionBase
+
+SKIP_BELOW = 0.2  # seed: a sub-layer (not the first) is skipped when mean importance < 0.2
+RUN_ABOVE = 0.3  # seed: attention runs when mean importance > 0.3
+SKIP_COMPUTE = ("batch", "eval", "never")
+
+
+def straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """Forward value exactly ``hard`` (bool or 0/1), gradient of ``soft``."""
+    return hard.to(soft.dtype) + (soft - soft.detach())
+
+
+def prefix_mean(x: torch.Tensor, prev_sum: torch.Tensor | None = None, prev_count: int = 0):
+    """Causal running mean over time of ``x`` ``[B, T, C]`` continuing a cached sum ``[B, 1, C]``.
+
+    Returns ``(mean [B, T, C], new_sum [B, 1, C])``.
+    """
+    csum = x.cumsum(1)
+    if prev_sum is not None:
+        csum = csum + prev_sum
+    count = torch.arange(prev_count + 1, prev_count + x.shape[1] + 1, device=x.device, dtype=x.dtype)
+    return csum / count[:, None], csum[:, -1:]
+
+
+def decide_jump(log_pi, jump_weights, i, layerA, x, x0, wm, *, decider, noise=None, tau=1.0):
+    """Per-token jump decision after sub-layer ``i`` (seed name; batched and differentiable).
+
+    ``log_pi`` ``[B, T, 3]`` log policy; ``decider`` ``[B, T, 1]`` (1 where the token is at
+    sub-layer ``i`` and not skipping it); ``noise`` ``[B, T, 4]`` uniforms (training) or None
+    (eval: argmax). Jump probability is ``pi[..., 1]`` (0 at the last sub-layer); the length
+    ``1 + argmax`` of a Gumbel-perturbed ``pi``; ``w = jump_weights[length - 1]``.
+    Returns ``(x', jump [B, T, 1], length one-hot [B, T, 3])``, all straight-through.
+    """
+    if i >= layerA - 1:
+        zeros = torch.zeros_like(decider)
+        return x, zeros, torch.zeros_like(log_pi)
+    jump_logit = log_pi[..., 1:2] - torch.logsumexp(log_pi[..., [0, 2]], dim=-1, keepdim=True)
+    len_logit = log_pi
+    if noise is not None:
+        u = noise.clamp(1e-6, 1 - 1e-6)
+        jump_logit = jump_logit + torch.log(u[..., :1]) - torch.log1p(-u[..., :1])  # logistic noise
+        len_logit = len_logit - torch.log(-torch.log(u[..., 1:]))  # Gumbel noise
+    jump = straight_through(torch.sigmoid(jump_logit / tau), jump_logit > 0) * decider
+    soft_len = F.softmax(len_logit / tau, dim=-1)
+    hard_len = len_logit.argmax(-1, keepdim=True) == torch.arange(3, device=x.device)  # one-hot, no host sync
+    length = straight_through(soft_len, hard_len)
+    w = (length * jump_weights).sum(-1, keepdim=True)
+    x_jump = 0.5 * (x + w * x0 + (1 - w) * wm)
+    return x + jump * (x_jump - x), jump, length
+
+
+class MyelinSublayer(AttentionBase):
+    """One gated attention sub-layer: ``ln`` -> q/k/v (+ position) -> masked SDPA -> out.
+
+    ``forward(x [B,T,D], positions [T], key_keep [B,Tk] bool, past int, kv KVCache|None)``
+    returns ``sigmoid(gate(ln x)) * adapter(attn)`` ``[B, T, D]`` (adapter on even sub-layers).
+    """
+
+    def __init__(self, dims: int, head: int, position: nn.Module, adapter: bool, max_dist: int):
+        super().__init__(dims, head, position)
+        self.ln = nn.LayerNorm(dims)
+        self.gate = nn.Linear(dims, 1)
+        self.adapter = nn.Linear(dims, dims) if adapter else None
+        self.max_dist = max_dist
+
+    def project(self, x, positions, kv: KVCache | None):
+        n = self.ln(x)
+        q, k, v = self.project_qkv(n, positions)
+        if kv is not None:
+            k, v = kv.append(k, v)
+        return n, q, k, v
+
+    def forward(self, x, positions, key_keep, past: int = 0, kv: KVCache | None = None):
+        n, q, k, v = self.project(x, positions, kv)
+        q_pos = torch.arange(past, past + x.shape[1], device=x.device)
+        k_pos = torch.arange(k.shape[-2], device=x.device)
+        rel = q_pos[:, None] - k_pos[None, :]
+        band = (rel >= 0) & (rel < self.max_dist)
+        mask = band & (key_keep[:, None, None, :] | (rel == 0))  # [B, 1, T, Tk]
+        a = self.out(self.attend(q, k, v, mask=mask))
+        if self.adapter is not None:
+            a = self.adapter(a)
+        return torch.sigmoid(self.gate(n)) * a
+
+
+class MyelinatedLayer(nn.Module):
+    """Mixer ``[B, T, D] -> [B, T, D]`` (the delta); see the module docstring for the design."""
+
+    def __init__(self, dims: int, head: int, position: nn.Module | None = None, layerA: int = 3,
+                 sparsity_threshold: float = 0.1, max_dist: int = 512, tau: float = 1.0,
+                 skip_compute: str = "batch", seed: int = 0):
+        super().__init__()
+        if int(layerA) < 1:
+            raise ValueError(f"attention.layerA must be >= 1, got {layerA}")
+        if not 0.0 < sparsity_threshold < 1.0:
+            raise ValueError(f"attention.sparsity_threshold must be in (0, 1), got {sparsity_threshold}")
+        if tau <= 0 or max_dist < 1:
+            raise ValueError(f"attention.tau must be > 0 and attention.max_dist >= 1, got {tau}, {max_dist}")
+        if skip_compute not in SKIP_COMPUTE:
+            raise ValueError(f"attention.skip_compute must be one of {SKIP_COMPUTE}, got {skip_compute!r}")
+        self.dims, self.head, self.layerA = dims, head, int(layerA)
+        self.sparsity_threshold, self.tau, self.skip_compute, self.seed = sparsity_threshold, tau, skip_compute, seed
+        self.sublayers = nn.ModuleList(
+            MyelinSublayer(dims, head, position, adapter=(i % 2 == 0), max_dist=max_dist) for i in range(self.layerA)
+        )
+        self.position = self.sublayers[0].position
+        self.node_predictors = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(dims), nn.Linear(dims, 1)) for _ in range(self.layerA)
+        )
+        self.policy_net = nn.Sequential(nn.Linear(dims, 128), nn.ReLU(), nn.Linear(128, 3))
+        self.jump_weights = nn.Parameter(torch.tensor([0.1, 0.05, 0.01]))
+        self.mlp_gate = nn.Linear(dims, 1)
+        self.mlp_ln = nn.LayerNorm(dims)
+        self.mlp = nn.Sequential(nn.Linear(dims, 4 * dims), nn.GELU(), nn.Linear(4 * dims, dims))
+        self.working_memory = nn.Parameter(torch.zeros(1, 1, dims))
+        self.memory_gate = nn.Linear(dims, 1)
+        self._draws = 0  # forward passes that drew noise; checkpointed via get_extra_state
+        self._generator: torch.Generator | None = None
+        self._acc: torch.Tensor | None = None  # [layerA skip rates, jump rate, memory gate, count]
+        self.last_active: torch.Tensor | None = None  # [layerA, B, T] 0/1, detached (seed: jump_history)
+        self.last_jump: torch.Tensor | None = None  # [layerA, B, T] 0/1, detached
+
+    # --- state ------------------------------------------------------------------------
+    @property
+    def record_stats(self) -> bool:
+        return self.sublayers[0].record_stats
+
+    @record_stats.setter
+    def record_stats(self, on: bool) -> None:
+        for sub in self.sublayers:
+            sub.record_stats = on
+
+    def get_extra_state(self):
+        return {"draws": self._draws, "seed": self.seed}
+
+    def set_extra_state(self, state) -> None:
+        self._draws, self.seed = int(state["draws"]), int(state["seed"])
+
+    def _noise(self, shape, device) -> torch.Tensor:
+        """Uniforms from a generator seeded by ``(seed, draws)``: same on every rank, reproducible."""
+        if self._generator is None or self._generator.device != torch.device(device):
+            self._generator = torch.Generator(device=device)
+        self._generator.manual_seed((self.seed * 1_000_003 + self._draws) % (2**63 - 1))
+        self._draws += 1
+        return torch.rand(shape, generator=self._generator, device=device)
+
+    def _may_skip(self) -> bool:
+        if self.skip_compute == "never":
+            return False
+        if not self.training:
+            return True
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return self.skip_compute == "batch" and not (distributed and torch.distributed.get_world_size() > 1)
+
+    # --- forward ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        past = 0 if cache is None else len(cache)
+        st = None if cache is None else cache.extra.setdefault("myelin", self._new_cache_state())
+        x0, x_in = x, x
+        pm_x0, s = prefix_mean(x0, st and st["x0_sum"], past)
+        if st is not None:
+            st["x0_sum"] = s
+        log_pi = F.log_softmax(self.policy_net(pm_x0), dim=-1)
+        noise = self._noise((B, T, self.layerA, 4), x.device) if self.training and self.layerA > 1 else None
+        wm = self.working_memory.expand(B, T, -1)
+        land = [torch.ones_like(x[..., :1])] + [torch.zeros_like(x[..., :1]) for _ in range(self.layerA - 1)]
+        may_skip = self._may_skip()
+        stats, actives, jumps = [], [], []
+        for i, sub in enumerate(self.sublayers):
+            visit = land[i]
+            p = torch.sigmoid(self.node_predictors[i](x))
+            keep = p.squeeze(-1) > self.sparsity_threshold  # [B, T] key mask, True = may be attended
+            pm_imp, s = prefix_mean(straight_through(p, keep[..., None]), st and st["imp_sum"][i], past)
+            skip = straight_through(1 - pm_imp, pm_imp < SKIP_BELOW) if i > 0 else torch.zeros_like(pm_imp)
+            active = visit * straight_through(pm_imp, pm_imp > RUN_ABOVE)
+            kv = None
+            if st is not None:
+                st["imp_sum"][i] = s
+                st["keep"][i] = keep if st["keep"][i] is None else torch.cat([st["keep"][i], keep], 1)
+                keep, kv = st["keep"][i], (cache if i == 0 else st["kv"][i])
+            if may_skip and not bool((active.detach() > 0).any()):  # one host read; see docstring
+                if kv is not None:  # later tokens still need this sub-layer's keys
+                    sub.project(x, positions, kv)
+            else:
+                x = x + active * sub(x, positions, keep, past, kv)
+            pm_x, s = prefix_mean(x, st and st["x_sum"][i], past)
+            if st is not None:
+                st["x_sum"][i] = s
+            g = torch.sigmoid(self.memory_gate(pm_x))
+            wm = wm + active * (g * wm + (1 - g) * pm_x - wm)
+            decider = visit * (1 - skip)
+            x, jump, length = decide_jump(log_pi, self.jump_weights, i, self.layerA, x, x0, wm, decider=decider,
+                                          noise=None if noise is None else noise[:, :, i], tau=self.tau)
+            if i < self.layerA - 1:
+                land[i + 1] = land[i + 1] + visit - jump
+                for step in range(3):
+                    target = min(i + 1 + step, self.layerA - 1)
+                    land[target] = land[target] + jump * length[..., step:step + 1]
+            stats.append(torch.stack([1 - active.mean(), jump.mean(), g.mean()]).detach())
+            actives.append(active.detach().squeeze(-1))
+            jumps.append(jump.detach().squeeze(-1))
+        x = x + torch.sigmoid(self.mlp_gate(x)) * self.mlp(self.mlp_ln(x))
+        self._accumulate(torch.stack(stats))
+        self.last_active, self.last_jump = torch.stack(actives), torch.stack(jumps)
+        return x - x_in
+
+    def _new_cache_state(self) -> dict:
+        n = self.layerA
+        return {"x0_sum": None, "imp_sum": [None] * n, "x_sum": [None] * n, "keep": [None] * n,
+                "kv": [None] + [KVCache() for _ in range(n - 1)]}
+
+    # --- diagnostics ------------------------------------------------------------------
+    def _accumulate(self, stats: torch.Tensor) -> None:
+        """``stats`` ``[layerA, 3]``: skip rate, jump rate, memory gate per sub-layer."""
+        jumps = stats[:-1, 1].mean() if self.layerA > 1 else stats.new_zeros(())
+        row = torch.cat([stats[:, 0], jumps[None], stats[:, 2].mean()[None], stats.new_ones(1)])
+        self._acc = row if self._acc is None or self._acc.device != row.device else self._acc + row
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """Means since the last call: ``skip/rate_<i>``, ``skip/jump_rate``, ``skip/memory_gate``."""
+        out: dict[str, torch.Tensor] = {}
+        for i, sub in enumerate(self.sublayers):
+            out.update({f"{k}_s{i}": v for k, v in sub.metrics().items()})
+        if self._acc is not None:
+            mean = self._acc[:-1] / self._acc[-1]
+            out.update({f"skip/rate_{i}": mean[i] for i in range(self.layerA)})
+            out["skip/jump_rate"], out["skip/memory_gate"] = mean[self.layerA], mean[self.layerA + 1]
+            self._acc = None
+        return out
