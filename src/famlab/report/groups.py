@@ -59,14 +59,20 @@ class Group:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Groups in order of first appearance; runs with no known settings share the group ``unknown``."""
+    """Groups in order of first appearance; runs with no known settings share the group ``unknown``.
+
+    A key is in the labels when runs disagree on it: two values, or present in some runs and absent
+    (= default) in others whose group choices are known."""
     all_settings = [run_settings(r) for r in runs]
     known = [s for s in all_settings if s]
+    # with its group choices known, a run lacking a key ran at that key's default: a distinct value;
+    # without them (e.g. only .hydra/overrides.yaml) a missing key is merely unknown
+    complete = [s for r, s in zip(runs, all_settings) if s and r.choices]
     order: list[str] = []
     for settings in known:
         order.extend(k for k in settings if k not in order)
-    varying = [k for k in order
-               if len({s.get(k) for s in known}) > 1 or any(k not in s for s in known)]
+    varying = [k for k in order if len({s[k] for s in known if k in s}
+                                       | ({None} if any(k not in s for s in complete) else set())) > 1]
     groups: dict[tuple, Group] = {}
     for run, settings in zip(runs, all_settings):
         if not settings:

@@ -12,9 +12,12 @@ CI from the per-seed values; relative effects divide I and its CI by |mean(basel
 
 - supported: n >= 2 in every arm, CI(I vs baseline) lies above 0, mean I >= min_effect, every method
   run reached the target (for ``*_to_target``), and, if an ablation is named, CI(I vs ablation) > 0.
-- not supported at this scale: CI(I vs baseline) upper bound <= 0 or < min_effect (even the optimistic
-  end misses the claimed effect), or CI(I vs ablation) upper bound <= 0 (the novelty does not help).
-- inconclusive: anything else, including n < 2, missing arms and invalid rules.
+- not supported at this scale: the upper CI bound of I vs the baseline, or of I vs the ablation, is
+  <= 0 or < min_effect: even the optimistic end misses the claimed effect (for the ablation: the
+  novelty cannot account for the claimed effect; "beats" is decided first, so a method whose CI vs
+  the ablation is above 0 but below min_effect, and which beats the baseline by more, is supported).
+- inconclusive: anything else, including n < 2, missing arms and invalid rules. With min_effect = 0
+  an ablation indistinguishable from the method is inconclusive (no equivalence margin was stated).
 
 A spec matching several groups (an LR sweep) resolves to the arm's best group on the rule's metric,
 i.e. each arm at its own tuned setting; the chosen group is reported. For ``*_to_target`` metrics a
@@ -84,8 +87,12 @@ def _pick(spec: str, stats: list[GroupStats], metric: str, direction: str) -> tu
     return best, f"{spec!r} matched {len(arms)} groups; using the best on {metric}: {best.label}"
 
 
-def compare_arms(method: GroupStats, other: GroupStats, rule: dict, min_effect: float) -> dict:
-    """Improvement of ``method`` over ``other`` with CI and its outcome (better / not better / unclear)."""
+def compare_arms(method: GroupStats, other: GroupStats, rule: dict, need_mean_effect: bool) -> dict:
+    """Improvement of ``method`` over ``other`` with CI and its outcome (better / not better / unclear).
+
+    better: CI above 0 (and mean >= min_effect when ``need_mean_effect``); not better: upper CI bound
+    <= 0 or < min_effect."""
+    min_effect = rule["min_effect"]
     metric, lower = rule["metric"], rule["direction"] == "lower"
     a, b = method.values(metric, censored=True), other.values(metric, censored=True)
     test = welch_t_test(a, b)
@@ -96,7 +103,7 @@ def compare_arms(method: GroupStats, other: GroupStats, rule: dict, min_effect: 
     rel, rel_lo, rel_hi = imp / scale, lo / scale, hi / scale
     if len(a) < 2 or len(b) < 2 or math.isnan(rel_lo):
         outcome = "unclear"
-    elif rel_lo > 0 and rel >= min_effect:
+    elif rel_lo > 0 and (rel >= min_effect or not need_mean_effect):
         outcome = "better"
     elif rel_hi <= 0 or rel_hi < min_effect:
         outcome = "not better"
@@ -129,15 +136,16 @@ def evaluate_rule(rule: dict, stats: list[GroupStats], scale: str) -> dict:
         return result
     result["scale"] = scale_line(describe_scale([r for a in arms.values() for r in a.group.runs]))
     method = arms["method"]
-    base = compare_arms(method, arms["baseline"], rule, rule["min_effect"])
+    base = compare_arms(method, arms["baseline"], rule, need_mean_effect=True)
     result["comparisons"]["baseline"] = base
-    ablation = compare_arms(method, arms["ablation"], rule, 0.0) if "ablation" in arms else None
+    ablation = compare_arms(method, arms["ablation"], rule, need_mean_effect=False) if "ablation" in arms else None
     if ablation:
         result["comparisons"]["ablation"] = ablation
-    unreached = metric.endswith("_to_target") and method.reached < method.decided
-    if unreached and base["outcome"] == "better":
-        base["outcome"] = "unclear"
-        result["reasons"].append(f"{method.decided - method.reached} method run(s) never reached the target")
+    if metric.endswith("_to_target") and method.reached < method.decided:
+        result["reasons"].append(f"{method.decided - method.reached}/{method.decided} method run(s) "
+                                 "never reached the target (counted at their budget; blocks 'supported')")
+        if base["outcome"] == "better":
+            base["outcome"] = "unclear"
     if base["outcome"] == "not better" or (ablation and ablation["outcome"] == "not better"):
         result["verdict"] = NOT_SUPPORTED
     elif base["outcome"] == "better" and (ablation is None or ablation["outcome"] == "better"):
