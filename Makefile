@@ -1,0 +1,31 @@
+# famlab: `make train` and `make test` set up .venv on first use, then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OFFLINE := WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: help setup train test test-fast bench clean
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install famlab with its dev tools
+
+train: $(VENV)/.installed  ## train the default experiment (embedded corpus, ~3 min on 2 CPU cores)
+	$(OFFLINE) $(PY) train.py $(ARGS)
+
+test: $(VENV)/.installed  ## the whole test suite, slow tests included (what CI runs)
+	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+test-fast: $(VENV)/.installed  ## the test suite without tests marked slow
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow" -p no:cacheprovider $(ARGS)
+
+bench: $(VENV)/.installed  ## every benchmark script (prints ratios; figures go in benchmarks/README.md)
+	for b in throughput optimizer_step position attention; do $(OFFLINE) $(PY) benchmarks/$$b.py || exit 1; done
+
+clean:  ## remove outputs/ (runs, checkpoints) - asks first
+	@read -p "delete outputs/? [y/N] " a && [ "$$a" = y ] && rm -rf outputs

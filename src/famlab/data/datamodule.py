@@ -1,0 +1,188 @@
+"""Lightning data modules: a tokenized corpus (``LMDataModule``) or the synthetic recall task
+(``RecallDataModule``). Both yield dicts ``{"input": [B, T], "target": [B, T]}`` and expose
+``tokenizer``, ``vocab_size``, ``meta`` (for the run summary) and ``eval_batches(context, n)``
+(fixed windows at any context length, used by validation and length-generalisation evals).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from famlab.data.synthetic import RecallTask
+from famlab.data.tokenizers import ByteTokenizer, build_tokenizer
+from famlab.data.windows import StepWindows, sample_windows, step_generator
+from famlab.errors import ConfigError
+
+VAL_SEED = 1_234_567  # validation windows are the same for every seed and variant
+
+
+def _positive(key: str, value) -> int:
+    if not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def tokenize_cached(docs: list[str], tokenizer, cache_dir: str, fingerprint: str) -> torch.Tensor:
+    """Tokenize documents through ``datasets.Dataset.map`` with an on-disk cache keyed by the
+    corpus and tokenizer fingerprints, so a second run skips tokenization. Returns int32 ids."""
+    import datasets
+
+    tok_fp = hashlib.sha256(json.dumps(tokenizer.state(), sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(os.path.expanduser(cache_dir))
+    root.mkdir(parents=True, exist_ok=True)
+    cache_file = str(root / f"tokens-{fingerprint}-{tok_fp}.arrow")
+    ds = datasets.Dataset.from_dict({"text": docs})
+    chunks = ds.map(
+        lambda b: {"ids": [tokenizer.encode(t) for t in b["text"]]},
+        batched=True, remove_columns=["text"], cache_file_name=cache_file,
+        new_fingerprint=f"{fingerprint}-{tok_fp}", desc="tokenizing",
+    )
+    chunks = chunks.with_format("numpy")
+    return torch.cat([torch.as_tensor(c, dtype=torch.int32) for c in chunks["ids"]])
+
+
+class LMDataModule(pl.LightningDataModule):
+    """Next-token prediction on a corpus; the last ``val_fraction`` of tokens is validation."""
+
+    def __init__(self, corpus, tokenizer: dict | None = None, context: int = 128, batch_size: int = 16,
+                 val_fraction: float = 0.1, val_batches: int = 16, seed: int = 0,
+                 cache_dir: str = "~/.cache/famlab"):
+        super().__init__()
+        self.corpus, self.tok_cfg = corpus, dict(tokenizer or {"kind": "bytes"})
+        self.context = _positive("model.context", context)
+        self.batch_size = _positive("data.batch_size", batch_size)
+        self.val_batches = _positive("data.val_batches", val_batches)
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        self.val_fraction, self.seed, self.cache_dir = val_fraction, seed, cache_dir
+        self.tokenizer = None
+        self.train_tokens = self.val_tokens = None
+        self.meta: dict = {}
+
+    def prepare(self) -> "LMDataModule":
+        """Load, fit the tokenizer, tokenize (cached) and split; idempotent. Raises ConfigError."""
+        if self.train_tokens is not None:
+            return self
+        docs = self.corpus.documents()
+        text_len = sum(len(d) for d in docs)
+        cut = int(text_len * (1 - self.val_fraction))
+        self.tokenizer = build_tokenizer(**self.tok_cfg)
+        self.tokenizer.fit("".join(docs)[:cut])
+        tokens = tokenize_cached(docs, self.tokenizer, self.cache_dir, self.corpus.fingerprint)
+        n_val = int(tokens.numel() * self.val_fraction)
+        self.train_tokens, self.val_tokens = tokens[:-n_val], tokens[-n_val:]
+        for split, t in (("training", self.train_tokens), ("validation", self.val_tokens)):
+            if t.numel() <= self.context + 1:
+                raise ConfigError(
+                    f"model.context={self.context} is longer than the {split} split of data "
+                    f"{self.corpus.name} ({t.numel()} tokens); lower model.context or add text"
+                )
+        counts = torch.bincount(self.train_tokens.long(), minlength=self.tokenizer.vocab_size).double()
+        p = counts[counts > 0] / counts.sum()
+        self.meta = {
+            "corpus": self.corpus.name, "fingerprint": self.corpus.fingerprint,
+            "python": sys.version.split()[0], "tokenizer": self.tokenizer.kind,
+            "vocab_size": self.tokenizer.vocab_size, "train_tokens": int(self.train_tokens.numel()),
+            "val_tokens": int(self.val_tokens.numel()), "unigram_loss": float(-(p * p.log()).sum()),
+            "chars_per_token": text_len / max(1, tokens.numel()),
+        }
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return self.prepare().tokenizer.vocab_size
+
+    def bpc_factor(self) -> float:
+        """Multiply a per-token loss (nats) by this to get bits per character."""
+        return 1.0 / (math.log(2) * self.meta.get("chars_per_token", 1.0))
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def train_dataloader(self):
+        make = lambda g, b: sample_windows(self.train_tokens, self.context, b, g)  # noqa: E731
+        self.train_windows = StepWindows(make, self.batch_size, self.seed)
+        return DataLoader(self.train_windows, batch_size=None, num_workers=0)
+
+    def eval_batches(self, context: int, n: int, batch_size: int | None = None) -> list[dict]:
+        """``n`` fixed validation batches of length ``context`` (seed-independent)."""
+        self.prepare()
+        if self.val_tokens.numel() <= context + 1:
+            raise ConfigError(f"eval context {context} is longer than the validation split ({self.val_tokens.numel()} tokens)")
+        g = step_generator(VAL_SEED, 0)
+        return [sample_windows(self.val_tokens, context, batch_size or self.batch_size, g) for _ in range(n)]
+
+    def val_dataloader(self):
+        return DataLoader(self.eval_batches(self.context, self.val_batches), batch_size=None, num_workers=0)
+
+
+class RecallDataModule(pl.LightningDataModule):
+    """The synthetic MQAR task (``data=recall``): fresh sequences every step, accuracy as metric."""
+
+    def __init__(self, num_keys: int = 256, num_values: int = 64, context: int = 64, batch_size: int = 32,
+                 val_batches: int = 8, seed: int = 0):
+        super().__init__()
+        self.task = RecallTask(_positive("data.num_keys", num_keys), _positive("data.num_values", num_values))
+        self.context = _positive("model.context", context)
+        if self.context < 8:
+            raise ConfigError(f"model.context must be >= 8 for data=recall, got {self.context}")
+        self.batch_size = _positive("data.batch_size", batch_size)
+        self.val_batches = _positive("data.val_batches", val_batches)
+        self.seed = seed
+        self.tokenizer = _RecallTokenizer(self.task)
+        self.meta = {"corpus": "mqar", "fingerprint": self.task.fingerprint, "python": sys.version.split()[0],
+                     "tokenizer": "recall", "vocab_size": self.task.vocab_size,
+                     "unigram_loss": math.log(self.task.num_values)}
+
+    def prepare(self) -> "RecallDataModule":
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return self.task.vocab_size
+
+    def bpc_factor(self) -> float:
+        return 1.0 / math.log(2)
+
+    def train_dataloader(self):
+        make = lambda g, b: self.task.batch(self.context, b, g)  # noqa: E731
+        self.train_windows = StepWindows(make, self.batch_size, self.seed)
+        return DataLoader(self.train_windows, batch_size=None, num_workers=0)
+
+    def eval_batches(self, context: int, n: int, batch_size: int | None = None) -> list[dict]:
+        g = step_generator(VAL_SEED, 0)
+        return [self.task.batch(context, batch_size or self.batch_size, g) for _ in range(n)]
+
+    def val_dataloader(self):
+        return DataLoader(self.eval_batches(self.context, self.val_batches), batch_size=None, num_workers=0)
+
+
+class _RecallTokenizer(ByteTokenizer):
+    """Token ids printed as ``k12``/``v3`` words; only used for sampling and reports."""
+
+    kind = "recall"
+
+    def __init__(self, task: RecallTask):
+        self.task = task
+
+    @property
+    def vocab_size(self) -> int:
+        return self.task.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return [int(w[1:]) + (self.task.num_keys if w[0] == "v" else 0) for w in text.split()]
+
+    def decode(self, ids) -> str:
+        k = self.task.num_keys
+        return " ".join(f"k{i}" if i < k else f"v{i - k}" for i in map(int, ids))
+
+    def state(self) -> dict:
+        return {"kind": "recall", "num_keys": self.task.num_keys, "num_values": self.task.num_values}

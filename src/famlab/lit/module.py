@@ -1,0 +1,141 @@
+"""``LitLM``: the Lightning module that trains a :class:`TransformerLM`.
+
+It adds the mixers' ``aux_loss()`` to the loss, calls ``post_step(loss)`` after every optimizer
+step, and keeps every diagnostic on device: the training loss is summed into a buffer and
+logged as a mean every ``log_every_n_steps`` steps, so the step itself never syncs with the host.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from famlab.data.synthetic import IGNORE
+
+
+class LitLM(pl.LightningModule):
+    def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None, total_steps: int,
+                 bpc_factor: float = 1.0, log_every_n_steps: int = 10, tokens_per_step: int = 0,
+                 config: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.total_steps, self.bpc_factor = total_steps, bpc_factor
+        self.log_every = max(1, log_every_n_steps)
+        self.tokens_per_step = tokens_per_step
+        if config is not None:
+            self.save_hyperparameters({"config": config}, logger=False)
+        self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)
+        self._loss_count = 0
+        self._opt_time = 0.0
+        self._opt_steps = 0
+        self._t_last: float | None = None
+        self.train_start_time: float | None = None
+        self.elapsed_before = 0.0  # wall time of earlier attempts (restored on resume)
+
+    # --- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.model)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean next-token cross-entropy over scored positions, and the logits."""
+        logits = self.model(batch["input"])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["target"].flatten(), ignore_index=IGNORE)
+        return loss, logits
+
+    def training_step(self, batch, batch_idx):
+        record = (self.global_step + 1) % self.log_every == 0
+        if record:
+            self.model.set_record_stats(True)
+        loss, _ = self.loss(batch)
+        if record:
+            self.model.set_record_stats(False)
+        self._loss_sum += loss.detach()
+        self._loss_count += 1
+        aux = self.model.aux_loss()
+        self._last_loss = loss.detach()
+        return loss if aux is None else loss + aux
+
+    def optimizer_step(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = super().optimizer_step(*args, **kwargs)
+        self._opt_time += time.perf_counter() - t0
+        self._opt_steps += 1
+        self.model.post_step(loss=getattr(self, "_last_loss", None))
+        return out
+
+    def on_train_start(self) -> None:
+        dm = self.trainer.datamodule
+        if dm is not None and hasattr(dm, "train_windows"):
+            dm.train_windows.start_step = self.global_step * self.trainer.accumulate_grad_batches
+        for logger in self.trainer.loggers:  # a resumed run drops rows logged after its checkpoint
+            if hasattr(logger, "truncate"):
+                logger.truncate(self.global_step)
+        self.train_start_time = time.perf_counter()
+        self._t_last = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Wall time spent training, across resumed attempts."""
+        now = time.perf_counter()
+        return self.elapsed_before + (now - self.train_start_time if self.train_start_time else 0.0)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        step = self.global_step
+        if step % self.log_every or self._loss_count == 0 or step == getattr(self, "_logged_step", -1):
+            return
+        self._logged_step = step
+        now = time.perf_counter()
+        dt = max(now - (self._t_last or now), 1e-9)
+        metrics = {
+            "train/loss": self._loss_sum / self._loss_count,
+            "perf/tokens_per_s": self.tokens_per_step * self._opt_steps / dt if self._opt_steps else 0.0,
+            "perf/optimizer_ms": 1000.0 * self._opt_time / max(1, self._opt_steps),
+            "perf/elapsed_s": self.elapsed(),
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+        }
+        metrics.update(self.model.metrics())
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
+                      prog_bar=False, on_step=True, on_epoch=False)
+        self.log("loss", metrics["train/loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        self.log("tok/s", float(metrics["perf/tokens_per_s"]), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        self._loss_sum.zero_()
+        self._loss_count, self._opt_time, self._opt_steps, self._t_last = 0, 0.0, 0, now
+
+    # --- validation ----------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = torch.zeros(3, device=self.device)  # loss sum, correct, scored
+
+    def validation_step(self, batch, batch_idx):
+        loss, logits = self.loss(batch)
+        scored = batch["target"] != IGNORE
+        correct = ((logits.argmax(-1) == batch["target"]) & scored).sum()
+        self._val += torch.stack([loss.detach(), correct.float(), scored.sum().float()])
+        self._val_batches = batch_idx + 1
+
+    def on_validation_epoch_end(self) -> None:
+        n = max(1, getattr(self, "_val_batches", 1))
+        val_loss = self._val[0] / n
+        self.log_dict({
+            "val/loss": val_loss, "val/bpc": val_loss * self.bpc_factor,
+            "val/acc": self._val[1] / self._val[2].clamp_min(1),
+            "perf/elapsed_s": torch.tensor(self.elapsed(), dtype=torch.float32),
+        }, prog_bar=False, sync_dist=True)
+        self.log("val", val_loss, prog_bar=True, logger=False)
+
+    # --- exact resume: RNG states and wall time travel with the checkpoint -----------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["famlab"] = {"torch_rng": torch.get_rng_state(), "elapsed_s": self.elapsed()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("famlab", {})
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))

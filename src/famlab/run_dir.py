@@ -1,0 +1,145 @@
+"""The run directory's life cycle: where it is, resume decisions, config records, wandb identity.
+
+Nothing is written until the configuration has been validated (``prepare_run`` is called after
+the data, model and optimizer were built), and an existing run's checkpoints are never
+overwritten by a fresh run: that needs ``resume=auto`` or another ``run_name``.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from famlab.errors import ConfigError
+from famlab.lit.summary import update_summary
+
+SPAWNING_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp", "deepspeed")
+
+
+@dataclass
+class RunContext:
+    run_dir: Path
+    multirun: bool = False
+    choices: dict = field(default_factory=dict)
+    overrides: list = field(default_factory=list)
+    launcher: str = ""
+    existed: bool = False
+
+    @classmethod
+    def from_hydra(cls, cfg: DictConfig) -> "RunContext":
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            run_dir = Path(cfg.get("run_dir") or Path(cfg.out_root) / str(cfg.task_name) / "runs" / str(cfg.run_name))
+            return cls(run_dir=run_dir, existed=run_dir.exists())
+        hc = HydraConfig.get()
+        run_dir = Path(hc.runtime.output_dir)
+        choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and k != "local" and v is not None}
+        ctx = cls(run_dir=run_dir, multirun=hc.mode == RunMode.MULTIRUN, choices=choices,
+                  overrides=list(hc.overrides.task), launcher=str(hc.launcher.get("_target_", "")))
+        ctx.existed = any(p.name != ".hydra" for p in run_dir.iterdir()) if run_dir.exists() else False
+        return ctx
+
+    def refuse_bad_launch(self, cfg: DictConfig) -> None:
+        """Hydra multirun + a strategy that re-launches the command line re-runs the whole sweep
+        in every child process (and hangs under joblib or pytest): refuse it up front."""
+        strategy = str(cfg.trainer.get("strategy", "auto"))
+        if self.multirun and strategy in SPAWNING_STRATEGIES and "submitit" not in self.launcher:
+            raise ConfigError(
+                f"trainer.strategy={strategy} re-launches the command line and breaks Hydra multirun; "
+                f"use trainer=ddp_cpu (ddp_spawn) locally or launcher=slurm (one task per GPU) on a cluster"
+            )
+
+    def discard_if_empty(self) -> None:
+        """Remove a run directory this invocation created but never wrote to."""
+        if self.existed or not self.run_dir.exists():
+            return
+        if all(p.name == ".hydra" for p in self.run_dir.iterdir()):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def record_failure(self, error: BaseException) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        update_summary(self.run_dir, status="failed", error=f"{type(error).__name__}: {error}",
+                       choices=self.choices, overrides=self.overrides)
+
+
+def _find_checkpoint(path: Path) -> Path:
+    p = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not p.is_file():
+        raise ConfigError(f"resume: no checkpoint at {p}")
+    return p
+
+
+def prepare_run(cfg: DictConfig, ctx: RunContext) -> str | None:
+    """Decide what to resume from and write the config records. Returns the checkpoint path or None."""
+    last = ctx.run_dir / "checkpoints" / "last.ckpt"
+    resume = cfg.get("resume")
+    if resume in (None, "", "null", "none"):
+        if last.exists():
+            raise ConfigError(f"run directory {ctx.run_dir} already has checkpoints; pass resume=auto to continue "
+                              f"it, or choose another run_name (nothing was overwritten)")
+        ckpt = None
+    elif resume == "auto":
+        ckpt = str(last) if last.exists() else None
+    else:
+        ckpt = str(_find_checkpoint(Path(str(resume)).expanduser()))
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (ctx.run_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(ctx.overrides)))
+    (ctx.run_dir / "config_tree.txt").write_text(_print_tree(cfg))
+    (ctx.run_dir / "git.txt").write_text(_git_state())
+    return ckpt
+
+
+def wandb_kwargs(cfg: DictConfig, ctx: RunContext) -> dict:
+    """A persistent run id (so resume re-attaches), tags from the choices, config as a plain dict."""
+    id_file = ctx.run_dir / "wandb_id.txt"
+    if not id_file.exists():
+        id_file.write_text(secrets.token_hex(4))
+    mode = cfg.logger.wandb.get("mode", "offline")
+    if mode == "online" and not (os.environ.get("WANDB_API_KEY") or Path("~/.netrc").expanduser().exists()):
+        mode = "offline"  # never prompt for a login
+    tags = [f"{g}={c}" for g, c in sorted(ctx.choices.items()) if g in ("optimizer", "position", "attention", "model", "data")]
+    return {"id": id_file.read_text().strip(), "resume": "allow", "mode": mode,
+            "tags": tags + [str(t) for t in cfg.get("tags") or []],
+            "name": f"{cfg.task_name}/{ctx.run_dir.name}", "settings": _wandb_settings()}
+
+
+def _wandb_settings():
+    import wandb
+
+    return wandb.Settings(silent=True, console="off", disable_git=True, x_disable_stats=True)
+
+
+def _git_state() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=5).stdout
+        return f"{sha}\n{'dirty' if dirty.strip() else 'clean'}\n{dirty}"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown\n"
+
+
+def _print_tree(cfg: DictConfig) -> str:
+    """Print the resolved config as a rich tree (rank 0) and return its plain text."""
+    from rich.console import Console
+    from rich.tree import Tree
+
+    tree = Tree("config")
+    for key, value in cfg.items():
+        branch = tree.add(f"[bold]{key}")
+        if isinstance(value, DictConfig):
+            branch.add(OmegaConf.to_yaml(value, resolve=True).rstrip())
+        else:
+            branch.add(str(value))
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        Console().print(tree)
+    console = Console(record=True, width=120, file=open(os.devnull, "w"))
+    console.print(tree)
+    return console.export_text()

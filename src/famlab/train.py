@@ -1,0 +1,129 @@
+"""``python train.py ...``: compose the config, validate it, train, write the run directory.
+
+Run directory (``outputs/<task>/runs/<run_name>`` or ``.../multiruns/<sweep>/<job>``)::
+
+    config.yaml  overrides.yaml  summary.json  metrics.csv  tokenizer.json  train.log
+    checkpoints/last.ckpt  checkpoints/best-step=N.ckpt  plots/  wandb/
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from famlab.build import build_datamodule, build_model, build_optimization, instantiate
+from famlab.data.tokenizers import save_tokenizer
+from famlab.errors import ConfigError
+from famlab.lit.checkpoint_io import AtomicCheckpointIO
+from famlab.lit.module import LitLM
+from famlab.lit.recorder import RunRecorder
+from famlab.lit.summary import hardware, update_summary
+from famlab.paths import CONF_DIR
+from famlab.run_dir import RunContext, prepare_run, wandb_kwargs
+
+log = logging.getLogger("famlab")
+
+
+def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
+    """Train one configuration; returns the final summary. Raises ConfigError on bad input."""
+    ctx = ctx or RunContext.from_hydra(cfg)
+    ctx.refuse_bad_launch(cfg)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    dm = build_datamodule(cfg)
+    model = build_model(cfg, vocab_size=dm.vocab_size)
+    optimizer, scheduler = build_optimization(cfg, model)
+    ckpt_path = prepare_run(cfg, ctx)  # validated: from here on files are written
+    save_tokenizer(dm.tokenizer, ctx.run_dir / "tokenizer.json")
+    file_log = logging.FileHandler(ctx.run_dir / "train.log")
+    logging.getLogger().addHandler(file_log)
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
+    tokens_per_step = int(dm.batch_size) * int(dm.context) * accumulate
+    target = OmegaConf.select(cfg, "experiment_meta.target")
+    update_summary(
+        ctx.run_dir, status="running", error=None, experiment=str(cfg.task_name), choices=ctx.choices,
+        overrides=ctx.overrides, seed=int(cfg.seed), lr=float(cfg.optimizer.get("lr", float("nan"))),
+        n_parameters=model.num_parameters(), context=int(dm.context), hardware=hardware(), data=dm.meta,
+        max_steps=int(cfg.trainer.max_steps), run_dir=str(ctx.run_dir),
+        verdict_rule=OmegaConf.to_container(cfg.experiment_meta.verdict) if OmegaConf.select(cfg, "experiment_meta.verdict") else None,
+    )
+    if cfg.get("compile"):
+        model = torch.compile(model)
+    module = LitLM(model, optimizer, scheduler, total_steps=int(cfg.trainer.max_steps), bpc_factor=dm.bpc_factor(),
+                   log_every_n_steps=int(cfg.log_every_n_steps), tokens_per_step=tokens_per_step,
+                   config=OmegaConf.to_container(cfg, resolve=True))
+    recorder = RunRecorder(ctx.run_dir, target=target, tokens_per_step=tokens_per_step)
+    callbacks = [cb for cb in (instantiate(c, "callbacks") for c in (cfg.callbacks or {}).values() if c) if cb]
+    callbacks += [recorder, pl.callbacks.ModelCheckpoint(
+        dirpath=ctx.run_dir / "checkpoints", filename="best-{step}", monitor="val/loss", mode="min",
+        save_top_k=1, save_last=True, auto_insert_metric_name=True)]
+    loggers = []
+    for name, node in (cfg.logger or {}).items():
+        if node:
+            extra = wandb_kwargs(cfg, ctx) if "Wandb" in str(node.get("_target_", "")) else {}
+            loggers.append(instantiate(node, "logger", **extra))
+            if extra:  # wandb gets the resolved config as a plain dict
+                loggers[-1].log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
+                          default_root_dir=str(ctx.run_dir), enable_checkpointing=True)
+    status, error = "failed", None
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        status = "completed"
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        logging.getLogger().removeHandler(file_log)
+        for lg in loggers:
+            if hasattr(lg, "experiment") and "Wandb" in type(lg).__name__:
+                import wandb
+
+                wandb.finish(exit_code=0 if status == "completed" else 1)
+        if trainer.is_global_zero:
+            fields = recorder.fields(trainer, module)
+            last = ctx.run_dir / "checkpoints" / "last.ckpt"
+            summary = update_summary(ctx.run_dir, status=status, error=error, **fields,
+                                     last_checkpoint=str(last) if last.exists() else None)
+    return summary
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> float | None:
+    ctx = RunContext.from_hydra(cfg)
+    try:
+        summary = run(cfg, ctx)
+    except ConfigError as e:
+        ctx.discard_if_empty()
+        if ctx.multirun:  # record the failure, let the other jobs of the sweep finish
+            ctx.record_failure(e)
+            log.error("job %s failed: %s", ctx.run_dir, e)
+            return None
+        print(f"famlab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # noqa: BLE001
+        if ctx.multirun:
+            ctx.record_failure(e)
+            log.exception("job %s failed", ctx.run_dir)
+            return None
+        raise
+    print(f"run directory: {ctx.run_dir}")
+    print(f"final val/loss: {summary.get('final_val_loss')}  (best {summary.get('best_val_loss')} "
+          f"at step {summary.get('best_val_step')}, {summary.get('wall_time_s', 0):.0f} s)")
+    return summary.get("final_val_loss")
+
+
+def main() -> None:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
