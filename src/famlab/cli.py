@@ -50,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     entry = resolve(argv[0])
-    sys.argv = [f"famlab {argv[0]}", *argv[1:]]
-    code = entry()
+    saved, sys.argv = sys.argv, [f"famlab {argv[0]}", *argv[1:]]
+    try:
+        code = entry()
+    finally:
+        sys.argv = saved
     return code if isinstance(code, int) else 0
 
 

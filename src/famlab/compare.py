@@ -130,6 +130,7 @@ def compare(paths: list[str | Path], baseline: str | None = None, target: float 
 def print_summary(data: dict) -> None:
     """The results table, problems and verdicts on the terminal (rich)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -140,19 +141,19 @@ def print_summary(data: dict) -> None:
     header, rows = group_rows(data["_stats"], data["target"]["value"])
     table = Table(*[h.replace("{m}", data["metric"]) for h in header], title="famlab compare")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(escape, row))
     console.print(table)
     if data["baseline"]["note"]:
         console.print(f"[yellow]{data['baseline']['note']}[/yellow]")
     for r in data["runs"]:
         if r["status"] != "completed":
-            console.print(f"[red]{r['status']}[/red] {r['path']}: {r['error'] or ''}", markup=True,
+            console.print(f"[red]{r['status']}[/red] {escape(r['path'])}: {escape(r['error'] or '')}",
                           highlight=False)
     for v in data["verdicts"]:
         claim = v["rule"].get("claim") if isinstance(v["rule"], dict) else v["rule"]
-        console.print(f"[bold]{claim}[/bold]: {v['verdict']} ({v['scale']})")
+        console.print(f"[bold]{escape(str(claim))}[/bold]: {v['verdict']} ({escape(v['scale'])})")
         for reason in v["reasons"]:
-            console.print(f"  note: {reason}")
+            console.print(f"  note: {escape(reason)}")
     console.print(f"report: {data['report_md']}")
 
 

@@ -1,4 +1,5 @@
 """Per-run values, per-group estimates and baseline ratios from fake run dirs with known numbers."""
+import json
 import math
 
 import pytest
@@ -87,3 +88,36 @@ def test_scale_description(tmp_path):
     assert scale["n_parameters"] == [12345] and scale["runs"] == 8 and scale["finished_runs"] == 7
     assert scale_line(scale) == "scale: 12.3k parameters, 64k tokens/run, cpu-test, 7/8 runs finished"
     assert not math.isnan(group_stats(groups[0]).estimates["tokens_per_s"].mean)
+
+
+def test_val_row_elapsed_preferred_and_val_history_fallback(tmp_path):
+    run_dir = write_run(tmp_path, "r", curve=[(100, 3.0), (200, 2.0)])
+    (run_dir / "metrics.csv").write_text(
+        "step,train/loss,val/loss,perf/elapsed_s,perf/tokens_per_s\n"
+        "100,3.1,,10.0,500\n100,,3.0,11.5,\n200,2.1,,20.0,900\n200,,2.0,21.5,\n200,,,,1000\n")
+    res = run_result(load_run(run_dir), target=2.5)
+    assert res.steps_to_target == 200 and res.time_to_target == 21.5  # the val row's own time
+    # no metrics.csv: the summary's val_history (written by the RunRecorder) is the curve
+    (run_dir / "metrics.csv").unlink()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["val_history"] = [{"step": 100, "val_loss": 2.8, "elapsed_s": 9.0},
+                              {"step": 200, "val_loss": 2.4, "elapsed_s": 19.0}]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    res = run_result(load_run(run_dir), target=2.5)
+    assert (res.steps_to_target, res.time_to_target) == (200, 19.0)
+
+
+def test_perf_fallback_is_median_of_logged_values(tmp_path):
+    run_dir = write_run(tmp_path, "r", status=None)
+    (run_dir / "metrics.csv").write_text(
+        "step,perf/tokens_per_s,perf/optimizer_ms\n10,100,9\n20,900,2\n30,1000,3\n40,1100,4\n")
+    res = run_result(load_run(run_dir))
+    assert (res.tokens_per_s, res.optimizer_ms) == (950.0, 3.5)
+
+
+def test_interrupted_runs_are_not_in_statistics(tmp_path):
+    write_run(tmp_path, "a", seed=0)
+    write_run(tmp_path, "b", seed=1, status="interrupted")
+    (group,) = group_runs(discover_runs([tmp_path]))
+    assert group_stats(group).estimates["final"].n == 1
+    assert sorted(r.status for r in group.runs) == ["completed", "interrupted"]

@@ -70,3 +70,21 @@ def test_load_run_reads_summary_config_and_lr(tmp_path):
     assert run.choices["optimizer"] == "fam"
     assert run.experiment_meta["baseline"] == "optimizer=adam"
     assert run.metrics is not None and run.metrics.series("val/loss").values[-1] == 2.2
+
+
+def test_manifest_with_named_job_dirs_reports_nothing_missing(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep, "optimizer=adam", seed=0)
+    manifest = {"hydra": {"sweep": {"subdir": "${hydra.job.override_dirname}"},
+                          "overrides": {"task": ["optimizer=adam,fam"]}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(manifest))
+    assert [r.status for r in discover_runs([sweep])] == ["completed"]
+
+
+def test_sweeper_params_count_towards_expected_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep, "0")
+    manifest = {"hydra": {"overrides": {"task": ["seed=1,2"]},
+                          "sweeper": {"params": {"optimizer": "adam,fam,sgd"}}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(manifest))
+    assert sum(r.status == "missing" for r in discover_runs([sweep])) == 5

@@ -13,7 +13,7 @@ from famlab.report.verdict import format_verdict
 COLUMNS = {"final": "final {m}", "best": "best {m}", "steps_to_target": "steps to target",
            "time_to_target": "time to target (s)", "tokens_per_s": "tokens/s",
            "optimizer_ms": "optimizer ms/step"}
-PROBLEM_STATUSES = ("failed", "missing", "running", "diverged")
+PROBLEM_STATUSES = ("failed", "missing", "running", "interrupted", "diverged")
 
 
 def num(x: float | None) -> str:
@@ -100,7 +100,7 @@ def render_markdown(data: dict, stats: list[GroupStats], out: Path) -> str:
     lines += ["## Verdicts", ""]
     lines += [format_verdict(v) + "\n" for v in data["verdicts"]] or ["No verdict rule was stated.", ""]
     problems = [r for r in data["runs"] if r["status"] in PROBLEM_STATUSES]
-    lines += ["## Failed, missing, diverged and still-running runs", ""]
+    lines += ["## Failed, missing, interrupted, diverged and still-running runs", ""]
     lines += [f"- `{r['path']}` ({r['group']}): **{r['status']}** — {r['error'] or 'no error recorded'}"
               for r in problems] or ["None."]
     lines += ["", "## Runs", ""]

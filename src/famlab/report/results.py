@@ -2,9 +2,10 @@
 
 Per run (``RunResult``): final and best value of the compared metric (summary first, metrics.csv as
 fallback or when the metric is not ``val/loss``), step and elapsed seconds at which the target was
-first reached (recomputed from metrics.csv; the summary's ``target`` block is used only when the curve
-is absent and it was computed for the same metric and value), tokens/s, optimizer ms per step, and
-``eval.context_lengths`` losses. ``*_censored`` values replace "never reached" by the run's budget
+first reached (recomputed from metrics.csv, or the summary's ``val_history``; elapsed is the crossing
+row's own ``perf/elapsed_s``, else interpolated from other rows; the summary's ``target`` block is used
+only when no curve exists and it was computed for the same metric and value), tokens/s and optimizer
+ms per step (summary, else the median of the logged ``perf/*`` values), and ``eval.context_lengths``. ``*_censored`` values replace "never reached" by the run's budget
 (its last step / wall time): a lower bound of the true cost, used by the verdict rules.
 """
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from famlab.report.groups import Group
-from famlab.report.runs import Run, finite
-from famlab.report.stats import Estimate, mean_ci, steps_to_target, time_to_target, welch_t_test
+from famlab.report.runs import Run, Series, finite
+from famlab.report.stats import Estimate, first_crossing, interpolate_at, mean_ci, welch_t_test
 
 GROUP_METRICS = ("final", "best", "steps_to_target", "time_to_target", "tokens_per_s", "optimizer_ms")
 
@@ -59,12 +60,33 @@ def _last(values: list[float]) -> float | None:
     return finite_values[-1] if finite_values else None
 
 
+def _median(values: list[float]) -> float | None:
+    vals = sorted(v for v in values if finite(v) is not None)
+    if not vals:
+        return None
+    mid = len(vals) // 2
+    return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+
+
+def _curve(run: Run, metric: str) -> list[tuple[float, float, float | None]]:
+    """``(step, value, elapsed_s on that row or None)`` from metrics.csv, else (for ``val/loss``)
+    from the summary's ``val_history``."""
+    rows = run.metrics.paired(metric, "perf/elapsed_s") if run.metrics else []
+    if not rows and metric == "val/loss":
+        history = run.summary.get("val_history") or []
+        rows = [(float(h["step"]), float(h["val_loss"]), finite(h.get("elapsed_s")))
+                for h in history if isinstance(h, dict) and finite(h.get("step")) is not None
+                and h.get("val_loss") is not None]
+    return rows
+
+
 def run_result(run: Run, metric: str = "val/loss", target: float | None = None,
                maximize: bool = False) -> RunResult:
     """Collect one run's numbers (see module docstring)."""
     s, out = run.summary, RunResult(run)
-    curve = run.metrics.series(metric) if run.metrics else None
-    has_curve = bool(curve and curve.values)
+    rows = _curve(run, metric)
+    curve = Series([r[0] for r in rows], [r[1] for r in rows])
+    has_curve = bool(rows)
     if metric == "val/loss" and (s.get("final_val_loss") is not None or not has_curve):
         out.final, out.best = finite(s.get("final_val_loss")), finite(s.get("best_val_loss"))
     elif has_curve:
@@ -73,19 +95,21 @@ def run_result(run: Run, metric: str = "val/loss", target: float | None = None,
         out.best = (max(vals) if maximize else min(vals)) if vals else None
     out.tokens_per_s, out.optimizer_ms = finite(s.get("tokens_per_s")), finite(s.get("optimizer_ms"))
     if run.metrics and out.tokens_per_s is None:
-        out.tokens_per_s = _last(run.metrics.series("perf/tokens_per_s").values)
+        out.tokens_per_s = _median(run.metrics.series("perf/tokens_per_s").values)
     if run.metrics and out.optimizer_ms is None:
-        out.optimizer_ms = _last(run.metrics.series("perf/optimizer_ms").values)
+        out.optimizer_ms = _median(run.metrics.series("perf/optimizer_ms").values)
     out.budget_steps = finite(s.get("steps")) or (run.metrics.last_step if run.metrics else None)
     elapsed = run.metrics.series("perf/elapsed_s") if run.metrics else None
     out.budget_time = finite(s.get("wall_time_s")) or (_last(elapsed.values) if elapsed else None)
     if target is not None:
         if has_curve:
-            out.steps_to_target = steps_to_target(curve.steps, curve.values, target, maximize)
-            out.reached = out.steps_to_target is not None
-            if out.reached and elapsed is not None:
-                out.time_to_target = time_to_target(curve.steps, curve.values, target,
-                                                    elapsed.steps, elapsed.values, maximize)
+            hit = first_crossing(curve.values, target, maximize)
+            out.reached = hit is not None
+            if out.reached:
+                step, _, own_elapsed = rows[hit]
+                out.steps_to_target = step
+                out.time_to_target = own_elapsed if own_elapsed is not None else (
+                    interpolate_at(step, elapsed.steps, elapsed.values) if elapsed else None)
         else:
             block = s.get("target") or {}
             if block.get("metric", metric) == metric and finite(block.get("value")) == target:

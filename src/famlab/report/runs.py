@@ -1,11 +1,12 @@
 """Discover and load run directories written by the training pipeline (no torch, no model import).
 
 A run directory is any directory holding ``config.yaml`` or ``summary.json`` (found at any depth
-below the given paths; ``.hydra``, ``checkpoints``, ``plots`` and ``wandb`` are never runs). Status:
-the summary's ``status`` when ``summary.json`` exists; ``running`` when only ``metrics.csv`` exists
-(still running, or killed before writing its summary); ``missing`` when neither exists; ``failed``
-when the summary cannot be read. A Hydra ``multirun.yaml`` at a sweep root also yields one
-``missing`` entry for every numbered job directory the sweep should have made but did not.
+below the given paths; ``.hydra``, ``checkpoints``, ``plots``, ``wandb`` and ``report`` are never
+runs). Status: the summary's ``status`` (completed, diverged, failed, interrupted, running) when it
+exists; ``running`` when only ``metrics.csv`` exists (still running, or killed before its first
+summary); ``missing`` when neither exists; ``failed`` when the summary cannot be read. A Hydra
+``multirun.yaml`` at a sweep root also yields one ``missing`` entry for every numbered job
+directory the sweep should have made but did not.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-STATUSES = ("completed", "diverged", "failed", "running", "missing")
+STATUSES = ("completed", "diverged", "failed", "interrupted", "running", "missing")
 NOT_RUNS = {".hydra", "checkpoints", "plots", "wandb", "report", "__pycache__"}
 
 
@@ -58,6 +59,17 @@ class MetricsTable:
             values.append(value)
         return Series(steps, values)
 
+    def paired(self, column: str, other: str) -> list[tuple[float, float, float | None]]:
+        """``(step, value, other value on the same row or None)`` for the rows where ``column`` is set."""
+        out = []
+        for row in self.rows:
+            try:
+                step, value = float(row.get("step") or ""), float(row.get(column) or "")
+            except ValueError:
+                continue
+            out.append((step, value, finite((row.get(other) or "").strip() or None)))
+        return out
+
     @property
     def last_step(self) -> float | None:
         steps = [float(r["step"]) for r in self.rows if (r.get("step") or "").strip()]
@@ -87,11 +99,9 @@ class Run:
 
     @property
     def lr(self) -> float | None:
-        lr = self.summary.get("lr")
-        if lr is None:
-            lr = (self.config.get("optimizer") or {}).get("lr") if isinstance(
-                self.config.get("optimizer"), dict) else None
-        return float(lr) if lr is not None else None
+        lr = finite(self.summary.get("lr"))
+        optimizer = self.config.get("optimizer")
+        return lr if lr is not None or not isinstance(optimizer, dict) else finite(optimizer.get("lr"))
 
     @property
     def experiment_meta(self) -> dict:
@@ -196,18 +206,25 @@ def _sweep_size(overrides: list[str]) -> int | None:
 
 
 def expected_missing(sweep: Path, found: list[Path]) -> list[Run]:
-    """Numbered job dirs that ``multirun.yaml`` implies but that do not exist (or hold no run)."""
+    """Numbered job dirs that ``multirun.yaml`` implies but that do not exist (or hold no run).
+
+    Only for the default ``hydra.sweep.subdir: ${hydra.job.num}`` layout with at least one numbered
+    job present; the size counts comma lists and ``range()`` in the task overrides and sweeper params.
+    """
     manifest = sweep / "multirun.yaml"
     if not manifest.is_file():
         return []
     try:
-        loaded = _read_yaml(manifest) or {}
-        task = ((loaded.get("hydra") or {}).get("overrides") or {}).get("task") or []
-        size = _sweep_size([str(t) for t in task])
+        hydra = (_read_yaml(manifest) or {}).get("hydra") or {}
+        subdir = str((hydra.get("sweep") or {}).get("subdir", "${hydra.job.num}"))
+        task = [str(t) for t in (hydra.get("overrides") or {}).get("task") or []]
+        params = (hydra.get("sweeper") or {}).get("params") or {}
+        size = _sweep_size(task + [f"{k}={v}" for k, v in params.items()])
     except (yaml.YAMLError, OSError, ValueError, AttributeError):
         return []
-    if not size:
-        return []
+    numbered = any(p.parent == sweep and p.name.isdigit() for p in found)
+    if not size or subdir != "${hydra.job.num}" or not numbered:
+        return []  # job dirs are not numbered: which ones are absent cannot be told
     present = {p.resolve() for p in found}
     missing = []
     for num in range(size):
