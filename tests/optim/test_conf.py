@@ -3,14 +3,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from famlab.model.transformer import TransformerLM
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 OPTIMIZERS = sorted((CONF / "optimizer").glob("*.yaml"))
 SCHEDULERS = sorted((CONF / "scheduler").glob("*.yaml"))
+
+
+def _load(path: Path):
+    """Compose ``<group>/<option>`` through Hydra (resolves the defaults lists of fam_* options)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(overrides=[f"+{path.parent.name}={path.stem}"])
+    return cfg[path.parent.name]
 
 
 def _model():
@@ -21,15 +28,19 @@ def _model():
 def test_yaml_is_commented(path):
     lines = path.read_text().splitlines()
     assert lines[0].startswith("#")
-    keys = [l for l in lines if l and not l.startswith(("#", " ")) and not l.startswith(("_target_", "_partial_"))]
+    keys = [l for l in lines if l and not l.startswith(("#", " ", "_target_", "_partial_", "defaults:"))]
     assert all("#" in l for l in keys), f"uncommented keys in {path.name}: {keys}"
 
 
 @pytest.mark.parametrize("path", OPTIMIZERS, ids=lambda p: p.stem)
 def test_optimizer_yaml_builds_and_steps(path):
     model = _model()
-    opt = instantiate(OmegaConf.load(path))(model)
+    opt = instantiate(_load(path))(model)
     assert isinstance(opt, torch.optim.Optimizer)
+    if path.stem.startswith("fam"):
+        extra = {"fam": {}, "fam_adam": {"base": "adam"}, "fam_temporal": {"spectrum": "temporal"},
+                 "fam_constant": {"analysis": False}}[path.stem]
+        assert all(getattr(opt, k) == v for k, v in extra.items())
     model(torch.randint(0, 32, (2, 8))).square().mean().backward()
     opt.step()
 
@@ -37,7 +48,7 @@ def test_optimizer_yaml_builds_and_steps(path):
 @pytest.mark.parametrize("path", SCHEDULERS, ids=lambda p: p.stem)
 def test_scheduler_yaml_builds(path):
     opt = torch.optim.SGD(_model().parameters(), lr=0.1)
-    sched = instantiate(OmegaConf.load(path))(opt, total_steps=200)
+    sched = instantiate(_load(path))(opt, total_steps=200)
     assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
     for _ in range(3):
         opt.step()

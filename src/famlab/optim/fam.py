@@ -1,0 +1,307 @@
+"""FAMOptimizer: frequency-adaptive momentum (seed spec 1.1-1.4), device-resident and sync-free.
+
+Per parameter ``p`` with gradient ``g`` (faithful default ``base="sgd"``, ``spectrum="spatial"``):
+
+1. ``step += 1``; coupled L2 ``g <- g + wd*p``.
+2. FAM is active iff ``step > fam_start_step`` and ``numel(p) > min_size`` (both strict, Python ints).
+3. Sample ``g`` (numel > 10000: 64 random rows x 64 random cols for >= 2-D, 1000 random entries for 1-D; else
+   all of ``g``) with a seeded ``torch.Generator`` on the param's device; band energies of ``|rfft|``
+   (:mod:`famlab.optim.frequency`), EMA ``H <- beta*H + (1-beta)*b`` (first active step: ``H <- b``).
+4. ``alpha_eff = handler.momentum(H, alpha)``; ``m <- alpha_eff*m + (1-alpha_eff)*g``; ``p <- p - lr*m``.
+
+Extensions (options of the same class, not in the seed):
+
+* ``base="adam"``: alpha_eff is Adam's beta1; second moment ``v`` (``beta2``), bias correction
+  ``1 - prod_t(alpha_eff_t)`` (exact for a time-varying beta1) and ``1 - beta2^t``, decoupled weight decay.
+* ``spectrum="temporal"``: every eligible tensor keeps a ring buffer (``window`` steps) of one cheap statistic,
+  the gradient's projection on a fixed seeded sparse random +-1 direction (256 entries); the rfft runs over
+  TIME, so high bands measure step-to-step oscillation (what the seed's README described).
+* ``analysis=False``: each group's constant alpha (ablation of the analysis).
+
+Differs from the seed: no host sync (band EMAs, alpha_eff, generator state are tensors in optimizer state,
+the gating uses Python int step counters), seeded sampling instead of the global CPU RNG, batched rfft and
+band sums (one matmul per group and signal length), no swallowed exceptions, ``layer_boost`` is stored but
+unused (as in the seed), debug output is JSON Lines (:mod:`famlab.optim.fam_debug`).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from famlab.optim.fam_debug import FAMDebugWriter
+from famlab.optim.frequency import HANDLERS, make_handler
+from famlab.optim.groups import add_handlers_to_groups
+
+_FLOAT32_STATE = ("band_ema", "alpha_eff", "beta1_prod", "trace")
+PROBE_SIZE = 256
+
+
+def spatial_sample(g: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Seed sampling of a gradient, flattened ``[L]``; ``L`` depends only on ``g.shape``."""
+    if g.numel() > 10000:
+        if g.dim() > 1:
+            rows = torch.randperm(g.shape[0], generator=gen, device=g.device)[:64]
+            cols = torch.randperm(g.shape[1], generator=gen, device=g.device)[:64]
+            return g.index_select(0, rows).index_select(1, cols).reshape(-1)
+        idx = torch.randperm(g.numel(), generator=gen, device=g.device)[:1000]
+        return g.reshape(-1).index_select(0, idx)
+    return g.reshape(-1)
+
+
+def _check(cond: bool, key: str, allowed: str, value) -> None:
+    if not cond:
+        raise ValueError(f"optimizer.{key} must be {allowed}, got {value!r}")
+
+
+class FAMOptimizer(torch.optim.Optimizer):
+    """Frequency-Adaptive Momentum. Group keys (``lr, weight_decay, alpha, n_bands, handler``, and any other
+    default) override the constructor values, as in the seed."""
+
+    def __init__(self, params, lr: float = 1e-3, alpha: float = 0.9, beta: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, n_bands: int = 8, fam_start_step: int = 100, layer_boost: bool = True,
+                 min_size: int = 256, debug: bool = False, debug_dir: str = "./fam_debug",
+                 debug_interval: int = 1000, *, base: str = "sgd", spectrum: str = "spatial",
+                 analysis: bool = True, attention_layout: str = "high", beta2: float = 0.999,
+                 adam_eps: float = 1e-8, window: int = 64, seed: int = 0, debug_every: int = 10):
+        _check(base in ("sgd", "adam"), "base", "'sgd' or 'adam'", base)
+        _check(spectrum in ("spatial", "temporal"), "spectrum", "'spatial' or 'temporal'", spectrum)
+        _check(isinstance(window, int) and window >= 4, "window", "an integer >= 4", window)
+        _check(0.0 <= beta2 < 1.0, "beta2", "in [0, 1)", beta2)
+        _check(adam_eps > 0, "adam_eps", "> 0", adam_eps)
+        _check(isinstance(debug_interval, int) and debug_interval >= 1, "debug_interval", "an integer >= 1",
+               debug_interval)
+        self.base, self.spectrum, self.analysis = base, spectrum, bool(analysis)
+        self.beta2, self.adam_eps, self.window, self.seed = float(beta2), float(adam_eps), window, int(seed)
+        self.layer_boost = layer_boost  # stored, unused (seed)
+        self.attention_layout = attention_layout
+        self._handlers = {name: make_handler(name, attention_layout) for name in HANDLERS}
+        defaults = dict(lr=lr, alpha=alpha, beta=beta, eps=eps, weight_decay=weight_decay, n_bands=n_bands,
+                        handler="default", fam_start_step=fam_start_step, min_size=min_size)
+        super().__init__(add_handlers_to_groups(params), defaults)
+        self._generators: dict[str, torch.Generator] = {}
+        self._pending_rng: dict[str, torch.Tensor] = {}
+        self._probes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._steps = 0
+        self.debug = bool(debug)
+        self._debug = FAMDebugWriter(debug_dir, debug_interval, debug_every, dict(
+            lr=lr, alpha=alpha, beta=beta, n_bands=n_bands, fam_start_step=fam_start_step, base=base,
+            spectrum=spectrum, analysis=analysis)) if debug else None
+
+    def add_param_group(self, param_group: dict) -> None:
+        g = param_group
+        for key, ok, allowed in (("lr", lambda v: v > 0, "> 0"), ("alpha", lambda v: 0 <= v < 1, "in [0, 1)"),
+                                 ("beta", lambda v: 0 <= v < 1, "in [0, 1)"), ("eps", lambda v: v > 0, "> 0"),
+                                 ("weight_decay", lambda v: v >= 0, ">= 0")):
+            if key in g or key in self.defaults:
+                value = g.get(key, self.defaults.get(key))
+                _check(isinstance(value, (int, float)) and ok(value), key, allowed, value)
+        for key in ("n_bands", "fam_start_step", "min_size"):
+            value = g.get(key, self.defaults.get(key))
+            _check(isinstance(value, int) and value >= (1 if key == "n_bands" else 0), key,
+                   "a positive integer" if key == "n_bands" else "an integer >= 0", value)
+        handler = g.get("handler", "default")
+        _check(handler in HANDLERS, "handler", f"one of {sorted(HANDLERS)}", handler)
+        if handler == "attention" and self.attention_layout == "legacy":
+            n = g.get("n_bands", self.defaults["n_bands"])
+            _check(n >= 2, "n_bands", ">= 2 for the attention 'legacy' layout", n)
+        g.setdefault("group", f"group{len(self.param_groups)}")
+        if not isinstance(g.get("params"), (list, tuple)):
+            g["params"] = [g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"])
+        g.setdefault("names", [f"{g['group']}.{j}" for j in range(len(g["params"]))])
+        super().add_param_group(param_group)
+
+    # ------------------------------------------------------------------ RNG and state
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            if key in self._pending_rng:
+                gen.set_state(self._pending_rng.pop(key))
+            self._generators[key] = gen
+        return gen
+
+    def _probe(self, p: torch.Tensor, ordinal: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed sparse random direction of ``p``: entry indices ``[K]`` and signs ``[K]`` (a pure function
+        of ``(seed, ordinal)``, so it needs no checkpointing)."""
+        probe = self._probes.get(id(p))
+        if probe is None:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + ordinal)
+            idx = torch.randint(0, p.numel(), (PROBE_SIZE,), generator=gen)
+            sign = (torch.randint(0, 2, (PROBE_SIZE,), generator=gen) * 2 - 1).float() / math.sqrt(PROBE_SIZE)
+            probe = self._probes[id(p)] = (idx.to(p.device), sign.to(p.device))
+        return probe
+
+    def _init_state(self, p: torch.Tensor, st: dict, group: dict) -> None:
+        st["step"] = 0
+        st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if self.base == "adam":
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["beta1_prod"] = torch.ones((), dtype=torch.float32, device=p.device)
+        if self.analysis and p.numel() > group["min_size"]:
+            st["fam_count"] = 0
+            st["band_ema"] = torch.zeros(group["n_bands"], dtype=torch.float32, device=p.device)
+            st["alpha_eff"] = torch.full((), float(group["alpha"]), dtype=torch.float32, device=p.device)
+            if self.spectrum == "temporal":
+                st["trace"] = torch.zeros(self.window, dtype=torch.float32, device=p.device)
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        rng = dict(self._pending_rng)
+        rng.update({key: gen.get_state() for key, gen in self._generators.items()})
+        sd["fam_rng"] = rng
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        rng = state_dict.pop("fam_rng", {})
+        super().load_state_dict(state_dict)
+        for st in self.state.values():  # base class casts state to the param dtype; FAM statistics stay fp32
+            for key in _FLOAT32_STATE:
+                if key in st:
+                    st[key] = st[key].float()
+        self._pending_rng = {k: v.detach().cpu().to(torch.uint8) for k, v in rng.items()}
+        for key, gen in self._generators.items():
+            if key in self._pending_rng:
+                gen.set_state(self._pending_rng.pop(key))
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._steps += 1
+        ordinal = 0
+        for group in self.param_groups:
+            self._group_step(group, ordinal)
+            ordinal += len(group["params"])
+        if self._debug is not None:
+            self._debug.maybe_flush(self._steps)
+        return loss
+
+    def _group_step(self, group: dict, ordinal: int) -> None:
+        params, grads, states, names, ords = [], [], [], [], []
+        for j, (name, p) in enumerate(zip(group["names"], group["params"])):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"FAMOptimizer does not support sparse gradients ({name}); use sparse=False")
+            st = self.state[p]
+            if not st:
+                self._init_state(p, st, group)
+            st["step"] += 1
+            params.append(p), grads.append(p.grad), states.append(st), names.append(name), ords.append(ordinal + j)
+        if not params:
+            return
+        if self.base == "sgd" and group["weight_decay"] != 0:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        eligible = [i for i, st in enumerate(states) if "band_ema" in st]
+        if self.spectrum == "temporal" and eligible:
+            self._record_traces(eligible, params, grads, states, ords)
+        active = [i for i in eligible if states[i]["step"] > group["fam_start_step"]]
+        adaptive = self._analyze(group, active, grads, states) if active else {}
+        self._apply(group, params, grads, states, adaptive)
+        if self._debug is not None:
+            for i in active:
+                st = states[i]
+                self._debug.record(st["step"], names[i], group["group"], group["handler"], st["alpha_eff"],
+                                   st["band_ema"])
+
+    def _record_traces(self, eligible, params, grads, states, ords) -> None:
+        """Write this step's projection of each eligible gradient into its ring buffer (slot ``(step-1) % W``)."""
+        stats, slots = [], []
+        for i in eligible:
+            idx, sign = self._probe(params[i], ords[i])
+            stats.append(torch.dot(grads[i].reshape(-1).index_select(0, idx).float(), sign))
+            slots.append(states[i]["trace"].select(0, (states[i]["step"] - 1) % self.window))
+        torch._foreach_copy_(slots, stats)
+
+    def _analyze(self, group, active, grads, states) -> dict[int, torch.Tensor]:
+        """Band EMAs and alpha_eff of the active params; returns ``{index: alpha_eff 0-dim tensor}``."""
+        handler = self._handlers[group["handler"]]
+        buckets: dict[tuple, list] = defaultdict(list)  # same signal length and device -> one batched rfft
+        for i in active:
+            if self.spectrum == "temporal":
+                signal = states[i]["trace"]
+            else:
+                signal = spatial_sample(grads[i], self._generator(grads[i].device))
+            buckets[(signal.shape[0], signal.device)].append((i, signal))
+        out: dict[int, torch.Tensor] = {}
+        for items in buckets.values():
+            idx = [i for i, _ in items]
+            bands = handler.analyze(torch.stack([s for _, s in items]), group["n_bands"], group["eps"])  # [P, n]
+            emas = [states[i]["band_ema"] for i in idx]
+            smoothed = torch.stack(emas).lerp_(bands, 1.0 - group["beta"])
+            for row, i in enumerate(idx):
+                if states[i]["fam_count"] == 0:  # first analysis: H <- b (seed)
+                    smoothed[row].copy_(bands[row])
+                states[i]["fam_count"] += 1
+            alpha_eff = handler.momentum(smoothed, float(group["alpha"]))  # [P]
+            torch._foreach_copy_(emas, list(smoothed.unbind(0)))
+            torch._foreach_copy_([states[i]["alpha_eff"] for i in idx], list(alpha_eff.unbind(0)))
+            out.update(zip(idx, alpha_eff.unbind(0)))
+        return out
+
+    def _apply(self, group, params, grads, states, adaptive: dict[int, torch.Tensor]) -> None:
+        lr, alpha, wd = group["lr"], float(group["alpha"]), group["weight_decay"]
+        ms = [st["exp_avg"] for st in states]
+        fixed = [i for i in range(len(params)) if i not in adaptive]
+        ada = list(adaptive)
+        if fixed:
+            torch._foreach_lerp_([ms[i] for i in fixed], [grads[i] for i in fixed], 1.0 - alpha)
+        if ada:
+            weights = torch._foreach_neg([adaptive[i] for i in ada])
+            torch._foreach_add_(weights, 1.0)  # 1 - alpha_eff
+            weights = [w if w.dtype == ms[i].dtype else w.to(ms[i].dtype) for w, i in zip(weights, ada)]
+            torch._foreach_lerp_([ms[i] for i in ada], [grads[i] for i in ada], weights)
+        if self.base == "sgd":
+            torch._foreach_add_(params, ms, alpha=-lr)
+            return
+        vs, prods = [st["exp_avg_sq"] for st in states], [st["beta1_prod"] for st in states]
+        if wd != 0:
+            torch._foreach_mul_(params, 1.0 - lr * wd)
+        torch._foreach_mul_(vs, self.beta2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - self.beta2)
+        if fixed:
+            torch._foreach_mul_([prods[i] for i in fixed], alpha)
+        if ada:
+            torch._foreach_mul_([prods[i] for i in ada], [adaptive[i] for i in ada])
+        bias1 = torch._foreach_neg(prods)
+        torch._foreach_add_(bias1, 1.0)  # 1 - prod_t beta1_t
+        bias2_sqrt = [math.sqrt(1.0 - self.beta2 ** st["step"]) for st in states]
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, self.adam_eps)
+        torch._foreach_mul_(denom, bias1)
+        torch._foreach_addcdiv_(params, ms, denom, value=-lr)
+
+    # ------------------------------------------------------------------ diagnostics
+    @torch.no_grad()
+    def band_summary(self) -> dict[str, dict]:
+        """Per group: ``handler``, ``bands`` (mean band EMA over FAM-active params, ``[n_bands]``), ``alpha_eff``
+        (mean, 0-dim) as device tensors, and ``active`` (Python int). Groups without active params report
+        zero bands and their constant alpha. No host sync."""
+        out = {}
+        for group in self.param_groups:
+            states = [self.state[p] for p in group["params"] if p in self.state]
+            live = [st for st in states if st.get("fam_count", 0) > 0]
+            device = group["params"][0].device
+            if live:
+                bands = torch.stack([st["band_ema"] for st in live]).mean(0)
+                alpha = torch.stack([st["alpha_eff"] for st in live]).mean()
+            else:
+                bands = torch.zeros(group["n_bands"], device=device)
+                alpha = torch.full((), float(group["alpha"]), device=device)
+            out[group["group"]] = {"handler": group["handler"], "bands": bands, "alpha_eff": alpha,
+                                   "active": len(live)}
+        return out
+
+    def flush_debug(self) -> None:
+        """Write buffered debug records now (no-op unless ``debug=True``)."""
+        if self._debug is not None:
+            self._debug.flush()

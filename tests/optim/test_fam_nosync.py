@@ -1,0 +1,50 @@
+"""FAMOptimizer.step() and band_summary() never convert a tensor to a Python value (no host sync)."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from famlab.model.transformer import TransformerLM
+from famlab.optim.factories import fam
+
+SYNC_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
+            torch.ops.aten.is_nonzero.default}
+
+
+class FailOnSync(TorchDispatchMode):
+    """Raises on tensor -> Python conversions and on device -> host copies."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in SYNC_OPS:
+            raise AssertionError(f"host sync: {func}")
+        if func is torch.ops.aten._to_copy.default and args[0].device.type != "cpu" and \
+                str(kwargs.get("device", args[0].device)) == "cpu":
+            raise AssertionError("device -> host copy")
+        return func(*args, **kwargs)
+
+
+def test_the_guard_catches_item():
+    with pytest.raises(AssertionError, match="host sync"):
+        with FailOnSync():
+            torch.ones(2).sum().item()
+    with pytest.raises(AssertionError, match="host sync"):
+        with FailOnSync():
+            bool(torch.ones(()) > 0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(base="adam", weight_decay=0.1), dict(spectrum="temporal", window=8),
+                                    dict(analysis=False), dict(weight_decay=0.01, attention_layout="legacy")])
+def test_step_has_no_host_sync(kwargs):
+    torch.manual_seed(0)
+    model = TransformerLM(vocab_size=32, dims=32, layers=1, heads=2, context=8)
+    opt = fam(model, fam_start_step=2, **kwargs)
+    x = torch.randint(0, 32, (2, 8))
+    for step in range(5):  # steps 1-2 plain, 3 first analysis (H <- b), 4-5 EMA
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        with FailOnSync():
+            opt.step()
+            summary = opt.band_summary()
+    if kwargs.get("analysis", True):
+        assert summary["attention"]["active"] > 0
+        assert all(st["fam_count"] == 3 for st in opt.state.values() if "fam_count" in st)
