@@ -26,6 +26,10 @@ from famlab.attention.core import AttentionBase
 from famlab.attention.local import blocked_attention, dense_local_attention
 
 
+def _refresh_after_load(module: "AdaptiveSpan", _incompatible_keys) -> None:
+    module.refresh_extent()
+
+
 class AdaptiveSpan(AttentionBase):
     """Learned-span causal MHA. ``x`` ``[B, T, dims]`` -> ``[B, T, dims]``.
 
@@ -72,7 +76,7 @@ class AdaptiveSpan(AttentionBase):
         self.span_scale = nn.Parameter(torch.full((head,), float(init_span)))
         self.extent = 0
         self.refresh_extent()
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_extent())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     # --- span quantities (differentiable) ------------------------------------------------
     def spans(self) -> torch.Tensor:

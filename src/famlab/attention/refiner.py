@@ -31,6 +31,10 @@ _SPAN_EDGES = torch.linspace(0.1, 0.9, 9)
 _TREND_EDGES = torch.tensor([-0.05, -0.02, -0.01, -0.005, -0.001, 0.001, 0.005, 0.01, 0.02])
 
 
+def _sync_after_load(module: "Refiner", _incompatible_keys) -> None:
+    module._host_step = int(module.step)  # one host read, at checkpoint load only
+
+
 class Refiner(nn.Module):
     """Epsilon-greedy Q-learning over span factors. All state is in buffers."""
 
@@ -75,10 +79,7 @@ class Refiner(nn.Module):
         self.register_buffer("trend_edges", _TREND_EDGES.clone(), persistent=False)
         self._host_step = 0  # mirror of ``step`` so the update schedule needs no host read
         self._generator: torch.Generator | None = None
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_host_step())
-
-    def _sync_host_step(self) -> None:
-        self._host_step = int(self.step)  # one host read, at checkpoint load only
+        self.register_load_state_dict_post_hook(_sync_after_load)
 
     def factor_of(self, action: torch.Tensor) -> torch.Tensor:
         """Span factor of an action id tensor, in ``[min_factor, 1]``."""
@@ -140,7 +141,7 @@ class Refiner(nn.Module):
         self.factor.copy_(self.factor_of(action).reshape(()))
         self.ema_at_action.copy_(self.loss_ema)
         self.decided.fill_(True)
-        self.action_counts.index_add_(0, action, torch.ones(1, device=device))
+        self.action_counts.index_add_(0, action, torch.ones(1, device=device, dtype=self.action_counts.dtype))
 
     def metrics(self) -> dict[str, torch.Tensor]:
         hist = self.action_counts / self.action_counts.sum().clamp_min(1.0)

@@ -1,0 +1,167 @@
+"""IntegratedAttention: full-attention limit, causality, caching, gradients, refiner, no host sync."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from famlab.attention.cache import KVCache
+from famlab.attention.core import merge_heads, split_heads
+from famlab.attention.integrated import IntegratedAttention
+from famlab.attention.refiner import Refiner
+
+D, HEADS, T = 32, 4, 20
+REFINER = {"enabled": True, "states": 100, "actions": 10, "update_every": 2, "epsilon": 0.5, "seed": 1}
+
+
+class NoHostSync(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise AssertionError("host sync (aten::_local_scalar_dense) in the training path")
+        return func(*args, **(kwargs or {}))
+
+
+def make(seed=0, **kw):
+    torch.manual_seed(seed)
+    kw = {"win_size": 6, "max_span": 5, "ramp": 2, "max_dist": 64, **kw}
+    mod = IntegratedAttention(D, HEADS, **kw).double()
+    with torch.no_grad():  # a span predictor with a spread of outputs, so the ramp matters
+        mod.span_pred.weight.mul_(3.0)
+    return mod
+
+
+def inputs(T=T, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, T, D, generator=g, dtype=torch.float64), torch.arange(T)
+
+
+def test_full_window_and_span_without_refiner_equals_two_full_attentions():
+    mod = make(win_size=T, max_span=10_000, temp_scale=0.0, refiner=None)
+    x, pos = inputs()
+
+    def full(proj, h):
+        q, k, v = (split_heads(t, HEADS) for t in proj(h).chunk(3, dim=-1))
+        return merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+    local = full(mod.local_qkv, mod.norm_local(x))
+    glob = full(mod.qkv, mod.norm_global(x))
+    torch.testing.assert_close(mod(x, pos), mod.proj(torch.cat([local, glob], -1)))
+
+
+@pytest.mark.parametrize("kw", [{}, {"refiner": REFINER, "focus_iters": 2}])
+def test_no_causal_leakage_full_and_cached(kw):
+    mod = make(**kw)
+    x, pos = inputs()
+    y = mod(x, pos)
+    for t in (1, 8, 19):
+        x2 = x.clone()
+        x2[:, t:] = torch.randn_like(x2[:, t:])
+        torch.testing.assert_close(mod(x2, pos)[:, :t], y[:, :t])
+    cache = KVCache()  # decoding the perturbed sequence reproduces the clean prefix
+    outs = [mod(x2[:, :3], pos[:3], cache)] + [mod(x2[:, i:i + 1], pos[i:i + 1], cache) for i in range(3, t)]
+    torch.testing.assert_close(torch.cat(outs, 1), y[:, :t])
+
+
+@pytest.mark.parametrize("prefill,focus", [(1, 1), (7, 2)])
+def test_cached_decoding_equals_full_forward(prefill, focus):
+    mod = make(focus_iters=focus, refiner=REFINER)
+    x, pos = inputs()
+    full = mod(x, pos)
+    cache = KVCache()
+    outs = [mod(x[:, :prefill], pos[:prefill], cache)]
+    outs += [mod(x[:, i:i + 1], pos[i:i + 1], cache) for i in range(prefill, T)]
+    torch.testing.assert_close(torch.cat(outs, 1), full)
+    assert cache.extra["local"].k.shape[-2] == mod.window - 1  # local cache stays bounded
+
+
+def test_every_parameter_gets_a_gradient():
+    mod = make(refiner=REFINER)
+    x, pos = inputs()
+    mod(x, pos).pow(2).sum().backward()
+    missing = [n for n, p in mod.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []  # span_pred, proj (combination), local_qkv, qkv, norms: DDP-safe
+
+
+def test_refiner_factor_scales_the_span():
+    mod = make(refiner=REFINER)
+    x, pos = inputs()
+    y1 = mod(x, pos)
+    span1 = mod.span_mean.clone()
+    mod.refiner.factor.fill_(0.25)
+    y2 = mod(x, pos)
+    torch.testing.assert_close(mod.span_mean, span1 * 0.25)
+    assert not torch.allclose(y1, y2)
+
+
+def test_post_step_drives_refiner_and_metrics():
+    mod = make(refiner=REFINER)
+    x, pos = inputs()
+    for i in range(6):
+        mod(x, pos)
+        mod.post_step(loss=torch.tensor(3.0 - 0.1 * i))
+    assert int(mod.refiner.step) == 6 and float(mod.refiner.action_counts.sum()) == 3
+    m = mod.metrics()
+    assert {"span/mean", "span/pred", "refiner/span", "refiner/epsilon", "refiner/action_hist_0"} <= set(m)
+    assert all(not v.requires_grad for v in m.values())
+    sd = mod.state_dict()
+    assert "refiner.q_table" in sd and sd["refiner.q_table"].shape == (100, 10)
+
+
+def test_local_global_has_no_refiner_and_post_step_is_harmless():
+    mod = make(refiner={"enabled": False, "states": 5})
+    assert mod.refiner is None
+    mod.post_step(loss=torch.tensor(1.0))
+    assert "refiner/span" not in mod.metrics()
+
+
+def test_recorded_stats_for_both_branches():
+    mod = make()
+    mod.record_stats = True
+    x, pos = inputs()
+    mod(x, pos)
+    m = mod.metrics()
+    for key in ("attn/entropy", "attn/max_logit", "attn/local_entropy", "attn/local_max_logit"):
+        assert torch.isfinite(m[key])
+    assert m["attn/local_entropy"] <= torch.log(torch.tensor(float(mod.window)))
+
+
+def test_training_forward_backward_and_post_step_have_no_host_sync():
+    mod = make(refiner=REFINER).train()
+    mod.record_stats = True
+    x, pos = inputs()
+    with NoHostSync():
+        for i in range(2):
+            mod(x, pos).sum().backward()
+            mod.post_step(loss=torch.tensor(2.0 - i))
+        mod.metrics()
+
+
+def test_flex_backend_forward_matches_blocked():
+    mod = make().float().eval()
+    x, pos = inputs()
+    x = x.float()
+    with torch.no_grad():
+        ref = mod(x, pos)
+        mod.backend = "flex"
+        out = mod(x, pos)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,has_refiner", [("integrated", True), ("local_global", False)])
+def test_configs_instantiate(name, has_refiner):
+    node = OmegaConf.load(f"conf/attention/{name}.yaml")
+    cfg = OmegaConf.merge({"model": {"context": 64}, "seed": 3}, {"attention": node})
+    mod = instantiate(cfg.attention)(dims=D, head=HEADS, position=None)
+    assert isinstance(mod, IntegratedAttention)
+    assert isinstance(mod.refiner, Refiner) == has_refiner
+    if has_refiner:
+        assert mod.refiner.seed == 3
+
+
+@pytest.mark.parametrize("kw,key", [({"win_size": 0}, "win_size"), ({"backend": "cuda"}, "backend"),
+                                    ({"refiner": {"enabled": True, "bogus": 1}}, "refiner"),
+                                    ({"focus_iters": 0}, "focus_iters")])
+def test_bad_config_raises(kw, key):
+    with pytest.raises(ValueError, match=key):
+        IntegratedAttention(D, HEADS, **kw)
