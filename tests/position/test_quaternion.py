@@ -101,7 +101,7 @@ def test_quaternion_angle_is_freq_times_position_times_scale():
     out = q.rotate_qk(x, pos)
     for k in range(2):
         angle = pos.double() * q.freqs[k].detach() * 1.5
-        ref = q_rotation(x[0, 0, :, 3 * k : 3 * k + 3], angle, q.axes[k].detach())
+        ref = q_rotation(x[0, 0, :, 3 * k : 3 * k + 3], angle, q.axis_vectors[k].detach())
         torch.testing.assert_close(out[0, 0, :, 3 * k : 3 * k + 3], ref)
 
 
@@ -122,7 +122,7 @@ def position_matrix(scheme, hd: int, pos: int) -> torch.Tensor:
 
 def test_projection_map_is_orthogonal_and_moves_only_the_subspace():
     scheme = RotaryEmbedding(12, use_quaternion=True, use_projection=True).double()
-    basis = orthonormal_rows(scheme.proj.detach())
+    basis = scheme.subspace.detach()
     for pos in (1, 7, 300):
         m = position_matrix(scheme, 12, pos)
         torch.testing.assert_close(m @ m.T, torch.eye(12, dtype=torch.float64))
@@ -143,9 +143,16 @@ def test_metrics_track_learned_values():
     assert scheme.metrics()["position/axis_drift"] < 1e-3
     assert abs(scheme.metrics()["position/subspace_drift"]) < 1e-5
     with torch.no_grad():
-        scheme.axes.add_(torch.tensor([[0.5, -0.5, 0.5]]))
+        scheme.axis_vectors.add_(torch.tensor([[0.5, -0.5, 0.5]]))
         scheme.proj.add_(0.2 * torch.randn(scheme.proj.shape, generator=G))
         scheme.rscale.fill_(-0.5)
     metrics = scheme.metrics()
     assert metrics["position/axis_drift"] > 0.1 and metrics["position/subspace_drift"] > 1e-3
     assert metrics["position/rot_scale"] == -0.5
+
+
+def test_scale_invariant_parameters_are_one_dimensional():
+    """Axes and the subspace parameter are flat so ndim-based optimizer groups skip weight decay."""
+    scheme = RotaryEmbedding(12, use_quaternion=True, use_projection=True)
+    assert all(p.ndim <= 1 for p in scheme.parameters())
+    assert scheme.axis_vectors.shape == (1, 3) and scheme.subspace.shape == (3, 12)

@@ -141,11 +141,13 @@ class RotaryEmbedding(nn.Module):
             self.rscale = nn.Parameter(torch.tensor(float(rot_scale)))
             self.register_buffer("rot", torch.tensor(float(rot_count)))
         if self.num_triplets:
-            self.axes = nn.Parameter(fibonacci_axes(self.num_triplets))
-            self.register_buffer("axes_init", self.axes.detach().clone())
+            # stored flat (1-D) so the optimizers' ``ndim >= 2`` rule keeps them out of weight decay:
+            # their scale is normalised away, so decay would only shrink them and inflate their steps
+            self.axes = nn.Parameter(fibonacci_axes(self.num_triplets).reshape(-1))
+            self.register_buffer("axes_init", fibonacci_axes(self.num_triplets))
         if use_projection:
-            self.proj = nn.Parameter(nn.init.orthogonal_(torch.empty(width, dim), gain=proj_scale))
-            self.register_buffer("basis_init", orthonormal_rows(self.proj.detach()))
+            self.proj = nn.Parameter(nn.init.orthogonal_(torch.empty(width, dim), gain=proj_scale).reshape(-1))
+            self.register_buffer("basis_init", self.subspace.detach().clone())
 
     @staticmethod
     def _rot_width(dim: int, rot_dim: int | None, num_freqs: int | None, group: int) -> int:
@@ -156,6 +158,16 @@ class RotaryEmbedding(nn.Module):
         if group == 2 and rot_dim % 2:
             raise ValueError(f"position.rot_dim must be even for the standard rotary path, got {rot_dim}")
         return int(rot_dim)
+
+    @property
+    def axis_vectors(self) -> torch.Tensor:
+        """Learnable triplet axes ``[num_triplets, 3]`` (unnormalised)."""
+        return self.axes.view(self.num_triplets, 3)
+
+    @property
+    def subspace(self) -> torch.Tensor:
+        """Orthonormal rows ``A`` ``[proj_dim, dim]`` of the rotated subspace (projection path)."""
+        return orthonormal_rows(self.proj.view(self.rot_dim, self.head_dim))
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
         """Angle of every rotation group at every position, ``[T] -> [T, n]`` (fp32)."""
@@ -174,7 +186,7 @@ class RotaryEmbedding(nn.Module):
         k = self.num_triplets
         if k == 0:
             return apply_rotary(repeat(ang, "t n -> t (n r)", r=2), x)
-        tri = rotate_triplets(x[..., : 3 * k], ang[:, :k], self.axes)
+        tri = rotate_triplets(x[..., : 3 * k], ang[:, :k], self.axis_vectors)
         rest = x[..., 3 * k :]
         if self.num_pairs:
             rest = apply_rotary(repeat(ang[:, k:], "t n -> t (n r)", r=2), rest)
@@ -189,8 +201,7 @@ class RotaryEmbedding(nn.Module):
         if positions.shape != (t.shape[-2],):
             raise ValueError(f"position: positions must be [T={t.shape[-2]}], got {tuple(positions.shape)}")
         if self.use_projection:
-            basis = orthonormal_rows(self.proj)
-            return project_and_rotate(t, basis, lambda z: self._rotate_groups(z, positions)).to(t.dtype)
+            return project_and_rotate(t, self.subspace, lambda z: self._rotate_groups(z, positions)).to(t.dtype)
         return self._rotate_groups(t, positions).to(t.dtype)
 
     @torch.no_grad()
@@ -201,13 +212,14 @@ class RotaryEmbedding(nn.Module):
         if self.rscale is not None:
             out["position/rot_scale"] = self.rscale.detach().clone()
         if self.axes is not None:
-            u = self.axes.detach() / self.axes.detach().norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            u = self.axis_vectors.detach()
+            u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-8)
             for name, value in zip("xyz", u[0].unbind(-1)):
                 out[f"position/axis0_{name}"] = value.clone()
             cos = (u * self.axes_init).sum(-1).clamp(-1.0, 1.0)
             out["position/axis_drift"] = torch.acos(cos).mean()
         if self.proj is not None:
-            overlap = orthonormal_rows(self.proj.detach()) @ self.basis_init.transpose(0, 1)
+            overlap = self.subspace.detach() @ self.basis_init.transpose(0, 1)
             out["position/subspace_drift"] = 1 - overlap.pow(2).sum() / self.rot_dim
         return out
 
