@@ -140,6 +140,7 @@ def fam(
     debug: bool = False,
     debug_dir: str = "./fam_debug",
     debug_interval: int = 1000,
+    debug_every: int = 10,
 ):
     """FAMOptimizer over :func:`get_parameter_groups` (group table of the seed, module-type first).
 
@@ -157,6 +158,6 @@ def fam(
     return FAMOptimizer(
         groups, lr=lr, alpha=alpha, beta=beta, eps=eps, weight_decay=weight_decay, n_bands=n_bands,
         fam_start_step=fam_start_step, min_size=min_size, debug=debug, debug_dir=debug_dir,
-        debug_interval=debug_interval, base=base, spectrum=spectrum, analysis=analysis,
+        debug_interval=debug_interval, debug_every=debug_every, base=base, spectrum=spectrum, analysis=analysis,
         attention_layout=attention_layout, beta2=beta2, adam_eps=adam_eps, window=window, seed=seed,
     )
