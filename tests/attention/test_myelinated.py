@@ -207,6 +207,9 @@ def test_metrics_are_accumulated_detached_means():
     assert all(not v.requires_grad for v in out.values())
     assert out["skip/rate_2"] == 1.0 and 0.0 < out["skip/jump_rate"] < 1.0
     assert "skip/rate_0" not in m.metrics()  # reset after reading
+    m.record_stats = True  # what TransformerLM.set_record_stats sets: reaches every sub-layer
+    m(x, pos)
+    assert {"attn/entropy_s0", "attn/max_logit_s1"} <= set(m.metrics())  # s2 was skipped
 
 
 def test_config_builds_layer_and_rejects_bad_values():
