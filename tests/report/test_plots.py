@@ -43,6 +43,10 @@ def test_all_plots_written_as_png(tmp_path):
 def test_plots_skipped_without_data(tmp_path):
     stats = _stats(tmp_path / "runs", evals=False)
     assert plot_lr_sensitivity(stats, tmp_path / "lr.png") is None  # a single learning rate
+    write_run(tmp_path / "runs", "sgd", "sgd", 0, lr=0.1)  # another lr, but for another optimizer
+    stats = [group_stats(g) for g in group_runs(discover_runs([tmp_path / "runs"]))]
+    assert plot_lr_sensitivity(stats, tmp_path / "lr.png") is None
     assert plot_context_lengths(stats, tmp_path / "ctx.png") is None
     assert not (tmp_path / "lr.png").exists()
-    assert set(write_plots(stats, "val/loss", tmp_path / "out")) == {"loss_curves", "loss_vs_throughput"}
+    assert set(write_plots(stats, "val/loss", tmp_path / "out")) == {"loss_curves",
+                                                                      "loss_vs_throughput"}

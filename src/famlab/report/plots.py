@@ -72,14 +72,14 @@ def _without_lr(stats: GroupStats) -> str:
 
 
 def plot_lr_sensitivity(stats: list[GroupStats], path: Path) -> Path | None:
-    """Final val loss vs learning rate (log x), one line per setting other than the lr; None if
-    fewer than two distinct learning rates were run."""
+    """Final val loss vs learning rate (log x), one line per setting other than the lr; None unless
+    some setting was run at two or more learning rates."""
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for s in stats:
         for r in s.results:
             if r.run.status == "completed" and r.run.lr and r.final is not None:
                 points[_without_lr(s)].append((r.run.lr, r.final))
-    if len({lr for pts in points.values() for lr, _ in pts}) < 2:
+    if not any(len({lr for lr, _ in pts}) > 1 for pts in points.values()):
         return None
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.add_subplot(1, 1, 1)
@@ -121,19 +121,24 @@ def plot_context_lengths(stats: list[GroupStats], path: Path) -> Path | None:
 
 
 def plot_loss_vs_throughput(stats: list[GroupStats], path: Path) -> Path | None:
-    """Final val loss vs tokens/s per group (means, 95% CI bars); None without throughput."""
+    """Final val loss vs tokens/s: one dot per completed run, the group mean with +-std bars (CIs
+    from 2-3 seeds are too wide to read here); None without throughput."""
     present = [s for s in stats if s.estimates["tokens_per_s"].n and s.estimates["final"].n]
     if not present:
         return None
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     for s in present:
+        pairs = [(r.tokens_per_s, r.final) for r in s.results
+                 if r.run.status == "completed" and r.tokens_per_s is not None and r.final is not None]
         x, y = s.estimates["tokens_per_s"], s.estimates["final"]
-        ax.errorbar([x.mean], [y.mean], xerr=[[x.half_width if x.n > 1 else 0.0]],
-                    yerr=[[y.half_width if y.n > 1 else 0.0]], marker="o", capsize=3, label=s.label)
+        bar = ax.errorbar([x.mean], [y.mean], xerr=[[0.0 if x.n < 2 else x.std]],
+                          yerr=[[0.0 if y.n < 2 else y.std]], marker="o", capsize=3, label=s.label)
+        ax.scatter([p[0] for p in pairs], [p[1] for p in pairs], s=10, alpha=0.5,
+                   color=bar.lines[0].get_color())
     ax.set_xlabel("tokens/s")
     ax.set_ylabel("final val loss")
-    ax.set_title("quality vs speed (mean, 95% CI)")
+    ax.set_title("quality vs speed (mean ± std; dots: seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
