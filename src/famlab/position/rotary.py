@@ -159,6 +159,14 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"position.rot_dim must be even for the standard rotary path, got {rot_dim}")
         return int(rot_dim)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before axes/proj were stored flat hold them as [n, 3] / [p, d]
+        for name in ("axes", "proj"):
+            mine, saved = getattr(self, name), state_dict.get(prefix + name)
+            if mine is not None and saved is not None and saved.shape != mine.shape and saved.numel() == mine.numel():
+                state_dict[prefix + name] = saved.reshape(mine.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def axis_vectors(self) -> torch.Tensor:
         """Learnable triplet axes ``[num_triplets, 3]`` (unnormalised)."""
