@@ -156,3 +156,15 @@ def test_scale_invariant_parameters_are_one_dimensional():
     scheme = RotaryEmbedding(12, use_quaternion=True, use_projection=True)
     assert all(p.ndim <= 1 for p in scheme.parameters())
     assert scheme.axis_vectors.shape == (1, 3) and scheme.subspace.shape == (3, 12)
+
+
+def test_loads_checkpoints_with_unflattened_axes_and_subspace():
+    scheme = RotaryEmbedding(12, use_quaternion=True, use_projection=True)
+    old = dict(scheme.state_dict())
+    old["axes"], old["proj"] = old["axes"].view(1, 3), old["proj"].view(3, 12)
+    clone = RotaryEmbedding(12, use_quaternion=True, use_projection=True)
+    with torch.no_grad():
+        clone.proj.zero_().add_(1.0)
+    clone.load_state_dict(old)
+    x = torch.randn(1, 1, 4, 12, generator=G)
+    torch.testing.assert_close(clone.rotate_qk(x, torch.arange(4)), scheme.rotate_qk(x, torch.arange(4)))
