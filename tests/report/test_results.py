@@ -18,6 +18,7 @@ def test_run_result_values_and_target(tmp_path):
     assert (res.final, res.best) == (2.6, 2.4)
     assert res.steps_to_target == 200 and res.reached is True
     assert res.time_to_target == pytest.approx(100.0)  # elapsed_s on the same step's train row
+    assert (res.grid_steps, res.grid_time) == (100, pytest.approx(50.0))  # crossing in (100, 200]
     assert (res.tokens_per_s, res.optimizer_ms) == (800.0, 4.0)
     missed = run_result(run, target=1.0)
     assert missed.reached is False and missed.steps_to_target is None

@@ -126,3 +126,17 @@ def test_steps_and_time_to_target():
     assert time_to_target(steps, vals, 2.5, [300], [30.0]) is None
     assert time_to_target(steps, vals, 1.0, [100], [1.0]) is None
     assert interpolate_at(5, [0, 10], [0.0, float("nan")]) is None
+
+
+def test_grid_variance_widens_ci_and_welch():
+    from famlab.report.stats import grid_variance
+
+    assert grid_variance(100) == pytest.approx(10000 / 12) and grid_variance(0) == 0.0
+    est = mean_ci([400, 400, 400], resolution=100)
+    half = 4.302652729749411 * math.sqrt(10000 / 12) / math.sqrt(3)  # t_{0.975, 2}
+    assert (est.lo, est.hi) == (pytest.approx(400 - half), pytest.approx(400 + half))
+    res = welch_t_test([400, 400, 400], [500, 500, 500], resolution_a=100, resolution_b=100)
+    se = math.sqrt(2 * 10000 / 12 / 3)
+    assert res.se == pytest.approx(se) and res.df == pytest.approx(4.0)
+    assert res.p == pytest.approx(2 * (1 - t_cdf_by_simpson(100 / se, 4.0)), abs=1e-8)
+    assert 0.0 < res.p < 0.05

@@ -113,3 +113,16 @@ def test_collect_rules_deduplicates(tmp_path):
     for seed in range(2):
         write_run(tmp_path, f"r{seed}", seed=seed, meta={"verdict": RULE})
     assert collect_rules(discover_runs([tmp_path])) == [RULE]
+
+
+def test_identical_crossings_are_not_exact(tmp_path):
+    # every fam seed crosses at eval 200, every adam seed at eval 300 (evals every 100 steps):
+    # with 2 seeds the eval-grid variance leaves the CI straddling 0, with 4 it excludes 0
+    rule = {**RULE, "metric": "steps_to_target", "min_effect": 0.0}
+    two = stats_for(tmp_path / "two", {"adam": [2.0, 2.01], "fam": [1.2, 1.21]}, target=2.9)
+    steps = {s.label: s.values("steps_to_target") for s in two}
+    assert steps == {"optimizer=adam": [300, 300], "optimizer=fam": [200, 200]}
+    assert evaluate_rule(rule, two, "")["verdict"] == INCONCLUSIVE
+    four = stats_for(tmp_path / "four", {"adam": [2.0] * 4, "fam": [1.2] * 4}, target=2.9)
+    result = evaluate_rule(rule, four, "")
+    assert result["verdict"] == SUPPORTED and 0 < result["comparisons"]["baseline"]["p"] < 0.05

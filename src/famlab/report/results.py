@@ -10,6 +10,7 @@ ms per step (summary, else the median of the logged ``perf/*`` values), and ``ev
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from famlab.report.groups import Group
@@ -27,6 +28,8 @@ class RunResult:
     steps_to_target: float | None = None
     time_to_target: float | None = None
     reached: bool | None = None  # None: no target, or no curve to decide from
+    grid_steps: float = 0.0  # width of the eval interval the crossing lies in (steps, seconds)
+    grid_time: float = 0.0
     budget_steps: float | None = None
     budget_time: float | None = None
     tokens_per_s: float | None = None
@@ -110,6 +113,12 @@ def run_result(run: Run, metric: str = "val/loss", target: float | None = None,
                 out.steps_to_target = step
                 out.time_to_target = own_elapsed if own_elapsed is not None else (
                     interpolate_at(step, elapsed.steps, elapsed.values) if elapsed else None)
+                prev_step, _, before = rows[hit - 1] if hit else (0.0, None, 0.0)
+                out.grid_steps = step - prev_step
+                if before is None and elapsed:
+                    before = interpolate_at(prev_step, elapsed.steps, elapsed.values)
+                if out.time_to_target is not None and before is not None:
+                    out.grid_time = max(0.0, out.time_to_target - before)
         else:
             block = s.get("target") or {}
             if block.get("metric", metric) == metric and finite(block.get("value")) == target:
@@ -143,6 +152,14 @@ class GroupStats:
     def label(self) -> str:
         return self.group.label
 
+    def resolution(self, metric: str) -> float:
+        """RMS eval-grid width of the runs that reached the target (``*_to_target``), else 0."""
+        if metric not in ("steps_to_target", "time_to_target"):
+            return 0.0
+        attr = "grid_steps" if metric == "steps_to_target" else "grid_time"
+        grids = [getattr(r, attr) for r in self.results if r.reached]
+        return math.sqrt(sum(g * g for g in grids) / len(grids)) if grids else 0.0
+
     def values(self, metric: str, censored: bool = False) -> list[float]:
         """Per-seed values: target metrics over finished runs, everything else over completed."""
         pool = self.results if metric.endswith("_to_target") else [
@@ -162,20 +179,23 @@ def group_stats(group: Group, metric: str = "val/loss", target: float | None = N
     decided = [r for r in results if r.reached is not None]
     stats = GroupStats(group, results, {}, sum(bool(r.reached) for r in decided), len(decided),
                        eval_loss, maximize=maximize)
-    stats.estimates = {name: mean_ci(stats.values(name), confidence) for name in GROUP_METRICS}
+    stats.estimates = {name: mean_ci(stats.values(name), confidence, stats.resolution(name))
+                       for name in GROUP_METRICS}
     return stats
 
 
 def add_ratios(stats: list[GroupStats], baseline: GroupStats, confidence: float = 0.95) -> None:
     """Fill ``ratios[metric] = {ratio, p, ...}``: mean(group)/mean(baseline) and Welch p per metric.
 
-    Steps/time to target use reached runs only (the "not reached" counts stand beside them).
+    Steps/time to target use reached runs only (the "not reached" counts stand beside them) and
+    carry the eval-grid variance (``stats.grid_variance``), as do their CIs.
     """
     for st in stats:
         for name in GROUP_METRICS:
             a, b = st.estimates[name], baseline.estimates[name]
             ratio = a.mean / b.mean if a.n and b.n and b.mean != 0 else float("nan")
-            test = welch_t_test(st.values(name), baseline.values(name), confidence)
+            test = welch_t_test(st.values(name), baseline.values(name), confidence,
+                                st.resolution(name), baseline.resolution(name))
             st.ratios[name] = {"ratio": ratio, "p": test.p, "diff": test.diff,
                                "diff_ci": [test.lo, test.hi], "df": test.df}
 

@@ -6,6 +6,7 @@
 - ``welch_t_test``: unequal-variance t test with Welch-Satterthwaite degrees of freedom, two-sided
   p-value and a confidence interval for the difference of means ``mean(a) - mean(b)``.
 - ``steps_to_target`` / ``time_to_target``: first crossing of a target on a logged curve.
+- ``grid_variance``: optional Sheppard term for values read off a grid (the eval interval).
 
 Undefined quantities (a CI from one value, a test with fewer than two values per arm) are NaN, never
 zero, so callers cannot mistake "unknown" for "exact".
@@ -144,14 +145,25 @@ class Estimate:
         return {"n": self.n, "mean": self.mean, "std": self.std, "ci_low": self.lo, "ci_high": self.hi}
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
-    """Mean and Student-t confidence interval of the finite values (None / NaN / inf are ignored)."""
+def grid_variance(resolution: float) -> float:
+    """Variance of a value known only to lie in an interval of width ``resolution`` (uniform):
+    ``resolution^2 / 12`` (Sheppard). Steps to target are observed on the evaluation grid, so
+    identical seeds do not mean zero uncertainty."""
+    return float(resolution) ** 2 / 12.0 if resolution and math.isfinite(resolution) else 0.0
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95, resolution: float = 0.0) -> Estimate:
+    """Mean and Student-t confidence interval of the finite values (None / NaN / inf are ignored).
+
+    ``resolution`` > 0 adds ``grid_variance(resolution)`` to the per-value variance (df stay n - 1).
+    """
     vals = _finite(values)
     n = len(vals)
     m, s = mean(vals), sample_std(vals)
     if n < 2:
         return Estimate(n, m, s, NAN, NAN)
-    half = student_t_ppf(0.5 + confidence / 2.0, n - 1) * s / math.sqrt(n)
+    spread = math.sqrt(s * s + grid_variance(resolution))
+    half = student_t_ppf(0.5 + confidence / 2.0, n - 1) * spread / math.sqrt(n)
     return Estimate(n, m, s, m - half, m + half)
 
 
@@ -174,19 +186,23 @@ class WelchResult:
                 "ci_low": self.lo, "ci_high": self.hi, "n_a": self.n_a, "n_b": self.n_b}
 
 
-def welch_t_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> WelchResult:
+def welch_t_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
+                 resolution_a: float = 0.0, resolution_b: float = 0.0) -> WelchResult:
     """Welch's unequal-variance t test on the finite values of ``a`` and ``b``.
 
-    df = (va + vb)^2 / (va^2 / (na - 1) + vb^2 / (nb - 1)) with va = s_a^2 / na. With fewer than two
-    values in either arm everything but ``diff`` is NaN. With zero spread in both arms the
-    difference is exact: p = 1 if it is 0, else p = 0, and the CI collapses to the difference.
+    df = (va + vb)^2 / (va^2 / (na - 1) + vb^2 / (nb - 1)) with va = s_a^2 / na. ``resolution_*`` > 0
+    adds ``grid_variance`` to that arm's per-value variance (values read off a grid, e.g. the eval
+    interval for steps to target); 0 gives the plain Welch test. With fewer than two values in either
+    arm everything but ``diff`` is NaN. With zero total variance in both arms the difference is exact:
+    p = 1 if it is 0, else p = 0, and the CI collapses to the difference.
     """
     xa, xb = _finite(a), _finite(b)
     na, nb = len(xa), len(xb)
     diff = mean(xa) - mean(xb) if na and nb else NAN
     if na < 2 or nb < 2:
         return WelchResult(diff, NAN, NAN, NAN, NAN, NAN, NAN, na, nb)
-    va, vb = sample_variance(xa) / na, sample_variance(xb) / nb
+    va = (sample_variance(xa) + grid_variance(resolution_a)) / na
+    vb = (sample_variance(xb) + grid_variance(resolution_b)) / nb
     se = math.sqrt(va + vb)
     if se == 0.0:
         t = 0.0 if diff == 0 else math.copysign(math.inf, diff)

@@ -8,7 +8,9 @@ A rule (``config.yaml: experiment_meta.verdict``, ``summary.json: verdict_rule``
      "effect": "relative"}                                                  # or "absolute"
 
 Improvement I = baseline - method (direction lower) or method - baseline (higher), with a Welch 95%
-CI from the per-seed values; relative effects divide I and its CI by |mean(baseline)|.
+CI from the per-seed values (steps/time to target add the eval-grid variance Δ²/12, Δ = the eval
+interval the crossing fell in, so seeds that all cross at the same eval are not "exact"); relative
+effects divide I and its CI by |mean(baseline)|.
 
 - supported: n >= 2 in every arm, CI(I vs baseline) lies above 0, mean I >= min_effect, every method
   run reached the target (for ``*_to_target``), and, if an ablation is named, CI(I vs ablation) > 0.
@@ -95,7 +97,7 @@ def compare_arms(method: GroupStats, other: GroupStats, rule: dict, need_mean_ef
     min_effect = rule["min_effect"]
     metric, lower = rule["metric"], rule["direction"] == "lower"
     a, b = method.values(metric, censored=True), other.values(metric, censored=True)
-    test = welch_t_test(a, b)
+    test = welch_t_test(a, b, resolution_a=method.resolution(metric), resolution_b=other.resolution(metric))
     sign = -1.0 if lower else 1.0
     imp, lo, hi = sign * test.diff, *sorted((sign * test.lo, sign * test.hi))
     scale = abs(sum(b) / len(b)) if rule["effect"] == "relative" and b else 1.0
