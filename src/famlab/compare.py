@@ -84,8 +84,9 @@ def compare(paths: list[str | Path], baseline: str | None = None, target: float 
             verdicts: list[dict] | None = None, plots: bool = True) -> dict:
     """Build the report for ``paths``; returns the report data (also written to ``out``)."""
     runs = discover_runs(paths)
-    if not any(r.status != "missing" or r.config for r in runs):
-        raise FileNotFoundError(f"no run directories (config.yaml or summary.json) under {paths}")
+    if all(r.error == "path does not exist" for r in runs):  # also true for no runs at all
+        raise FileNotFoundError(f"no run directories (config.yaml or summary.json) under "
+                                f"{', '.join(map(str, paths))}")
     out = Path(out) if out else Path(paths[0]) / "report"
     metric = resolve_metric(runs, metric)
     target, target_source = resolve_target(runs, metric, target)

@@ -5,8 +5,10 @@ fallback or when the metric is not ``val/loss``), step and elapsed seconds at wh
 first reached (recomputed from metrics.csv, or the summary's ``val_history``; elapsed is the crossing
 row's own ``perf/elapsed_s``, else interpolated from other rows; the summary's ``target`` block is used
 only when no curve exists and it was computed for the same metric and value), tokens/s and optimizer
-ms per step (summary, else the median of the logged ``perf/*`` values), and ``eval.context_lengths``. ``*_censored`` values replace "never reached" by the run's budget
-(its last step / wall time): a lower bound of the true cost, used by the verdict rules.
+ms per step (summary, else the median of the logged ``perf/*`` values), ``eval.context_lengths``
+and the width of the eval interval the crossing fell in (``grid_*``, for the Sheppard term).
+``value(..., censored=True)`` replaces "never reached" by the run's budget (its last step / wall
+time): a lower bound of the true cost, used by the verdict rules.
 """
 from __future__ import annotations
 

@@ -56,10 +56,12 @@ def validate_rule(rule: dict) -> dict:
     out.setdefault("claim", f"{rule['method']} beats {rule['baseline']} on {rule['metric']}")
     out["direction"] = str(out.get("direction") or default_direction(str(rule["metric"])))
     if out["direction"] not in ("lower", "higher"):
-        raise ValueError(f"verdict rule 'direction' must be 'lower' or 'higher', got {out['direction']!r}")
+        raise ValueError(f"verdict rule 'direction' must be 'lower' or 'higher', "
+                         f"got {out['direction']!r}")
     out["effect"] = str(out.get("effect") or "relative")
     if out["effect"] not in ("relative", "absolute"):
-        raise ValueError(f"verdict rule 'effect' must be 'relative' or 'absolute', got {out['effect']!r}")
+        raise ValueError(f"verdict rule 'effect' must be 'relative' or 'absolute', "
+                         f"got {out['effect']!r}")
     out["min_effect"] = float(out.get("min_effect") or 0.0)
     return out
 
@@ -77,7 +79,9 @@ def collect_rules(runs: list[Run]) -> list[dict]:
     return found
 
 
-def _pick(spec: str, stats: list[GroupStats], metric: str, direction: str) -> tuple[GroupStats | None, str]:
+def _pick(spec: str, stats: list[GroupStats], metric: str,
+          direction: str) -> tuple[GroupStats | None, str]:
+    """The group ``spec`` names; among several (an LR sweep) the best on ``metric``, with a note."""
     groups = matching_groups(spec, [s.group for s in stats])
     arms = [s for s in stats if s.group in groups and s.values(metric, censored=True)]
     if not arms:
@@ -97,7 +101,8 @@ def compare_arms(method: GroupStats, other: GroupStats, rule: dict, need_mean_ef
     min_effect = rule["min_effect"]
     metric, lower = rule["metric"], rule["direction"] == "lower"
     a, b = method.values(metric, censored=True), other.values(metric, censored=True)
-    test = welch_t_test(a, b, resolution_a=method.resolution(metric), resolution_b=other.resolution(metric))
+    test = welch_t_test(a, b, resolution_a=method.resolution(metric),
+                        resolution_b=other.resolution(metric))
     sign = -1.0 if lower else 1.0
     imp, lo, hi = sign * test.diff, *sorted((sign * test.lo, sign * test.hi))
     scale = abs(sum(b) / len(b)) if rule["effect"] == "relative" and b else 1.0
@@ -134,13 +139,15 @@ def evaluate_rule(rule: dict, stats: list[GroupStats], scale: str) -> dict:
         result["reasons"].append(f"invalid rule: {exc}")
         return result
     if any(v is None for v in arms.values()):
-        result["reasons"].append("missing arm(s): " + ", ".join(k for k, v in arms.items() if v is None))
+        missing = ", ".join(k for k, v in arms.items() if v is None)
+        result["reasons"].append(f"missing arm(s): {missing}")
         return result
     result["scale"] = scale_line(describe_scale([r for a in arms.values() for r in a.group.runs]))
     method = arms["method"]
     base = compare_arms(method, arms["baseline"], rule, need_mean_effect=True)
     result["comparisons"]["baseline"] = base
-    ablation = compare_arms(method, arms["ablation"], rule, need_mean_effect=False) if "ablation" in arms else None
+    ablation = (compare_arms(method, arms["ablation"], rule, need_mean_effect=False)
+                if "ablation" in arms else None)
     if ablation:
         result["comparisons"]["ablation"] = ablation
     if metric.endswith("_to_target") and method.reached < method.decided:
