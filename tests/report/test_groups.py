@@ -67,3 +67,11 @@ def test_absent_key_is_default_only_when_choices_are_known():
     groups = group_runs(runs)
     assert [(g.label, len(g.runs)) for g in groups] == [
         ("optimizer=adam", 1), ("optimizer=adam,optimizer.lr=0.01", 1), ("optimizer=fam", 2)]
+
+
+def test_bookkeeping_overrides_do_not_split_groups():
+    runs = [Run(path=str(i), status="completed", choices={"optimizer": "adam"},
+                overrides=[f"out_root=/tmp/{i}", f"sweep_name=s{i}", f"seed={i}", "resume=auto"])
+            for i in range(3)]
+    groups = group_runs(runs)
+    assert [(g.label, len(g.runs)) for g in groups] == [("all", 3)]

@@ -1,7 +1,7 @@
 """Group runs by their non-seed settings and resolve group specs (``--baseline``, verdict arms).
 
-A run's settings are its Hydra overrides (``+``/``++``/``~`` prefixes stripped, ``seed`` and
-``hydra.*`` dropped) completed by its group choices (so defaults are explicit). Keys whose value is
+A run's settings are its Hydra overrides (``+``/``++``/``~`` prefixes stripped; ``seed``, ``hydra.*``
+and bookkeeping keys such as ``out_root``, ``run_name``, ``sweep_name``, ``resume`` dropped) completed by its group choices (so defaults are explicit). Keys whose value is
 identical in every run are left out of labels; what remains, in order of first appearance, is the
 label, e.g. ``optimizer=fam,optimizer.lr=0.003``. A single-group comparison is labelled ``all``.
 """
@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from famlab.report.runs import Run
 
 SEED_KEYS = {"seed"}
+# where and under which name a run was written, and how it was resumed: never a compared setting
+BOOKKEEPING_KEYS = {"out_root", "run_name", "sweep_name", "run_dir", "resume", "tags"}
+IGNORED_KEYS = SEED_KEYS | BOOKKEEPING_KEYS
 
 
 def parse_override(item: str) -> tuple[str, str] | None:
@@ -28,10 +31,10 @@ def run_settings(run: Run) -> dict[str, str]:
     settings: dict[str, str] = {}
     for item in run.overrides:
         parsed = parse_override(item)
-        if parsed and parsed[0] not in SEED_KEYS and not parsed[0].startswith("hydra"):
+        if parsed and parsed[0] not in IGNORED_KEYS and not parsed[0].startswith("hydra"):
             settings[parsed[0]] = parsed[1]
     for key, value in run.choices.items():
-        if key not in settings and key not in SEED_KEYS and not key.startswith("hydra"):
+        if key not in settings and key not in IGNORED_KEYS and not key.startswith("hydra"):
             settings[key] = str(value)
     return settings
 
