@@ -22,6 +22,7 @@ from famlab.build import build_datamodule, build_model, build_optimization, inst
 from famlab.data.tokenizers import save_tokenizer
 from famlab.errors import ConfigError
 from famlab.lit.checkpoint_io import AtomicCheckpointIO
+from famlab.lit.interrupt import Preempted
 from famlab.lit.module import LitLM
 from famlab.lit.recorder import RunRecorder
 from famlab.lit.summary import hardware, update_summary
@@ -76,6 +77,9 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         status = "completed"
+    except Preempted as e:
+        status, error = "interrupted", str(e)
+        log.warning("%s", e)
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
         raise

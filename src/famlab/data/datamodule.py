@@ -49,7 +49,25 @@ def tokenize_cached(docs: list[str], tokenizer, cache_dir: str, fingerprint: str
     return torch.cat([torch.as_tensor(c, dtype=torch.int32) for c in chunks["ids"]])
 
 
-class LMDataModule(pl.LightningDataModule):
+class StepStreamMixin:
+    """Checkpoints the position of the training stream (batches consumed) so resume continues it."""
+
+    start_batch = 0
+
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        return {"batches_seen": trainer.global_step * trainer.accumulate_grad_batches if trainer else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start_batch = int(state.get("batches_seen", 0))
+
+    def _stream(self, make_batch) -> DataLoader:
+        self.train_windows = StepWindows(make_batch, self.batch_size, self.seed)
+        self.train_windows.start_step = self.start_batch
+        return DataLoader(self.train_windows, batch_size=None, num_workers=0)
+
+
+class LMDataModule(StepStreamMixin, pl.LightningDataModule):
     """Next-token prediction on a corpus; the last ``val_fraction`` of tokens is validation."""
 
     def __init__(self, corpus, tokenizer: dict | None = None, context: int = 128, batch_size: int = 16,
@@ -108,9 +126,7 @@ class LMDataModule(pl.LightningDataModule):
         self.prepare()
 
     def train_dataloader(self):
-        make = lambda g, b: sample_windows(self.train_tokens, self.context, b, g)  # noqa: E731
-        self.train_windows = StepWindows(make, self.batch_size, self.seed)
-        return DataLoader(self.train_windows, batch_size=None, num_workers=0)
+        return self._stream(lambda g, b: sample_windows(self.train_tokens, self.context, b, g))
 
     def eval_batches(self, context: int, n: int, batch_size: int | None = None) -> list[dict]:
         """``n`` fixed validation batches of length ``context`` (seed-independent)."""
@@ -124,7 +140,7 @@ class LMDataModule(pl.LightningDataModule):
         return DataLoader(self.eval_batches(self.context, self.val_batches), batch_size=None, num_workers=0)
 
 
-class RecallDataModule(pl.LightningDataModule):
+class RecallDataModule(StepStreamMixin, pl.LightningDataModule):
     """The synthetic MQAR task (``data=recall``): fresh sequences every step, accuracy as metric."""
 
     def __init__(self, num_keys: int = 256, num_values: int = 64, context: int = 64, batch_size: int = 32,
@@ -153,9 +169,7 @@ class RecallDataModule(pl.LightningDataModule):
         return 1.0 / math.log(2)
 
     def train_dataloader(self):
-        make = lambda g, b: self.task.batch(self.context, b, g)  # noqa: E731
-        self.train_windows = StepWindows(make, self.batch_size, self.seed)
-        return DataLoader(self.train_windows, batch_size=None, num_workers=0)
+        return self._stream(lambda g, b: self.task.batch(self.context, b, g))
 
     def eval_batches(self, context: int, n: int, batch_size: int | None = None) -> list[dict]:
         g = step_generator(VAL_SEED, 0)

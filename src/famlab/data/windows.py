@@ -34,7 +34,7 @@ def sample_windows(tokens: torch.Tensor, context: int, batch: int, generator: to
 class StepWindows(IterableDataset):
     """Infinite stream of batches; batch ``i`` is ``make_batch(step_generator(seed, i))``.
 
-    ``start_step`` is set by the training module after a checkpoint is restored so the
+    ``start_step`` is restored from the data module's checkpointed state so the
     stream resumes where it stopped. ``make_batch(generator, global_batch)`` returns a dict of
     ``[global_batch, T]`` tensors; this rank keeps rows ``rank::world``.
     """

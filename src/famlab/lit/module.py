@@ -73,9 +73,6 @@ class LitLM(pl.LightningModule):
         return out
 
     def on_train_start(self) -> None:
-        dm = self.trainer.datamodule
-        if dm is not None and hasattr(dm, "train_windows"):
-            dm.train_windows.start_step = self.global_step * self.trainer.accumulate_grad_batches
         for logger in self.trainer.loggers:  # a resumed run drops rows logged after its checkpoint
             if hasattr(logger, "truncate"):
                 logger.truncate(self.global_step)
