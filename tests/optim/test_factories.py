@@ -53,3 +53,31 @@ def test_sgd_validation(model):
         F.sgd(model, momentum=0.0, nesterov=True)
     opt = F.sgd(model, lr=0.01, momentum=0.5, nesterov=True)
     assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.5
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(base="adam", weight_decay=0.1), dict(spectrum="temporal", window=8),
+                                     dict(analysis=False)], ids=["fam", "fam_adam", "fam_temporal", "fam_constant"])
+def test_fam_variants_reduce_loss_on_a_tiny_model(variant):
+    torch.manual_seed(0)
+    model = TransformerLM(vocab_size=32, dims=32, layers=1, heads=2, context=16)
+    lr = 1e-2 if variant.get("base") == "adam" else 1.0
+    opt = F.fam(model, lr=lr, fam_start_step=3, min_size=256, **variant)
+    x = torch.randint(0, 32, (8, 17), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0]
+    active = [st for st in opt.state.values() if st.get("fam_count", 0) > 0]
+    assert bool(active) == variant.get("analysis", True)
+
+
+def test_fam_factory_validation():
+    model = TransformerLM(vocab_size=32, dims=16, layers=1, heads=2, context=8)
+    with pytest.raises(ValueError, match="optimizer.lr"):
+        F.fam(model, lr=0)
+    with pytest.raises(ValueError, match="optimizer.base"):
+        F.fam(model, base="lion")

@@ -49,6 +49,31 @@ def test_inactive_fam_equals_reference_ema_momentum_sgd(mode):
     assert all("band_ema" not in opt.state[p] or opt.state[p]["fam_count"] == 0 for p in params)
 
 
+def test_adam_base_without_analysis_equals_torch_adamw():
+    params = _params()[:2]
+    twins = [nn.Parameter(p.detach().clone()) for p in params]
+    fam = FAMOptimizer(params, lr=1e-2, alpha=0.9, weight_decay=0.1, base="adam", beta2=0.95, analysis=False)
+    ref = torch.optim.AdamW(twins, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, eps=1e-8)
+    for step in range(8):
+        grads = _grads(params, step)
+        _set_grads(params, grads)
+        _set_grads(twins, grads)
+        fam.step()
+        ref.step()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_adam_bias_correction_uses_the_product_of_effective_betas():
+    p = nn.Parameter(torch.zeros(1000))
+    opt = FAMOptimizer([p], fam_start_step=0, base="adam", alpha=0.9, lr=1.0)
+    for step in range(3):
+        p.grad = torch.randn(1000, generator=torch.Generator().manual_seed(step))
+        opt.step()
+    st = opt.state[p]
+    assert float(st["beta1_prod"]) == pytest.approx(float(st["alpha_eff"]) ** 3)  # white noise: 0.95 each step
+
+
 def test_gating_is_strict_and_first_analysis_copies_bands():
     small, exact, big = nn.Parameter(torch.zeros(64)), nn.Parameter(torch.zeros(256)), nn.Parameter(torch.zeros(257))
     opt = FAMOptimizer([small, exact, big], fam_start_step=2, min_size=256, beta=0.9, lr=0.1)

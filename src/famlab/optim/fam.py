@@ -271,13 +271,14 @@ class FAMOptimizer(torch.optim.Optimizer):
             torch._foreach_mul_([prods[i] for i in fixed], alpha)
         if ada:
             torch._foreach_mul_([prods[i] for i in ada], [adaptive[i] for i in ada])
+        # update = lr * (m / bc1) / (sqrt(v) / sqrt(bc2) + eps) = lr * m / (sqrt(v) * bc1/sqrt(bc2) + eps*bc1)
         bias1 = torch._foreach_neg(prods)
-        torch._foreach_add_(bias1, 1.0)  # 1 - prod_t beta1_t
-        bias2_sqrt = [math.sqrt(1.0 - self.beta2 ** st["step"]) for st in states]
+        torch._foreach_add_(bias1, 1.0)  # bc1 = 1 - prod_t beta1_t (0-dim tensors)
+        eps_scaled = torch._foreach_mul(bias1, self.adam_eps)
+        torch._foreach_mul_(bias1, [1.0 / math.sqrt(1.0 - self.beta2 ** st["step"]) for st in states])
         denom = torch._foreach_sqrt(vs)
-        torch._foreach_div_(denom, bias2_sqrt)
-        torch._foreach_add_(denom, self.adam_eps)
         torch._foreach_mul_(denom, bias1)
+        torch._foreach_add_(denom, eps_scaled)
         torch._foreach_addcdiv_(params, ms, denom, value=-lr)
 
     # ------------------------------------------------------------------ diagnostics
