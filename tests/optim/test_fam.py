@@ -1,7 +1,6 @@
 """FAMOptimizer: reference equivalence, gating, analysis state, minimisation, state round trip, validation."""
 import copy
 import io
-import json
 
 import pytest
 import torch
@@ -197,26 +196,39 @@ def test_state_dict_holds_generator_state_and_steps():
     assert "band_ema" in sd["state"][0] and sd["state"][0]["band_ema"].dtype == torch.float32
 
 
-def test_band_summary_and_debug_jsonl(tmp_path):
+def test_deepcopy_keeps_options_and_generator_state():
+    model = _model()
+    opt = FAMOptimizer(model.parameters(), fam_start_step=1, min_size=100, base="adam", window=16)
+    data = torch.randn(8, 24)
+    for _ in range(3):
+        opt.zero_grad()
+        model(data).square().mean().backward()
+        opt.step()
+    model2, opt2 = copy.deepcopy((model, opt))
+    assert (opt2.base, opt2.window, opt2._steps) == ("adam", 16, 3)
+    for m, o in ((model, opt), (model2, opt2)):
+        o.zero_grad()
+        m(data).square().mean().backward()
+        o.step()
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_band_summary():
     model = _model()
     opt = FAMOptimizer([{"params": list(model[0].parameters()), "handler": "attention", "group": "attn",
-                         "n_bands": 12, "names": ["w0", "b0"]},
-                        {"params": list(model[2].parameters()), "group": "out"}], fam_start_step=1, min_size=100,
-                       debug=True, debug_dir=str(tmp_path), debug_interval=4, debug_every=2)
-    for _ in range(5):
+                         "n_bands": 12}, {"params": list(model[2].parameters()), "group": "out"}],
+                       fam_start_step=1, min_size=100)
+    for _ in range(3):
         opt.zero_grad()
         model(torch.randn(4, 24)).square().mean().backward()
         opt.step()
     summary = opt.band_summary()
     assert set(summary) == {"attn", "out"} and summary["attn"]["bands"].shape == (12,)
     assert summary["attn"]["active"] == 1 and summary["attn"]["handler"] == "attention"
-    assert 0.85 <= float(summary["out"]["alpha_eff"]) <= 0.98
-    opt.flush_debug()
-    (path,) = tmp_path.glob("fam_debug_*.jsonl")
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert {r["step"] for r in rows} == {2, 4} and {r["name"] for r in rows} == {"w0", "out.0"}
-    assert all(set(r) == {"step", "name", "group", "handler", "alpha_eff", "bands"} for r in rows)
-    assert len(next(r for r in rows if r["group"] == "attn")["bands"]) == 12
+    weight_state = opt.state[model[2].weight]
+    torch.testing.assert_close(summary["out"]["bands"], weight_state["band_ema"])  # the only active param
+    torch.testing.assert_close(summary["out"]["alpha_eff"], weight_state["alpha_eff"])
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(lr=0), "optimizer.lr"), (dict(alpha=1.0), "optimizer.alpha"),

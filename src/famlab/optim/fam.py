@@ -112,6 +112,24 @@ class FAMOptimizer(torch.optim.Optimizer):
         g.setdefault("names", [f"{g['group']}.{j}" for j in range(len(g["params"]))])
         super().add_param_group(param_group)
 
+    _CONFIG = ("base", "spectrum", "analysis", "beta2", "adam_eps", "window", "seed", "layer_boost",
+               "attention_layout", "debug", "_steps")
+
+    def __getstate__(self) -> dict:
+        """Pickle / deepcopy support: the base class keeps only defaults, state and param_groups."""
+        state = super().__getstate__()
+        state.update({key: getattr(self, key) for key in self._CONFIG})
+        state["fam_rng"] = {**self._pending_rng, **{k: g.get_state() for k, g in self._generators.items()}}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        rng = state.pop("fam_rng", {})
+        super().__setstate__(state)
+        self._handlers = {name: make_handler(name, self.attention_layout) for name in HANDLERS}
+        self._generators, self._pending_rng, self._probes = {}, dict(rng), {}
+        self._debug = None  # a copy does not write the original's debug file
+
     # ------------------------------------------------------------------ RNG and state
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
