@@ -55,7 +55,7 @@ def test_exact_resume_matches_uninterrupted(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     assert resumed["final_val_loss"] == pytest.approx(full["final_val_loss"], rel=1e-5)
-    steps = [int(float(r.split(",")[0])) for r in []]  # metrics.csv keeps the first attempt's rows
+    # metrics.csv keeps the first attempt's rows and drops those logged after its checkpoint
     rows = (tmp_path / "part" / "metrics.csv").read_text().splitlines()
     step_col = rows[0].split(",").index("step")
     steps = sorted({int(float(r.split(",")[step_col])) for r in rows[1:]})

@@ -27,6 +27,9 @@ def instantiate(node: Any, group: str, **kwargs) -> Any:
         if isinstance(cause, ConfigError):
             raise cause from None
         msg = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        if isinstance(cause, ValueError) and msg.startswith(("model.", "data.", "optimizer.", "scheduler.",
+                                                             "position.", "attention.", "trainer.")):
+            raise ConfigError(msg) from None  # the message already names its key
         raise ConfigError(f"{group}: {msg}") from None
     except Exception as e:  # noqa: BLE001 - turned into one clear line
         raise ConfigError(f"{group}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None

@@ -20,12 +20,12 @@ class _KeepingWriter(_ExperimentWriter):
                 self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
 
     def truncate(self, step: int) -> None:
-        """Drop saved rows whose ``step`` is >= ``step``."""
+        """Drop saved rows whose ``step`` is > ``step`` (logged after the checkpoint resumed from)."""
         if not os.path.isfile(self.metrics_file_path):
             return
         with open(self.metrics_file_path, newline="") as f:
             reader = csv.DictReader(f)
-            keys, rows = list(reader.fieldnames or []), [r for r in reader if r.get("step") and int(float(r["step"])) < step]
+            keys, rows = list(reader.fieldnames or []), [r for r in reader if r.get("step") and int(float(r["step"])) <= step]
         tmp = self.metrics_file_path + ".tmp"
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
@@ -36,7 +36,14 @@ class _KeepingWriter(_ExperimentWriter):
 
 
 class ResumableCSVLogger(CSVLogger):
-    """CSVLogger writing ``<save_dir>/metrics.csv``; ``truncate(step)`` is called on resume."""
+    """CSVLogger writing ``<save_dir>/metrics.csv``; ``truncate(step)`` is called on resume.
+
+    The ``step`` column is the number of optimizer steps completed (Lightning passes one less
+    while logging from ``on_train_batch_end`` and validation), matching ``summary.json``.
+    """
+
+    def log_metrics(self, metrics, step=None) -> None:
+        super().log_metrics(metrics, None if step is None else step + 1)
 
     @property
     def experiment(self) -> _KeepingWriter:

@@ -33,6 +33,7 @@ class LitLM(pl.LightningModule):
         self._loss_count = 0
         self._opt_time = 0.0
         self._opt_steps = 0
+        self._opt_total, self._opt_total_steps = 0.0, 0
         self._t_last: float | None = None
         self.train_start_time: float | None = None
         self.elapsed_before = 0.0  # wall time of earlier attempts (restored on resume)
@@ -67,8 +68,11 @@ class LitLM(pl.LightningModule):
     def optimizer_step(self, *args, **kwargs):
         t0 = time.perf_counter()
         out = super().optimizer_step(*args, **kwargs)
-        self._opt_time += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self._opt_time += dt
         self._opt_steps += 1
+        self._opt_total += dt
+        self._opt_total_steps += 1
         self.model.post_step(loss=getattr(self, "_last_loss", None))
         return out
 
@@ -78,6 +82,10 @@ class LitLM(pl.LightningModule):
                 logger.truncate(self.global_step)
         self.train_start_time = time.perf_counter()
         self._t_last = time.perf_counter()
+
+    def optimizer_ms(self) -> float | None:
+        """Mean wall time of ``optimizer.step()`` (incl. gradient clipping) over this attempt, in ms."""
+        return 1000.0 * self._opt_total / self._opt_total_steps if self._opt_total_steps else None
 
     def elapsed(self) -> float:
         """Wall time spent training, across resumed attempts."""

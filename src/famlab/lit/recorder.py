@@ -51,6 +51,7 @@ class RunRecorder(pl.Callback):
             "best_val_step": best["step"] if best else None,
             "wall_time_s": elapsed,
             "tokens_per_s": steps * self.tokens_per_step / elapsed if elapsed > 0 else None,
+            "optimizer_ms": pl_module.optimizer_ms(),
             "target": {"metric": "val/loss", "value": self.target,
                        "step": hit["step"] if hit else None, "time_s": hit["elapsed_s"] if hit else None},
             "val_history": self.history,
