@@ -48,6 +48,8 @@ def test_fam_factory_maps_steps():
     assert isinstance(sched, S.FAMScheduler)
     assert (sched.warmup_epochs, sched.max_epochs) == (5, 20)
     lrs = _lrs(sched, 22)
+    with pytest.raises(ValueError, match=r"scheduler.warmup_steps=100 must be < total_steps=20 \(trainer.max_steps\)"):
+        S.fam(_opt(), total_steps=20, warmup_steps=100)
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(2.0) and lrs[20] == pytest.approx(0.1)
 
 
