@@ -62,6 +62,21 @@ def test_monitor_records_groups_logs_and_plots(tmp_path):
     assert list((tmp_path / "debug").glob("fam_debug_*.jsonl"))  # the optimizer's own buffer flushed at train end
 
 
+def test_resume_drops_rows_after_the_restored_step(tmp_path):
+    make = lambda model: fam(model, lr=0.05, fam_start_step=1, min_size=100)
+    trainer = _fit(tmp_path, make, FrequencyMonitor(every_n_steps=2, plot=False))  # rows at 2, 4, 6
+    trainer.save_checkpoint(tmp_path / "at7.ckpt")
+    path = tmp_path / "fam_bands.jsonl"
+    with path.open("a") as fh:  # rows a crashed later attempt wrote after the checkpoint
+        fh.write(json.dumps({"step": 8, "group": "attention"}) + "\n")
+    resumed = pl.Trainer(max_steps=9, default_root_dir=tmp_path, callbacks=[FrequencyMonitor(every_n_steps=2,
+                         plot=False)], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1)
+    resumed.fit(TinyLM(make), ckpt_path=tmp_path / "at7.ckpt")
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(8) == 4 and steps.count(2) == 4  # 4 groups per step, no dupes
+
+
 def test_monitor_is_a_noop_without_fam(tmp_path):
     _fit(tmp_path, lambda model: adamw(model, lr=1e-3), FrequencyMonitor(every_n_steps=2))
     assert not (tmp_path / "fam_bands.jsonl").exists() and not (tmp_path / "plots").exists()

@@ -9,7 +9,8 @@ object per group to ``<run dir>/fam_bands.jsonl``::
 
 At train end it flushes the optimizer's own debug buffer (``debug=True``) and saves ``plots/fam_bands.png``:
 one heatmap of band energy over steps per group plus the momentum of every group over steps. The run dir is
-``dirpath`` if given, else ``trainer.default_root_dir``; files are written on global rank 0 only.
+``dirpath`` if given, else ``trainer.default_root_dir``; files are written on global rank 0 only. On resume,
+rows newer than the restored step are dropped first, so the file has one row per (step, group).
 """
 from __future__ import annotations
 
@@ -43,6 +44,16 @@ class FrequencyMonitor(Callback):
 
     def run_dir(self, trainer) -> Path:
         return Path(self.dirpath or trainer.default_root_dir)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """On resume, drop rows written after the checkpoint's step (they will be recorded again)."""
+        path = self.run_dir(trainer) / self.filename
+        if not trainer.is_global_zero or not path.exists() or find_fam(trainer) is None:
+            return
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["step"] <= trainer.global_step]
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # optimizer steps taken so far (a Python int)
