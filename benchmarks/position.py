@@ -43,14 +43,14 @@ def make_step(scheme, q, k, v, positions, grad_out):
     return step
 
 
-def timed(step, device: torch.device) -> float:
+def timed(step, device: torch.device, clock=time.perf_counter) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def main(argv=None) -> dict[str, float]:
@@ -63,10 +63,18 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall: perf_counter; cpu: this process's CPU time (steadier on a shared CPU box)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--schemes", default=",".join(SCHEMES), help="comma list; rotary is always included")
     args = parser.parse_args(argv)
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.clock == "cpu" and device.type != "cpu":
+        raise SystemExit("--clock cpu measures host CPU time; use --clock wall with --device cuda")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     names = ["rotary"] + [n for n in args.schemes.split(",") if n and n != "rotary"]
     unknown = set(names) - set(SCHEMES)
     if unknown:
@@ -81,17 +89,17 @@ def main(argv=None) -> dict[str, float]:
         steps[name] = make_step(SCHEMES[name](args.head_dim).to(device), q, k, v, positions, grad_out)
     for step in steps.values():
         for _ in range(args.warmup):
-            timed(step, device)
+            timed(step, device, clock)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            times[name].append(timed(steps[name], device))
+            times[name].append(timed(steps[name], device, clock))
 
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     base = medians["rotary"]
     print(f"attention fwd+bwd, B={args.batch} H={args.heads} T={args.seq} hd={args.head_dim} "
-          f"{args.dtype} on {args.device}, {args.rounds} interleaved rounds (median)")
+          f"{args.dtype} on {args.device} ({torch.get_num_threads()} threads, {args.clock} clock), {args.rounds} interleaved rounds (median)")
     print(f"| scheme | median ms | over rotary |\n|---|---:|---:|")
     for name in names:
         print(f"| {name} | {1e3 * medians[name]:.2f} | {medians[name] / base:.2f}x |")

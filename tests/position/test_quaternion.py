@@ -168,3 +168,16 @@ def test_loads_checkpoints_with_unflattened_axes_and_subspace():
     clone.load_state_dict(old)
     x = torch.randn(1, 1, 4, 12, generator=G)
     torch.testing.assert_close(clone.rotate_qk(x, torch.arange(4)), scheme.rotate_qk(x, torch.arange(4)))
+
+
+def test_triplet_rotation_backward_matches_gradcheck():
+    x = torch.randn(2, 3, 4, 6, generator=G, dtype=torch.float64, requires_grad=True)
+    angles = torch.randn(4, 2, generator=G, dtype=torch.float64, requires_grad=True)
+    axes = torch.randn(2, 3, generator=G, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(rotate_triplets, (x, angles, axes))
+    # and against autograd through the reference q_rotation
+    g = torch.randn(2, 3, 4, 6, generator=G, dtype=torch.float64)
+    ref = torch.cat([q_rotation(x[..., 3 * k : 3 * k + 3], angles[:, k], axes[k]) for k in range(2)], -1)
+    for a, b in zip(torch.autograd.grad(rotate_triplets(x, angles, axes), [x, angles, axes], g),
+                    torch.autograd.grad(ref, [x, angles, axes], g)):
+        torch.testing.assert_close(a, b)

@@ -107,3 +107,35 @@ def test_learned_rotations_values_and_freq_ranges():
     expanded = (rotations[:, :2, None] * freq_ranges).flatten(-2)  # [5, 4] angles -> 8 features
     torch.testing.assert_close(ranged, learned_rotations(expanded, t))
     torch.testing.assert_close(ranged.norm(dim=-1), t.norm(dim=-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rotate_pairs_matches_real_form_values_and_gradients(dtype):
+    base = torch.randn(2, 3, 7, 13, dtype=torch.float64)
+    x = base[..., 1:].to(dtype).requires_grad_()  # odd storage offset: needs the contiguous fallback
+    xs = x[..., :]  # non-leaf view used by the complex path
+    angles = (torch.randn(7, 5, dtype=torch.float64) * 50).requires_grad_()
+    from famlab.position.rotary import rotate_pairs
+
+    fast = rotate_pairs(xs, angles.to(torch.promote_types(dtype, torch.float32)))
+    ref = learned_rotations(angles, x.double())
+    assert fast.dtype == dtype and torch.equal(fast[..., 10:], x[..., 10:])
+    tol = dict(atol=3e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.double(), ref, **tol)
+    g = torch.randn_like(ref)
+    grads_fast = torch.autograd.grad(fast.double(), [x, angles], g)
+    grads_ref = torch.autograd.grad(ref, [x, angles], g)
+    for a, b in zip(grads_fast, grads_ref):
+        rel = (a.double() - b.double()).norm() / b.double().norm()
+        assert rel < (2e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
+def test_rotate_pairs_real_fallback_under_compile(monkeypatch):
+    from famlab.position.rotary import rotate_pairs
+
+    x, angles = torch.randn(2, 5, 8), torch.randn(5, 3)
+    fast = rotate_pairs(x, angles)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.testing.assert_close(rotate_pairs(x, angles), fast)
+    with pytest.raises(ValueError, match="features"):
+        rotate_pairs(x, torch.randn(5, 5))

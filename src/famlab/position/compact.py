@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from famlab.position.rotary import apply_rotary, init_freqs, learned_rotations
+from famlab.position.rotary import apply_rotary, init_freqs, learned_rotations, rotate_pairs
 
 
 class CompactRotations(nn.Module):
@@ -62,7 +62,7 @@ class CompactRotations(nn.Module):
             positions = torch.arange(t.shape[-2], device=t.device)
         if positions.shape != (t.shape[-2],):
             raise ValueError(f"position: positions must be [T={t.shape[-2]}], got {tuple(positions.shape)}")
-        return learned_rotations(self.angles(positions), t)
+        return rotate_pairs(t, self.angles(positions))
 
     # seed API ------------------------------------------------------------------------------
     @staticmethod

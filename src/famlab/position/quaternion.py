@@ -73,18 +73,49 @@ def fibonacci_axes(n: int) -> torch.Tensor:
     return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1).float()
 
 
+def _rotate3(r, xs):
+    """``[R x]_i = sum_j r[i][j] * x_j`` over component tensors (fused multiply-adds)."""
+    return [torch.addcmul(torch.addcmul(r[i][0] * xs[0], r[i][1], xs[1]), r[i][2], xs[2]) for i in range(3)]
+
+
+class _TripletRotation(torch.autograd.Function):
+    """``y[..., t, k, :] = R[t, k] @ x[..., t, k, :]`` with a hand-written backward.
+
+    Autograd of the component form spends 9 multiplies + 9 reductions on the gradient of ``R``;
+    here it is one broadcast product reduced over the leading (batch, head) dims.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        rr = rearrange(r, "t n i j -> i j t n").contiguous()
+        xc = rearrange(x, "... t (n c) -> c ... t n", c=3).contiguous()  # dense components: fast muls
+        ctx.save_for_backward(xc, rr)
+        return rearrange(torch.stack(_rotate3(rr, xc), dim=-1), "... t n c -> ... t (n c)")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        xc, rr = ctx.saved_tensors
+        gc = rearrange(grad, "... t (n c) -> c ... t n", c=3).contiguous()
+        grad_x = grad_r = None
+        if ctx.needs_input_grad[0]:  # R^T g
+            grad_x = rearrange(torch.stack(_rotate3(rr.transpose(0, 1), gc), dim=-1), "... t n c -> ... t (n c)")
+        if ctx.needs_input_grad[1]:  # sum over batch dims of g_i x_j
+            batch_dims = tuple(range(2, xc.ndim - 1))
+            grad_r = rearrange((gc[:, None] * xc[None]).sum(dim=batch_dims), "i j t n -> t n i j")
+        return grad_x, grad_r
+
+
 def rotate_triplets(x: torch.Tensor, angles: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive feature triplets of ``x`` ``[..., T, 3n]`` by ``angles`` ``[T, n]`` about ``axes`` ``[n, 3]``.
 
     Triplet ``k`` of the token at row ``t`` turns by ``angles[t, k]`` about ``axes[k]``: the same
     map as :func:`q_rotation`, evaluated as the ``[T, n, 3, 3]`` Rodrigues matrices (built once per
-    call from the angles) applied component-wise, which is ~4x cheaper than two cross products on
-    ``[B, H, T, n, 3]`` tensors.
+    call from the angles) applied to contiguous components with a fused backward, several times
+    cheaper than two cross products on ``[B, H, T, n, 3]`` tensors. Computes in at least fp32.
     """
     r = rotation_matrix(axes, angles)
-    x0, x1, x2 = rearrange(x, "... t (n c) -> c ... t n", c=3)
-    rows = [r[..., i, 0] * x0 + r[..., i, 1] * x1 + r[..., i, 2] * x2 for i in range(3)]
-    return rearrange(torch.stack(rows, dim=-1), "... t n c -> ... t (n c)").to(x.dtype)
+    dtype = torch.promote_types(x.dtype, r.dtype)
+    return _TripletRotation.apply(x.to(dtype), r.to(dtype)).to(x.dtype)
 
 
 def orthonormal_rows(weight: torch.Tensor) -> torch.Tensor:
