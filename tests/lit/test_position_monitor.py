@@ -70,3 +70,18 @@ def test_monitor_without_learned_values_writes_nothing(tmp_path):
 def test_bad_interval_raises():
     with pytest.raises(ValueError, match="every_n_steps"):
         PositionMonitor(every_n_steps=0)
+
+
+def test_resume_drops_rows_from_the_restored_step_on(tmp_path):
+    from types import SimpleNamespace
+
+    path = tmp_path / "position_values.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "position/l0.freq_mean": float(s)}) + "\n" for s in (0, 2, 4, 6)))
+    module = TinyLM(functools.partial(RotaryEmbedding))
+    monitor = PositionMonitor(every_n_steps=2)
+    trainer = SimpleNamespace(global_step=4, is_global_zero=True, default_root_dir=str(tmp_path))
+    monitor.on_train_start(trainer, module)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 4] and rows[1]["position/l0.freq_mean"] == 2.0
+    assert rows[2]["position/l0.freq_mean"] == pytest.approx(module.model.blocks[0].attn.position.freqs.mean().item())
+    assert [r["step"] for r in monitor.history] == [0, 2, 4]

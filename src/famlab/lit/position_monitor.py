@@ -12,7 +12,8 @@ appended as one JSON object per record to ``<run dir>/position_values.jsonl``::
 At train end it saves ``plots/position.png``: one panel per value name, one line per layer. The
 generic diagnostics logger already sends ``model.metrics()`` to the loggers; this callback adds
 the JSONL trail and the plot. The run dir is ``dirpath`` if given, else
-``trainer.default_root_dir``; files are written on global rank 0 only.
+``trainer.default_root_dir``; files are written on global rank 0 only. On resume, rows from the
+restored step on are dropped first (they are recorded again), so each step appears once.
 """
 from __future__ import annotations
 
@@ -77,6 +78,14 @@ class PositionMonitor(Callback):
         return row
 
     def on_train_start(self, trainer, pl_module) -> None:
+        """Record the starting values; on resume first drop rows from the checkpoint's step on."""
+        path = self.run_dir(trainer) / self.filename
+        if trainer.is_global_zero and path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            kept = [row for row in rows if row["step"] < trainer.global_step]
+            if len(kept) != len(rows):
+                path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            self.history = kept + [row for row in self.history if row["step"] >= trainer.global_step]
         self.record(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
