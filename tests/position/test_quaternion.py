@@ -181,3 +181,29 @@ def test_triplet_rotation_backward_matches_gradcheck():
     for a, b in zip(torch.autograd.grad(rotate_triplets(x, angles, axes), [x, angles, axes], g),
                     torch.autograd.grad(ref, [x, angles, axes], g)):
         torch.testing.assert_close(a, b)
+
+
+def test_quaternion_scores_equal_partial_rope_in_the_axis_basis():
+    """Finding: a rotation about a fixed axis u_k is a 2-D rotation in the plane orthogonal to u_k, so
+    the quaternion scheme's q.k equals RoPE on 2 of every 3 features after a fixed orthogonal change of
+    basis (which W_q, W_k can absorb); learned axes reparametrise, they do not add expressiveness."""
+    from famlab.position.rotary import learned_rotations
+
+    scheme = RotaryEmbedding(6, use_quaternion=True, rot_scale=0.7).double()
+    u = scheme.axis_vectors.detach() / scheme.axis_vectors.detach().norm(dim=-1, keepdim=True)
+    helper = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64).expand_as(u)
+    e1 = torch.linalg.cross(u, helper, dim=-1)
+    e1 = e1 / e1.norm(dim=-1, keepdim=True)
+    e2 = torch.linalg.cross(u, e1, dim=-1)
+    basis = torch.stack([e1, e2, u], 1)  # [n, 3 (row: e1, e2, u), 3]
+    pos = torch.arange(9) * 3 + 1
+
+    def in_basis(x):  # [..., 6] -> planes (a0, b0, a1, b1) then axis coordinates (c0, c1)
+        coords = torch.einsum("nij,...nj->...ni", basis, x.unflatten(-1, (2, 3)))
+        return torch.cat([coords[..., :2].flatten(-2), coords[..., 2]], -1)
+
+    q, k = (torch.randn(1, 2, 9, 6, generator=G, dtype=torch.float64) for _ in range(2))
+    quat = scheme.rotate_qk(q, pos) @ scheme.rotate_qk(k, pos).transpose(-1, -2)
+    angles = scheme.angles(pos).detach()
+    rope = learned_rotations(angles, in_basis(q)) @ learned_rotations(angles, in_basis(k)).transpose(-1, -2)
+    torch.testing.assert_close(quat, rope)

@@ -14,6 +14,12 @@ Corrections to the seed (spec section 2.4), all deliberate:
 * ``project_and_rotate`` rotates a learned orthonormal ``proj_dim``-dimensional subspace and leaves
   its complement unchanged, ``y = x + Aᵀ(R - I)Ax`` (exactly orthogonal). The seed's lazily built
   ``0.9·up(rotations(down(x))) + 0.1·x`` shrank vectors about 10x and missed the optimizer.
+
+Note for the claims: a rotation about a fixed axis ``u_k`` is a 2-D rotation in the plane
+orthogonal to ``u_k`` (identity along ``u_k``), so the triplet scheme's ``q·k`` equals RoPE on two
+of every three features after a fixed orthogonal change of basis that ``W_q``/``W_k`` can absorb
+(tested in ``tests/position/test_quaternion.py``): "3-D rotary" is partial RoPE with one frequency
+per triplet; the learned axes reparametrise it rather than add expressiveness.
 """
 from __future__ import annotations
 
