@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from famlab.optim.fam import FAMOptimizer, spatial_sample
+from famlab.optim.fam import FAMOptimizer
 from famlab.optim.frequency import FrequencyHandler, make_handler
 
 
@@ -99,19 +99,6 @@ def test_adaptive_momentum_enters_the_update():
     opt.step()
     assert float(opt.state[p]["alpha_eff"]) == pytest.approx(0.95)
     torch.testing.assert_close(p.detach(), -(1 - 0.95) * g)
-
-
-def test_spatial_sample_shapes_and_determinism():
-    gen = torch.Generator().manual_seed(0)
-    assert spatial_sample(torch.randn(200, 100), gen).shape == (64 * 64,)
-    assert spatial_sample(torch.randn(20, 600), gen).shape == (20 * 64,)
-    assert spatial_sample(torch.randn(100, 101, 3), gen).shape == (64 * 64 * 3,)  # conv kernel dims kept
-    assert spatial_sample(torch.randn(20000), gen).shape == (1000,)
-    assert spatial_sample(torch.randn(50, 50), gen).shape == (2500,)
-    g = torch.randn(200, 100)
-    a = spatial_sample(g, torch.Generator().manual_seed(5))
-    assert torch.equal(a, spatial_sample(g, torch.Generator().manual_seed(5)))
-    assert set(a.tolist()) <= set(g.flatten().tolist())
 
 
 def _quadratic(opt_kwargs, steps):

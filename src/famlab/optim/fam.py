@@ -33,21 +33,9 @@ import torch
 from famlab.optim.fam_debug import FAMDebugWriter
 from famlab.optim.frequency import HANDLERS, make_handler
 from famlab.optim.groups import add_handlers_to_groups
+from famlab.optim.sampling import spatial_samples, temporal_probe
 
 _FLOAT32_STATE = ("band_ema", "alpha_eff", "beta1_prod", "trace")
-PROBE_SIZE = 256
-
-
-def spatial_sample(g: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Seed sampling of a gradient, flattened ``[L]``; ``L`` depends only on ``g.shape``."""
-    if g.numel() > 10000:
-        if g.dim() > 1:
-            rows = torch.randperm(g.shape[0], generator=gen, device=g.device)[:64]
-            cols = torch.randperm(g.shape[1], generator=gen, device=g.device)[:64]
-            return g.index_select(0, rows).index_select(1, cols).reshape(-1)
-        idx = torch.randperm(g.numel(), generator=gen, device=g.device)[:1000]
-        return g.reshape(-1).index_select(0, idx)
-    return g.reshape(-1)
 
 
 def _check(cond: bool, key: str, allowed: str, value) -> None:
@@ -143,14 +131,10 @@ class FAMOptimizer(torch.optim.Optimizer):
         return gen
 
     def _probe(self, p: torch.Tensor, ordinal: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fixed sparse random direction of ``p``: entry indices ``[K]`` and signs ``[K]`` (a pure function
-        of ``(seed, ordinal)``, so it needs no checkpointing)."""
+        """Fixed sparse random direction of ``p`` (indices, signs), cached; see :func:`temporal_probe`."""
         probe = self._probes.get(id(p))
         if probe is None:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + ordinal)
-            idx = torch.randint(0, p.numel(), (PROBE_SIZE,), generator=gen)
-            sign = (torch.randint(0, 2, (PROBE_SIZE,), generator=gen) * 2 - 1).float() / math.sqrt(PROBE_SIZE)
-            probe = self._probes[id(p)] = (idx.to(p.device), sign.to(p.device))
+            probe = self._probes[id(p)] = temporal_probe(p.numel(), self.seed, ordinal, p.device)
         return probe
 
     def _init_state(self, p: torch.Tensor, st: dict, group: dict) -> None:
@@ -242,12 +226,12 @@ class FAMOptimizer(torch.optim.Optimizer):
     def _analyze(self, group, active, grads, states) -> dict[int, torch.Tensor]:
         """Band EMAs and alpha_eff of the active params; returns ``{index: alpha_eff 0-dim tensor}``."""
         handler = self._handlers[group["handler"]]
+        if self.spectrum == "temporal":
+            signals = [states[i]["trace"] for i in active]
+        else:
+            signals = spatial_samples([grads[i] for i in active], self._generator)
         buckets: dict[tuple, list] = defaultdict(list)  # same signal length and device -> one batched rfft
-        for i in active:
-            if self.spectrum == "temporal":
-                signal = states[i]["trace"]
-            else:
-                signal = spatial_sample(grads[i], self._generator(grads[i].device))
+        for i, signal in zip(active, signals):
             buckets[(signal.shape[0], signal.device)].append((i, signal))
         out: dict[int, torch.Tensor] = {}
         for items in buckets.values():
