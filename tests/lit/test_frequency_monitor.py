@@ -58,7 +58,8 @@ def test_monitor_records_groups_logs_and_plots(tmp_path):
     assert (tmp_path / "plots" / "fam_bands.png").stat().st_size > 1000
     with open(tmp_path / "csv" / "version_0" / "metrics.csv") as fh:
         header = next(csv.reader(fh))
-    assert {"fam/attention.alpha_eff", "fam/attention.band11", "fam/default.band7"} <= set(header)
+    assert {"fam/attention.alpha_eff", "fam/attention.band11", "fam/default.band7", "fam/norm.alpha_eff"} <= set(header)
+    assert "fam/norm.band0" not in header  # no active tensor in the norm group (all numel <= min_size)
     assert list((tmp_path / "debug").glob("fam_debug_*.jsonl"))  # the optimizer's own buffer flushed at train end
 
 

@@ -2,7 +2,8 @@
 
 Every ``every_n_steps`` optimizer steps it asks :meth:`famlab.optim.fam.FAMOptimizer.band_summary` for the
 per-group mean band EMA and mean alpha_eff (device tensors), syncs them ONCE, logs them as
-``fam/<group>.alpha_eff`` and ``fam/<group>.band<i>`` through ``pl_module.log_dict`` and appends one JSON
+``fam/<group>.alpha_eff`` and (groups with FAM-active tensors) ``fam/<group>.band<i>`` through
+``pl_module.log_dict`` and appends one JSON
 object per group to ``<run dir>/fam_bands.jsonl``::
 
     {"step": 100, "group": "attention", "handler": "attention", "active": 12, "alpha_eff": 0.87, "bands": [...]}
@@ -74,7 +75,8 @@ class FrequencyMonitor(Callback):
             alpha, bands = values[offset], values[offset + 1:offset + 1 + n]
             offset += 1 + n
             metrics[f"fam/{group}.alpha_eff"] = alpha
-            metrics.update({f"fam/{group}.band{i}": b for i, b in enumerate(bands)})
+            if s["active"]:  # groups without FAM-active tensors have no bands worth a column
+                metrics.update({f"fam/{group}.band{i}": b for i, b in enumerate(bands)})
             rows.append({"step": step, "group": group, "handler": s["handler"], "active": s["active"],
                          "alpha_eff": alpha, "bands": bands})
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
