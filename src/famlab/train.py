@@ -23,6 +23,7 @@ from famlab.data.tokenizers import save_tokenizer
 from famlab.errors import ConfigError
 from famlab.lit.checkpoint_io import AtomicCheckpointIO
 from famlab.lit.interrupt import Preempted
+from famlab.lit.nonfinite import NonFiniteError
 from famlab.lit.module import LitLM
 from famlab.lit.recorder import RunRecorder
 from famlab.lit.summary import hardware, update_summary
@@ -80,6 +81,9 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
     except Preempted as e:
         status, error = "interrupted", str(e)
         log.warning("%s", e)
+    except NonFiniteError as e:
+        status, error = "diverged", str(e)
+        raise
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
         raise
@@ -111,8 +115,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
             return None
         print(f"famlab: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Exception as e:  # noqa: BLE001
+    except NonFiniteError as e:  # summary.json already says "diverged"
+        log.error("run %s diverged: %s", ctx.run_dir, e)
         if ctx.multirun:
+            return None
+        print(f"famlab: run diverged: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001
+        if ctx.multirun:  # recorded as failed with its error; the sweep goes on
             ctx.record_failure(e)
             log.exception("job %s failed", ctx.run_dir)
             return None
