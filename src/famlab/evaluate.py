@@ -11,7 +11,8 @@ next-token accuracy for text). Writes into the run dir ``eval_context.json``, ``
 and ``plots/eval_context.png``, and merges ``eval.context_lengths = {"<L>": {loss, bpc, accuracy,
 scored}}`` into ``summary.json`` (what ``famlab compare`` reads). A length the data or the model
 cannot serve (longer than the validation split, out of memory, a variant with a hard length
-limit) is recorded with its ``error`` and the others still run.
+limit) is recorded with its ``error`` and the others still run. A rerun replaces the earlier
+context results.
 
 Defaults: ``eval.context_lengths`` = 1x, 2x, 4x the trained ``model.context``; ``eval.batches`` =
 ``data.val_batches``; ``eval.batch_size`` = ``data.batch_size``; ``eval.checkpoint`` = best.
@@ -26,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from famlab.data.synthetic import IGNORE  # unscored target positions
 from famlab.errors import ConfigError
 
 DEFAULTS = {"run": None, "eval": {"context_lengths": None, "batches": None, "batch_size": None,
                                   "checkpoint": "best", "device": "auto"}}
-IGNORE = -100  # famlab.data.synthetic.IGNORE: unscored target positions
 
 
 @torch.no_grad()
