@@ -1,4 +1,4 @@
-"""get_parameter_groups: module-type first, name fallback, each parameter exactly once, seed group table."""
+"""get_parameter_groups (src/famlab/optim/groups.py; named test_param_groups to avoid clashing with tests/report/test_groups.py): module-type first, name fallback, each parameter exactly once, seed group table."""
 import pytest
 import torch
 from torch import nn
