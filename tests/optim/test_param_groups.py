@@ -1,4 +1,7 @@
-"""get_parameter_groups (src/famlab/optim/groups.py; named test_param_groups to avoid clashing with tests/report/test_groups.py): module-type first, name fallback, each parameter exactly once, seed group table."""
+"""get_parameter_groups: module-type first, name fallback, each parameter exactly once, seed group table.
+
+(Tests src/famlab/optim/groups.py; not named test_groups.py, which tests/report/ already uses.)
+"""
 import pytest
 import torch
 from torch import nn

@@ -39,7 +39,8 @@ class FrequencyMonitor(Callback):
     def __init__(self, every_n_steps: int = 50, dirpath: str | None = None, filename: str = "fam_bands.jsonl",
                  plot: bool = True):
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"callbacks.frequency_monitor.every_n_steps must be an integer >= 1, got {every_n_steps!r}")
+            raise ValueError("callbacks.frequency_monitor.every_n_steps must be an integer >= 1, "
+                             f"got {every_n_steps!r}")
         self.every_n_steps, self.dirpath, self.filename, self.plot = every_n_steps, dirpath, filename, plot
         self._last_step = -1
 

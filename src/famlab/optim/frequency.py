@@ -11,7 +11,8 @@ Layouts (spec 1.3, exact seed edges unless marked):
   ``w == 0`` -> no bins (all bands 0); bins ``>= n*w`` dropped.
 * ``log`` (ConvFrequencyHandler): ``start_i = max(0, floor(T^(i/n) - 1))``, ``end_i = min(floor(T^((i+1)/n) - 1), T)``;
   the last bin is always dropped; low bands are empty for small T.
-* ``legacy`` (the seed's AttentionFrequencyHandler): equal-width halves, i.e. the linear layout again.
+* ``legacy`` (the seed's AttentionFrequencyHandler): each half cut into equal bands of equal width, so in
+  effect the linear layout again (high half offset to start at ``T//2``; bins past the last band dropped).
 * ``high`` (new, AttentionFrequencyHandler default): the low half ``[0, T//2)`` gets ``max(1, n//3)`` bands and
   the high half the other ``n - n//3``, so high-frequency bands are about twice as narrow (what the seed's
   comment "more bands in high frequencies" claimed); every bin is covered. Band values are bin-count
@@ -145,10 +146,11 @@ class ConvFrequencyHandler(FrequencyHandler):
 
 
 class AttentionFrequencyHandler(FrequencyHandler):
-    """Attention handler: dominant band k (first argmax) < n//4 -> max(0.85, alpha-0.05); k > 3n//4 -> min(0.98, alpha+0.08).
+    """Attention handler: dominant band k (first argmax) < n//4 -> max(0.85, alpha - 0.05);
+    k > 3n//4 (strict) -> min(0.98, alpha + 0.08); else alpha.
 
-    ``band_layout="high"`` (default) narrows bands towards high frequencies; ``"legacy"`` is the seed's layout,
-    which is equal-width (= linear) despite its comment. Differs from the seed: n_bands < 2 is rejected with
+    ``band_layout="high"`` (default) gives the high half of the spectrum twice as many, narrower bands;
+    ``"legacy"`` is the seed's layout, whose bands are all equal-width despite its comment. Differs from the seed: n_bands < 2 is rejected with
     a clear error instead of a swallowed ZeroDivisionError.
     """
 

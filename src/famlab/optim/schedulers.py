@@ -142,7 +142,8 @@ def constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> C
 
 def fam(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, warmup_start_lr: float = 1e-8,
         eta_min: float = 1e-8) -> FAMScheduler:
-    """Factory for ``scheduler=fam``: :class:`FAMScheduler` with ``warmup_epochs=warmup_steps``, ``max_epochs=total_steps``."""
+    """Factory for ``scheduler=fam``: :class:`FAMScheduler` with ``warmup_epochs=warmup_steps`` and
+    ``max_epochs=total_steps``."""
     if isinstance(total_steps, int) and isinstance(warmup_steps, int) and warmup_steps >= total_steps:
         raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be < total_steps={total_steps} "
                          "(trainer.max_steps)")
