@@ -36,6 +36,10 @@ class RunRecorder(pl.Callback):
             self.history.append(row)
         update_summary(self.run_dir, **self.fields(trainer, pl_module))
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.is_global_zero:  # in the process that trained (matters for ddp_spawn)
+            update_summary(self.run_dir, **self.fields(trainer, pl_module))
+
     def fields(self, trainer: pl.Trainer, pl_module) -> dict:
         finite = [r for r in self.history if math.isfinite(r["val_loss"])]
         best = min(finite, key=lambda r: r["val_loss"]) if finite else None
