@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from famlab.attention.local_flash import fused_blocked_attention, fused_supported
+
 _NEG_INF = float("-inf")
 _TINY = 1e-30
 
@@ -40,30 +42,35 @@ def _per_query(t: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tens
     return t
 
 
-def _attend(q, k, v, dist, valid, span, ramp, temperature, stats: bool):
+def _attend(q, k, v, dist, valid, span, ramp, temperature, stats: bool, first=None):
     """Masked soft-span softmax attention on any leading layout.
 
-    ``q`` ``[..., Q, hd]``, ``k``/``v`` ``[..., K, hd]``, ``dist``/``valid`` broadcastable to
-    ``[..., Q, K]``; ``span``/``temperature`` broadcastable to ``[..., Q, 1]``.
+    ``q`` ``[..., Q, hd]``, ``k``/``v`` ``[..., K, hd]``; ``dist``/``valid`` ``[Q, K]`` (the same
+    for every block); ``span``/``temperature`` broadcastable to ``[..., Q, 1]``. ``first`` =
+    ``(nb, invalid [nb, Q, K])`` masks extra keys of the first ``nb`` blocks (dim -3).
+    The scale and temperature are folded into ``q`` and the ramp into one additive bias, so the
+    ``[..., Q, K]`` scores see one add, one softmax and the two products.
     Returns ``(out [..., Q, hd], (entropy_rows [..., Q], max_logit) | None)``.
     """
-    logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-    if temperature is not None:
-        logits = logits / temperature
-    scores, keep = logits, valid
-    if span is not None:
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    q = q * (scale / temperature) if temperature is not None else q * scale
+    logits = q @ k.transpose(-2, -1)
+    if span is None:
+        bias = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~valid, _NEG_INF)
+    else:
         ramp_mask = ((ramp + span - dist) / ramp).clamp(0.0, 1.0)
-        keep = keep & (ramp_mask > 0)
-        scores = scores + torch.log(ramp_mask.clamp_min(_TINY))
-    scores = scores.masked_fill(~keep, _NEG_INF)
+        bias = torch.where(valid & (ramp_mask > 0), torch.log(ramp_mask.clamp_min(_TINY)), _NEG_INF)
+    scores = logits + bias
+    if first is not None:
+        nb, invalid = first
+        scores[..., :nb, :, :] = scores[..., :nb, :, :].masked_fill(invalid, _NEG_INF)
     probs = scores.softmax(dim=-1)
     out = probs @ v
     info = None
     if stats:
         with torch.no_grad():
-            logp = torch.log(probs.clamp_min(_TINY))
-            entropy_rows = -(probs * logp).sum(-1)
-            max_logit = logits.masked_fill(~keep, _NEG_INF).amax()
+            entropy_rows = -(probs * torch.log(probs.clamp_min(_TINY))).sum(-1)
+            max_logit = logits.masked_fill(torch.isinf(scores), _NEG_INF).amax()
         info = (entropy_rows, max_logit)
     return out, info
 
@@ -80,6 +87,7 @@ def blocked_attention(
     ramp: float = 32.0,
     temperature: torch.Tensor | float | None = None,
     return_stats: bool = False,
+    fused: bool | None = None,
 ):
     """Causal attention where query ``i`` sees at most keys ``[i - lookback, i]``.
 
@@ -87,9 +95,21 @@ def blocked_attention(
     ``return_stats``). ``lookback`` must bound the reach of ``window``/``span`` (``window - 1`` or
     ``ceil(max span + ramp)``); keys further back are never computed. Queries are padded to a
     multiple of ``block``; the key windows are an ``unfold`` view of the left-padded keys.
+    ``fused`` (None = on the CPU, without stats, unless the span varies per query) runs the same
+    computation through the fused CPU flash kernel (:mod:`famlab.attention.local_flash`).
     """
     if block <= 0 or lookback < 0:
         raise ValueError(f"blocked_attention: block must be > 0 and lookback >= 0, got {block}, {lookback}")
+    if fused is None:  # per-query spans: the band is the whole window, the unfused path is cheaper
+        per_query = span is not None and _per_query(span, q).shape[-1] > 1
+        fused = not return_stats and not per_query and fused_supported(q)
+    if fused:
+        if return_stats:
+            raise ValueError("blocked_attention: return_stats needs the unfused path (fused=False)")
+        return fused_blocked_attention(
+            q, k, v, block=block, lookback=lookback, window=window, span=_per_query(span, q), ramp=ramp,
+            temperature=_per_query(temperature, q),
+        )
     T = q.shape[-2]
     block = min(block, T)
     n = -(-T // block)
@@ -106,10 +126,14 @@ def blocked_attention(
     a = torch.arange(block, device=device)
     c = torch.arange(width, device=device)
     dist = (a[:, None] + lookback - c[None, :]).to(q.dtype)  # [block, width], same for every block
-    q_pos = torch.arange(n * block, device=device).view(n, block, 1)
-    valid = (dist >= 0) & (dist <= q_pos)  # key index j = i - d must exist
+    valid = dist >= 0
     if window is not None:
         valid = valid & (dist < window)
+    nb = min(n, -(-lookback // block))  # blocks whose look-back reaches before key 0
+    first = None
+    if nb > 0:
+        q_pos = torch.arange(nb * block, device=device).view(nb, block, 1)
+        first = (nb, dist > q_pos)  # key index j = i - d would be negative (padding)
 
     def to_blocks(t):
         t = _per_query(t, q)
@@ -120,7 +144,9 @@ def blocked_attention(
             return rearrange(t, "b h (n s) -> b h n s 1", s=block)
         return t[..., None, None]  # [B', H', 1, 1, 1]
 
-    out, info = _attend(q_blk, k_win, v_win, dist, valid, to_blocks(span), ramp, to_blocks(temperature), return_stats)
+    out, info = _attend(
+        q_blk, k_win, v_win, dist, valid, to_blocks(span), ramp, to_blocks(temperature), return_stats, first
+    )
     out = rearrange(out, "b h n s d -> b h (n s) d")[..., :T, :]
     if not return_stats:
         return out
@@ -169,6 +195,7 @@ def slide_win(
     ramp: float = 32.0,
     temperature: torch.Tensor | float | None = None,
     return_stats: bool = False,
+    fused: bool | None = None,
 ):
     """Causal sliding-window attention, band ``[i - window + 1, i]``, vectorised over windows.
 
@@ -181,7 +208,7 @@ def slide_win(
         raise ValueError(f"slide_win: window must be positive, got {window}")
     return blocked_attention(
         q, k, v, block=window, lookback=window - 1, window=window, span=span, ramp=ramp,
-        temperature=temperature, return_stats=return_stats,
+        temperature=temperature, return_stats=return_stats, fused=fused,
     )
 
 
