@@ -43,7 +43,7 @@ def _geometry(T: int, block: int, lookback: int):
 def _windows(t: torch.Tensor, block: int, n: int, pad_t: int, lookback: int, width: int) -> torch.Tensor:
     """``[B, H, T, hd]`` -> key windows ``[(n B), H, width, hd]`` (window ``m`` = padded ``[m*block, m*block+width)``)."""
     t = F.pad(t, (0, 0, lookback, pad_t)).unfold(2, width, block)  # [B, H, n, hd, width]
-    return rearrange(t, "b h n d w -> (n b) h w d").contiguous()
+    return rearrange(t, "b h n d w -> (n b) h w d")  # overlapping strided view when B == 1 (no copy)
 
 
 def _fold(win: torch.Tensor, B: int, T: int, block: int, n: int, lookback: int, width: int) -> torch.Tensor:
@@ -143,8 +143,8 @@ def _span_grad_blocks(q4, k4, v4, do4, out4, lse4, span, B, n, block, lookback, 
     zc = torch.ceil(span.expand(B, H, 1))  # [B, H, 1]
     c_raw = lookback - zc - rb + torch.arange(block + rb, device=q4.device, dtype=q4.dtype)  # [B, H, block+rb]
     idx = c_raw.clamp(0, width - 1).long()[None, :, :, :, None].expand(n, B, H, block + rb, hd)
-    k_band = k4.view(n, B, H, width, hd).gather(3, idx).flatten(0, 1)  # [(n B), H, block+rb, hd]
-    v_band = v4.view(n, B, H, width, hd).gather(3, idx).flatten(0, 1)
+    k_band = k4.reshape(n, B, H, width, hd).gather(3, idx).flatten(0, 1)  # [(n B), H, block+rb, hd]
+    v_band = v4.reshape(n, B, H, width, hd).gather(3, idx).flatten(0, 1)
     a = torch.arange(block, device=q4.device, dtype=q4.dtype)[:, None]
     dist = a + lookback - c_raw[None, :, :, None, :]  # [1, B, H, block, block+rb]
     z = span.expand(B, H, 1)[None, :, :, :, None]

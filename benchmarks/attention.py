@@ -1,0 +1,169 @@
+"""Forward+backward time and peak memory of each attention variant vs full causal SDPA attention.
+
+Each variant is one entry of ``VARIANTS`` (name, builder ``context -> module``, note); add a row
+by appending an entry. For every context the variants run interleaved (order rotated every round,
+so drift in machine load hits all alike) and the table reports median times. Peak memory is the
+largest net allocation during one forward+backward, from ``torch.profiler`` memory events
+(``profile_memory=True``; allocations minus frees, sorted by time; parameters and inputs excluded)
+on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Times are wall-clock medians; the table
+also gives the median process-CPU-time ratio, steadier on a shared machine. One thread by default
+(``--threads``): on an oversubscribed 2-core box every multi-threaded op waits for a descheduled
+worker, which penalises variants made of many small ops. The last line printed is one JSON
+object of ratios ``<variant>_<context>_over_full`` (median wall time) and
+``<variant>_<context>_mem_over_full`` (peak memory).
+
+    python benchmarks/attention.py                                  # B=1 D=256 H=4, T=256,1024,4096, 1 thread
+    python benchmarks/attention.py --contexts 1024 --rounds 9
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from famlab.attention.adaptive_span import AdaptiveSpan
+from famlab.attention.core import AttentionBase
+from famlab.attention.integrated import IntegratedAttention
+from famlab.attention.local import slide_win
+from famlab.attention.standard import StandardAttention
+
+
+class SlidingWindowOnly(AttentionBase):
+    """Benchmark-only row: the integrated variant's local branch alone (band, no span, no global)."""
+
+    def __init__(self, dims, head, window):
+        super().__init__(dims, head)
+        self.window = window
+
+    def forward(self, x, positions, cache=None):
+        q, k, v = self.project_qkv(x, positions)
+        return self.out(slide_win(q, k, v, self.window))
+
+
+@dataclass
+class Variant:
+    name: str
+    build: Callable[[int, int, int], nn.Module]  # (context, dims, heads) -> module
+    note: str
+
+
+VARIANTS: list[Variant] = [
+    Variant("full", lambda ctx, d, h: StandardAttention(d, h), "StandardAttention, SDPA is_causal"),
+    Variant(
+        "adaptive_span",
+        lambda ctx, d, h: AdaptiveSpan(d, h, max_dist=ctx, init_span=0.25),
+        "span = context/4 (+ramp 32), blocked over 128-query blocks",
+    ),
+    Variant(
+        "integrated",
+        lambda ctx, d, h: IntegratedAttention(d, h, max_dist=ctx, win_size=256, max_span=384,
+                                              refiner={"enabled": True}),
+        "window 256 + soft span + global full causal MHA + refiner",
+    ),
+    Variant("slide_win", lambda ctx, d, h: SlidingWindowOnly(d, h, 256), "local branch alone, window 256"),
+]
+
+
+def make_step(module: nn.Module, x: torch.Tensor, positions: torch.Tensor):
+    params = [p for p in module.parameters() if p.requires_grad]
+    grad_out = torch.randn_like(x)
+
+    def step():
+        y = module(x, positions)
+        torch.autograd.grad(y, [x, *params], grad_out)
+
+    return step
+
+
+def timed(step, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start, cpu = time.perf_counter(), time.process_time()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def peak_memory(step, device: torch.device) -> int:
+    """Peak bytes allocated by one step beyond what existed before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def main(argv=None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dims", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--contexts", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--rounds", type=int, default=0, help="timed rounds per context (0: 15/9/5 by size)")
+    parser.add_argument("--variants", nargs="+", default=[v.name for v in VARIANTS])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: leave as is)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    chosen = [v for v in VARIANTS if v.name in args.variants]
+    if not chosen or chosen[0].name != "full":
+        raise SystemExit("--variants must include 'full' (the reference)")
+    print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} dims={args.dims} heads={args.heads}")
+    rows, ratios = [], {}
+    for ctx in args.contexts:
+        torch.manual_seed(0)
+        x = torch.randn(args.batch, ctx, args.dims, device=device, requires_grad=True)
+        positions = torch.arange(ctx, device=device)
+        steps = {}
+        for v in chosen:
+            module = v.build(ctx, args.dims, args.heads).to(device).train()
+            steps[v.name] = make_step(module, x, positions)
+            steps[v.name]()  # warm-up
+        memory = {name: peak_memory(step, device) for name, step in steps.items()}
+        rounds = args.rounds or (15 if ctx <= 256 else 9 if ctx <= 1024 else 5)
+        times = {name: [] for name in steps}
+        order = list(steps)
+        for r in range(rounds):
+            for name in order[r % len(order):] + order[: r % len(order)]:
+                times[name].append(timed(steps[name], device))
+        med = {name: statistics.median(w for w, _ in t) for name, t in times.items()}
+        cpu = {name: statistics.median(c for _, c in t) for name, t in times.items()}
+        for v in chosen:
+            t, m = med[v.name], memory[v.name]
+            rows.append((ctx, v.name, t * 1e3, t / med["full"], cpu[v.name] / cpu["full"], m / 2**20,
+                         m / max(memory["full"], 1), v.note))
+            if v.name != "full":
+                ratios[f"{v.name}_{ctx}_over_full"] = round(t / med["full"], 3)
+                ratios[f"{v.name}_{ctx}_mem_over_full"] = round(m / max(memory["full"], 1), 3)
+    print(f"{'context':>7}  {'variant':<14} {'fwd+bwd ms':>10} {'x full':>7} {'cpu x full':>10} {'peak MiB':>9} {'x full':>7}  note")
+    for ctx, name, ms, rt, rc, mib, rm, note in rows:
+        print(f"{ctx:>7}  {name:<14} {ms:>10.1f} {rt:>7.2f} {rc:>10.2f} {mib:>9.1f} {rm:>7.2f}  {note}")
+    print(json.dumps(ratios))
+    return ratios
+
+
+if __name__ == "__main__":
+    main()
