@@ -101,9 +101,9 @@ class AdaptiveSpan(AttentionBase):
         span = self.spans().view(1, -1, 1)
         temp = self.temperature().view(1, -1, 1)
         stats = self.record_stats
+        if not self.training:  # cheap safety net outside the training hot path
+            self.refresh_extent()
         if cache is None:
-            if not self.training:
-                self.refresh_extent()
             res = blocked_attention(
                 q, k, v, block=self.block, lookback=self.extent, span=span, ramp=self.ramp,
                 temperature=temp, return_stats=stats,
