@@ -32,6 +32,7 @@ from famlab.attention.adaptive_span import AdaptiveSpan
 from famlab.attention.core import AttentionBase
 from famlab.attention.integrated import IntegratedAttention
 from famlab.attention.local import slide_win
+from famlab.attention.myelinated import MyelinatedLayer
 from famlab.attention.standard import StandardAttention
 
 
@@ -68,7 +69,30 @@ VARIANTS: list[Variant] = [
         "window 256 + soft span + global full causal MHA + refiner",
     ),
     Variant("slide_win", lambda ctx, d, h: SlidingWindowOnly(d, h, 256), "local branch alone, window 256"),
+    Variant("myelinated", lambda ctx, d, h: MyelinatedLayer(d, h, layerA=4, max_dist=ctx, skip_compute="never"),
+            "4 gated sub-layers + policy + gated MLP, training: every sub-layer computed and masked"),
 ]
+
+
+def myelinated_half_skipped_over_all(ctx, dims, heads, batch, device, rounds=9) -> float:
+    """Eval forward time, MyelinatedLayer(layerA=4) with sub-layers 1 and 3 skipped by the whole
+    batch (real skipping) over the same layer with all four run; median of interleaved rounds."""
+    torch.manual_seed(0)
+    layers = {"all": MyelinatedLayer(dims, heads, layerA=4, max_dist=ctx).to(device).eval()}
+    layers["half"] = MyelinatedLayer(dims, heads, layerA=4, max_dist=ctx).to(device).eval()
+    layers["half"].load_state_dict(layers["all"].state_dict())
+    with torch.no_grad():
+        for i in (1, 3):  # importance ~0 for every token -> the sub-layer is skipped
+            layers["half"].node_predictors[i][1].weight.zero_()
+            layers["half"].node_predictors[i][1].bias.fill_(-20.0)
+        x, positions = torch.randn(batch, ctx, dims, device=device), torch.arange(ctx, device=device)
+        times = {"all": [], "half": []}
+        for r in range(rounds + 1):
+            for name in ("all", "half") if r % 2 else ("half", "all"):
+                dt = timed(lambda: layers[name](x, positions), device)[0]  # wall seconds
+                times[name].append(dt) if r else None  # round 0 warms up
+    assert layers["half"].last_active[1::2].sum() == 0 and layers["all"].last_active.sum() > 0
+    return statistics.median(times["half"]) / statistics.median(times["all"])
 
 
 def make_step(module: nn.Module, x: torch.Tensor, positions: torch.Tensor):
@@ -161,6 +185,9 @@ def main(argv=None) -> dict[str, float]:
     print(f"{'context':>7}  {'variant':<14} {'fwd+bwd ms':>10} {'x full':>7} {'cpu x full':>10} {'peak MiB':>9} {'x full':>7}  note")
     for ctx, name, ms, rt, rc, mib, rm, note in rows:
         print(f"{ctx:>7}  {name:<14} {ms:>10.1f} {rt:>7.2f} {rc:>10.2f} {mib:>9.1f} {rm:>7.2f}  {note}")
+    if "myelinated" in args.variants:
+        ratios["myelinated_half_skipped_over_all"] = round(myelinated_half_skipped_over_all(
+            args.contexts[-1], args.dims, args.heads, args.batch, device), 3)
     print(json.dumps(ratios))
     return ratios
 
