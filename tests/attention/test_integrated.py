@@ -165,3 +165,33 @@ def test_configs_instantiate(name, has_refiner):
 def test_bad_config_raises(kw, key):
     with pytest.raises(ValueError, match=key):
         IntegratedAttention(D, HEADS, **kw)
+
+
+@pytest.mark.parametrize("variant", ["integrated", "adaptive_span"])
+def test_inside_transformer_lm_hooks_and_cached_generation(variant):
+    from functools import partial
+
+    from famlab.attention.adaptive_span import AdaptiveSpan
+    from famlab.model.transformer import TransformerLM
+
+    attention = {
+        "integrated": partial(IntegratedAttention, win_size=4, max_span=6, ramp=2, refiner=REFINER),
+        "adaptive_span": partial(AdaptiveSpan, max_dist=12, ramp=2, init_span=0.5, span_penalty=1e-3, block=4),
+    }[variant]
+    torch.manual_seed(0)
+    model = TransformerLM(vocab_size=17, dims=D, layers=2, heads=HEADS, context=12, attention=attention).double()
+    idx = torch.randint(0, 17, (2, 12))
+    logits = model(idx)
+    loss = F.cross_entropy(logits.flatten(0, 1), idx.flatten())
+    aux = model.aux_loss()
+    (loss if aux is None else loss + aux).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.post_step(loss.detach())
+    metrics = model.metrics()
+    assert "span/l0.mean" in metrics and "span/l1.mean" in metrics
+    model.eval()
+    with torch.no_grad():
+        full = model(idx)
+        cache = model.new_cache()
+        steps = [model(idx[:, :5], cache=cache)] + [model(idx[:, t:t + 1], cache=cache) for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, 1), full)

@@ -213,6 +213,7 @@ def slide_win(
 
 
 _compiled_flex = None
+_block_masks: dict = {}
 
 
 def flex_slide_win(q, k, v, window: int, span=None, ramp: float = 32.0, temperature=None, compile: bool = True):
@@ -245,5 +246,8 @@ def flex_slide_win(q, k, v, window: int, span=None, ramp: float = 32.0, temperat
             score = torch.where(m > 0, score + torch.log(m.clamp_min(_TINY)), _NEG_INF)
         return score
 
-    block_mask = create_block_mask(band, B=None, H=None, Q_LEN=T, KV_LEN=T, device=q.device)
+    key = (T, window, str(q.device))
+    if key not in _block_masks:  # built once per (length, window, device), not every forward
+        _block_masks[key] = create_block_mask(band, B=None, H=None, Q_LEN=T, KV_LEN=T, device=q.device)
+    block_mask = _block_masks[key]
     return fn(q, k, v, score_mod=score_mod, block_mask=block_mask)
