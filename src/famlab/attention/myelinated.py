@@ -261,7 +261,10 @@ class MyelinatedLayer(nn.Module):
         self._acc = row if self._acc is None or self._acc.device != row.device else self._acc + row
 
     def metrics(self) -> dict[str, torch.Tensor]:
-        """Means since the last call: ``skip/rate_<i>``, ``skip/jump_rate``, ``skip/memory_gate``."""
+        """Means since the last call (detached): ``skip/rate_<i>`` = fraction of tokens that did not
+        run sub-layer ``i`` (skipped, jumped over, or importance not above 0.3), ``skip/jump_rate``
+        = jumps per decision point, ``skip/memory_gate`` = mean memory gate; plus sub-layer
+        attention stats ``attn/<stat>_s<i>`` while ``record_stats`` is on."""
         out: dict[str, torch.Tensor] = {}
         for i, sub in enumerate(self.sublayers):
             out.update({f"{k}_s{i}": v for k, v in sub.metrics().items()})
