@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch.autograd.function import once_differentiable
 
 try:
     _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
@@ -172,14 +173,15 @@ class _BlockedFlash(torch.autograd.Function):
         k4 = _windows(k, block, n, pad_t, lookback, width)
         v4 = _windows(v, block, n, pad_t, lookback, width)
         n_head, head, body = _masks(span, B, T, block, n, pad_t, lookback, width, window, ramp, q.dtype, q.device)
-        split = [sl for sl in (slice(0, n_head * B), slice(n_head * B, n * B)) if sl.stop > sl.start]
-        masks = [m for sl, m in zip((slice(0, n_head * B), slice(n_head * B, n * B)), (head, body)) if sl.stop > sl.start]
+        parts = [(sl, m) for sl, m in ((slice(0, n_head * B), head), (slice(n_head * B, n * B), body)) if sl.stop > sl.start]
+        split, masks = [sl for sl, _ in parts], [m for _, m in parts]
         out4, lse4 = _flash(q4, k4, v4, split, masks)
         ctx.save_for_backward(q, k, v, span, q4, k4, v4, out4, lse4, *masks)
         ctx.geom = (B, T, block, n, pad_t, lookback, width, window, ramp, split)
         return rearrange(out4, "(n b) h s d -> b h (n s) d", b=B)[:, :, :T]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout):
         q, k, v, span, q4, k4, v4, out4, lse4, *masks = ctx.saved_tensors
         B, T, block, n, pad_t, lookback, width, window, ramp, split = ctx.geom
