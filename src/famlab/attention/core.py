@@ -109,4 +109,6 @@ class AttentionBase(nn.Module):
         return self.proj(merge_heads(y))
 
     def metrics(self) -> dict[str, torch.Tensor]:
-        return dict(self._stats)
+        """The statistics of the last recorded forward, handed out once (a skipped layer reports none)."""
+        stats, self._stats = self._stats, {}
+        return stats

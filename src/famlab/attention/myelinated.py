@@ -180,12 +180,21 @@ class MyelinatedLayer(nn.Module):
         self._draws, self.seed = int(state["draws"]), int(state["seed"])
 
     def _noise(self, shape, device) -> torch.Tensor:
-        """Uniforms from a generator seeded by ``(seed, draws)``: same on every rank, reproducible."""
+        """Uniforms from a generator seeded by ``(seed, draws)``: same on every rank, reproducible.
+
+        Under DDP the noise is drawn for the *global* batch and each rank keeps rows
+        ``rank::world`` (the data's slicing), so a sample gets the same noise whether it is
+        trained by one process or by several.
+        """
+        rank, world = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         if self._generator is None or self._generator.device != torch.device(device):
             self._generator = torch.Generator(device=device)
         self._generator.manual_seed((self.seed * 1_000_003 + self._draws) % (2**63 - 1))
         self._draws += 1
-        return torch.rand(shape, generator=self._generator, device=device)
+        full = torch.rand((shape[0] * world, *shape[1:]), generator=self._generator, device=device)
+        return full[rank::world]
 
     def _may_skip(self) -> bool:
         if self.skip_compute == "never":
