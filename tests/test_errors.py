@@ -74,3 +74,25 @@ def test_cli_unknown_option_lists_choices(tmp_path):
     assert out.returncode != 0
     assert "Could not find 'optimizer/lion'" in out.stderr and "adamw" in out.stderr
     assert not (tmp_path / "train").exists()
+
+
+def test_fam_refuses_fsdp(tmp_path):
+    with pytest.raises(ConfigError, match=r"optimizer=fam needs whole parameter tensors.*trainer.strategy=fsdp"):
+        _run(tmp_path, "optimizer=fam", "trainer.strategy=fsdp")
+
+
+def test_fam_optimizer_refuses_dtensor_parameters():
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    from famlab.optim.fam import _refuse_sharded
+
+    class FakeShard(DTensor):  # isinstance is all the check looks at
+        def __new__(cls):
+            return torch.Tensor._make_subclass(cls, torch.zeros(2))
+
+        def __init__(self):
+            pass
+
+    with pytest.raises(ValueError, match="does not support FSDP-sharded parameters"):
+        _refuse_sharded([{"params": [FakeShard()]}])

@@ -68,6 +68,7 @@ class FAMOptimizer(torch.optim.Optimizer):
         defaults = dict(lr=lr, alpha=alpha, beta=beta, eps=eps, weight_decay=weight_decay, n_bands=n_bands,
                         handler="default", fam_start_step=fam_start_step, min_size=min_size)
         super().__init__(add_handlers_to_groups(params), defaults)
+        _refuse_sharded(self.param_groups)
         self._generators: dict[str, torch.Generator] = {}
         self._pending_rng: dict[str, torch.Tensor] = {}
         self._probes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -308,3 +309,14 @@ class FAMOptimizer(torch.optim.Optimizer):
         """Write buffered debug records now (no-op unless ``debug=True``)."""
         if self._debug is not None:
             self._debug.flush()
+
+
+def _refuse_sharded(groups) -> None:
+    """FAM's spectrum needs whole tensors; FSDP hands the optimizer shards (DTensors)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - builds without distributed
+        return
+    if any(isinstance(p, DTensor) for g in groups for p in g["params"]):
+        raise ValueError("optimizer=fam needs whole parameter tensors for its frequency analysis and does not "
+                         "support FSDP-sharded parameters; use trainer=ddp, or optimizer=adamw|adam|sgd with trainer=fsdp")
