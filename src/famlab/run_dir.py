@@ -87,6 +87,8 @@ def prepare_run(cfg: DictConfig, ctx: RunContext) -> str | None:
         ckpt = None
     elif resume == "auto":
         ckpt = str(last) if last.exists() else None
+        for stray in last.parent.glob("*.tmp"):  # half-written by a process killed while saving
+            stray.unlink(missing_ok=True)
     else:
         ckpt = str(_find_checkpoint(Path(str(resume)).expanduser()))
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
