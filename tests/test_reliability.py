@@ -159,3 +159,116 @@ def test_sigterm_writes_last_checkpoint_at_current_step_and_resume_completes(tmp
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 30 and summary["error"] is None
     _assert_same_weights(_reference(tmp_path, overrides), _weights(run_dir))
+
+
+# --- failing sweep jobs ---------------------------------------------------------------------------
+
+def test_sweep_records_failed_and_diverged_jobs_and_compare_lists_them(tmp_path):
+    """heads=3 cannot divide dims=32 (ConfigError) and lr=1e30 diverges (NaN guard); the rest finish."""
+    sweep_args = [*KILL_RUN, "trainer.max_steps=8", "trainer.val_check_interval=4", "model.heads=3,4",
+                  "optimizer.lr=1e-3,1e30", f"out_root={tmp_path}", "sweep_name=s"]
+    out = subprocess.run([sys.executable, "train.py", "-m", *sweep_args], cwd=REPO, capture_output=True, text=True,
+                         timeout=600, env=_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = tmp_path / "train" / "multiruns" / "s"
+    summaries = {int(p.parent.name): json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+    assert sorted(summaries) == [0, 1, 2, 3]  # every job keeps a summary, failed ones included
+    for job in (0, 1):
+        assert summaries[job]["status"] == "failed"
+        assert summaries[job]["error"] == "ConfigError: model.heads=3 must divide model.dims=32"
+        assert not (sweep / str(job) / "checkpoints").exists()
+    assert summaries[2]["status"] == "completed" and summaries[2]["steps"] == 8
+    assert summaries[3]["status"] == "diverged" and "non-finite loss or gradient at step" in summaries[3]["error"]
+    report = subprocess.run([sys.executable, "-m", "famlab.cli", "compare", str(sweep), "--no-plots"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=_env())
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (sweep / "report" / "report.md").read_text()
+    assert "1 failed" in text and "1 diverged" in text
+    assert f"`{sweep / '0'}` (model.heads=3,optimizer.lr=0.001): **failed** — ConfigError: model.heads=3" in text
+    assert f"`{sweep / '3'}` (model.heads=4,optimizer.lr=1e+30): **diverged** — non-finite loss" in text
+
+
+# --- bad checkpoints and run directories ----------------------------------------------------------
+
+def _tiny_run(tmp_path, name: str, *overrides) -> dict:
+    cfg = api.compose([*KILL_RUN, "trainer.max_steps=2", f"run_name={name}", f"out_root={tmp_path}", *overrides],
+                      run_dir=tmp_path / name)
+    return api.train(cfg)
+
+
+def _snapshot(directory: Path) -> dict:
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+class _Payload:
+    """Pickles as a call to ``open(marker, 'w')``: loading it with full unpickling creates the file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_overwritten(tmp_path):
+    _tiny_run(tmp_path, "src")
+    bad = tmp_path / "truncated.ckpt"
+    bad.write_bytes((tmp_path / "src" / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    with pytest.raises(ConfigError, match=rf"resume: checkpoint {bad} could not be read safely .*nothing was written"):
+        _tiny_run(tmp_path, "new", f"resume={bad}")
+    assert not (tmp_path / "new").exists()
+    # resume=auto on a run whose last.ckpt was damaged: refused, every file of the run untouched
+    (tmp_path / "src" / "checkpoints" / "last.ckpt").write_bytes(b"\x00" * 64)
+    before = _snapshot(tmp_path / "src")
+    with pytest.raises(ConfigError, match="could not be read safely"):
+        _tiny_run(tmp_path, "src", "resume=auto")
+    assert _snapshot(tmp_path / "src") == before
+    with pytest.raises(ConfigError, match=r"resume: no checkpoint at .*missing.ckpt"):
+        _tiny_run(tmp_path, "new", f"resume={tmp_path / 'missing.ckpt'}")
+    with pytest.raises(ConfigError, match=r"checkpoint .* could not be read"):
+        api.load_run(tmp_path / "src", which="last")
+
+
+def test_checkpoint_carrying_code_is_refused_and_never_runs(tmp_path):
+    probe = tmp_path / "probe_marker"
+    torch.save({"state_dict": {}, "payload": _Payload(probe)}, tmp_path / "probe.ckpt")
+    torch.load(tmp_path / "probe.ckpt", weights_only=False)  # the payload is real: full unpickling runs it
+    assert probe.exists()
+    marker = tmp_path / "marker"
+    _tiny_run(tmp_path, "src")
+    evil = torch.load(tmp_path / "src" / "checkpoints" / "last.ckpt", weights_only=True)
+    evil["payload"] = _Payload(marker)
+    torch.save(evil, tmp_path / "evil.ckpt")
+    with pytest.raises(ConfigError, match=r"could not be read safely \(UnpicklingError: Weights only load failed"):
+        _tiny_run(tmp_path, "resumed", f"resume={tmp_path / 'evil.ckpt'}")
+    assert not (tmp_path / "resumed").exists()
+    with pytest.raises(ConfigError, match=r"checkpoint .*evil.ckpt could not be read \(UnpicklingError"):
+        api.load_run(tmp_path / "src", which=str(tmp_path / "evil.ckpt"))
+    assert not marker.exists()
+
+
+def test_load_run_and_compare_on_a_directory_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(ConfigError, match=rf"run={tmp_path / 'notes'}: no config.yaml \(not a famlab run directory\)"):
+        api.load_run(tmp_path / "notes")
+    out = subprocess.run([sys.executable, "-m", "famlab.cli", "compare", str(tmp_path / "notes")], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, env=_env())
+    assert out.returncode != 0 and "no run directories" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_wandb_api_key_is_never_written_to_the_run_directory(tmp_path):
+    secret = "famlab" + os.urandom(16).hex()
+    args = [*[o for o in KILL_RUN if not o.startswith("logger")], "trainer.max_steps=4", "logger=wandb",
+            f"out_root={tmp_path}", "run_name=w"]
+    out = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=_env(WANDB_API_KEY=secret))
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = tmp_path / "train" / "runs" / "w"
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and (run_dir / "metrics.csv").exists()
+    leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    assert not leaked, f"WANDB_API_KEY written to {leaked}"
+    assert secret not in out.stdout + out.stderr

@@ -76,6 +76,21 @@ def _find_checkpoint(path: Path) -> Path:
     return p
 
 
+def check_checkpoint(path: Path) -> None:
+    """Open ``path`` as Lightning will (``weights_only=True``; memory-mapped, so tensors are not
+    read) before anything is written: a truncated, corrupt or code-carrying file is a ConfigError."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"resume: checkpoint {path} could not be read safely ({type(e).__name__}: {why}); "
+                          f"nothing was written - pass resume=<another checkpoint> or remove it") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ConfigError(f"resume: {path} is not a Lightning checkpoint (no state_dict); nothing was written")
+
+
 def prepare_run(cfg: DictConfig, ctx: RunContext) -> str | None:
     """Decide what to resume from and write the config records. Returns the checkpoint path or None."""
     last = ctx.run_dir / "checkpoints" / "last.ckpt"
@@ -91,6 +106,8 @@ def prepare_run(cfg: DictConfig, ctx: RunContext) -> str | None:
             stray.unlink(missing_ok=True)
     else:
         ckpt = str(_find_checkpoint(Path(str(resume)).expanduser()))
+    if ckpt is not None:
+        check_checkpoint(Path(ckpt))
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (ctx.run_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(ctx.overrides)))
