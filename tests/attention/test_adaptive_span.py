@@ -146,9 +146,10 @@ def test_metrics_and_recorded_stats():
     assert torch.isfinite(m["attn/max_logit"])
 
 
-def test_training_forward_backward_has_no_host_sync():
+@pytest.mark.parametrize("record_stats", [False, True])  # fused CPU path / unfused path with stats
+def test_training_forward_backward_has_no_host_sync(record_stats):
     mod = make(init_span=0.3, span_penalty=0.01).train()
-    mod.record_stats = True
+    mod.record_stats = record_stats
     x, pos = inputs()
     with NoHostSync():
         loss = mod(x, pos).sum() + mod.aux_loss()

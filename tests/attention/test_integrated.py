@@ -126,9 +126,10 @@ def test_recorded_stats_for_both_branches():
     assert m["attn/local_entropy"] <= torch.log(torch.tensor(float(mod.window)))
 
 
-def test_training_forward_backward_and_post_step_have_no_host_sync():
+@pytest.mark.parametrize("record_stats", [False, True])
+def test_training_forward_backward_and_post_step_have_no_host_sync(record_stats):
     mod = make(refiner=REFINER).train()
-    mod.record_stats = True
+    mod.record_stats = record_stats
     x, pos = inputs()
     with NoHostSync():
         for i in range(2):
@@ -137,6 +138,7 @@ def test_training_forward_backward_and_post_step_have_no_host_sync():
         mod.metrics()
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_backend_forward_matches_blocked():
     mod = make().float().eval()
     x, pos = inputs()

@@ -112,6 +112,7 @@ def test_stats_match_dense_probabilities():
     torch.testing.assert_close(max_logit, scores.amax())
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_forward_matches_blocked_on_cpu():
     T, window = 40, 7
     q, k, v = (x.float() for x in qkv(T, seed=8))
