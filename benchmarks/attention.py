@@ -182,7 +182,8 @@ def main(argv=None) -> dict[str, float]:
             if v.name != "full":
                 ratios[f"{v.name}_{ctx}_over_full"] = round(t / med["full"], 3)
                 ratios[f"{v.name}_{ctx}_mem_over_full"] = round(m / max(memory["full"], 1), 3)
-    print(f"{'context':>7}  {'variant':<14} {'fwd+bwd ms':>10} {'x full':>7} {'cpu x full':>10} {'peak MiB':>9} {'x full':>7}  note")
+    print(f"{'context':>7}  {'variant':<14} {'fwd+bwd ms':>10} {'x full':>7} {'cpu x full':>10} "
+          f"{'peak MiB':>9} {'x full':>7}  note")
     for ctx, name, ms, rt, rc, mib, rm, note in rows:
         print(f"{ctx:>7}  {name:<14} {ms:>10.1f} {rt:>7.2f} {rc:>10.2f} {mib:>9.1f} {rm:>7.2f}  {note}")
     if "myelinated" in args.variants:

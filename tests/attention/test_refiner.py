@@ -54,7 +54,8 @@ def test_seeded_exploration_is_reproducible_and_seed_dependent():
 
 
 def test_q_update_follows_the_q_learning_rule():
-    ref = Refiner(states=100, actions=4, alpha=0.5, gamma=0.9, epsilon=0.0, update_every=1, span_cost=0.1, loss_decay=0.0)
+    ref = Refiner(states=100, actions=4, alpha=0.5, gamma=0.9, epsilon=0.0, update_every=1, span_cost=0.1,
+                  loss_decay=0.0)
     ref.update(torch.tensor(2.0), torch.tensor(0.5))  # first decision, no learning yet
     s, a, f = ref.state.clone(), ref.action.clone(), ref.factor.clone()
     assert ref.q_table.abs().sum() == 0

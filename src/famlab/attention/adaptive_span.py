@@ -69,7 +69,9 @@ class AdaptiveSpan(AttentionBase):
         if span_penalty < 0 or temp_scale < 0:
             raise ValueError("attention.span_penalty and attention.temp_scale must be >= 0")
         if block <= 0 or extent_round <= 0:
-            raise ValueError(f"attention.block and attention.extent_round must be positive, got {block}, {extent_round}")
+            raise ValueError(
+                f"attention.block and attention.extent_round must be positive, got {block}, {extent_round}"
+            )
         self.max_dist, self.ramp, self.sharpen = int(max_dist), float(ramp), bool(sharpen)
         self.temp_scale, self.span_penalty = float(temp_scale), float(span_penalty)
         self.block, self.extent_round = int(block), int(extent_round)

@@ -93,7 +93,8 @@ class IntegratedAttention(AttentionBase):
             raise ValueError(f"attention.backend must be one of {_BACKENDS}, got {backend!r}")
         self.max_dist, self.win_size, self.max_span = int(max_dist), int(win_size), int(max_span)
         self.window = min(self.win_size, self.max_dist)
-        self.temp_scale, self.focus_iters, self.ramp, self.backend = float(temp_scale), int(focus_iters), float(ramp), backend
+        self.temp_scale, self.focus_iters, self.ramp = float(temp_scale), int(focus_iters), float(ramp)
+        self.backend = backend
         self.norm_local = nn.LayerNorm(dims)
         self.norm_global = nn.LayerNorm(dims)
         self.local_qkv = nn.Linear(dims, 3 * dims, bias=bias)
@@ -117,7 +118,8 @@ class IntegratedAttention(AttentionBase):
         k, v = cache.append(k, v)
         if q.shape[-2] == 1:
             return merge_heads(self.attend(q, k, v))
-        mask = causal_mask(torch.arange(past, past + q.shape[-2], device=x.device), torch.arange(k.shape[-2], device=x.device))
+        q_pos = torch.arange(past, past + q.shape[-2], device=x.device)
+        mask = causal_mask(q_pos, torch.arange(k.shape[-2], device=x.device))
         return merge_heads(self.attend(q, k, v, mask=mask))
 
     def _span(self, g: torch.Tensor, cache: KVCache | None):
@@ -137,8 +139,10 @@ class IntegratedAttention(AttentionBase):
         """Local branch over whole sequences: ``[B, H, T, hd]`` -> ``[B, H, T, hd]`` (+ stats)."""
         use_flex = self.backend == "flex" or (self.backend == "auto" and q.is_cuda and not self.record_stats)
         if use_flex:
-            return flex_slide_win(q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp, compile=q.is_cuda), None
-        res = slide_win(q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp, return_stats=self.record_stats)
+            out = flex_slide_win(q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp, compile=q.is_cuda)
+            return out, None
+        res = slide_win(q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp,
+                        return_stats=self.record_stats)
         return res if self.record_stats else (res, None)
 
     def _local(self, x, positions, span, temp, cache):

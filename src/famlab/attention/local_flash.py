@@ -42,7 +42,10 @@ def _geometry(T: int, block: int, lookback: int):
 
 
 def _windows(t: torch.Tensor, block: int, n: int, pad_t: int, lookback: int, width: int) -> torch.Tensor:
-    """``[B, H, T, hd]`` -> key windows ``[(n B), H, width, hd]`` (window ``m`` = padded ``[m*block, m*block+width)``)."""
+    """``[B, H, T, hd]`` -> key windows ``[(n B), H, width, hd]``.
+
+    Window ``m`` covers padded positions ``[m*block, m*block + width)``.
+    """
     t = F.pad(t, (0, 0, lookback, pad_t)).unfold(2, width, block)  # [B, H, n, hd, width]
     return rearrange(t, "b h n d w -> (n b) h w d")  # overlapping strided view when B == 1 (no copy)
 
@@ -173,7 +176,8 @@ class _BlockedFlash(torch.autograd.Function):
         k4 = _windows(k, block, n, pad_t, lookback, width)
         v4 = _windows(v, block, n, pad_t, lookback, width)
         n_head, head, body = _masks(span, B, T, block, n, pad_t, lookback, width, window, ramp, q.dtype, q.device)
-        parts = [(sl, m) for sl, m in ((slice(0, n_head * B), head), (slice(n_head * B, n * B), body)) if sl.stop > sl.start]
+        pairs = ((slice(0, n_head * B), head), (slice(n_head * B, n * B), body))
+        parts = [(sl, m) for sl, m in pairs if sl.stop > sl.start]
         split, masks = [sl for sl, _ in parts], [m for _, m in parts]
         out4, lse4 = _flash(q4, k4, v4, split, masks)
         ctx.save_for_backward(q, k, v, span, q4, k4, v4, out4, lse4, *masks)

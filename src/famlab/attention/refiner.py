@@ -113,13 +113,14 @@ class Refiner(nn.Module):
     def update(self, loss: torch.Tensor, span_mean: torch.Tensor) -> None:
         """One optimizer step's observation; every ``update_every`` calls learn and act."""
         device = self.q_table.device
-        obs = torch.stack([loss.detach().float().reshape(()).to(device), span_mean.detach().float().reshape(()).to(device)])
+        obs = torch.stack([t.detach().float().reshape(()).to(device) for t in (loss, span_mean)])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(obs, op=dist.ReduceOp.SUM)
             obs = obs / dist.get_world_size()
         loss_now, span_now = obs[0], obs[1]
         first = self.step == 0
-        self.loss_ema.copy_(torch.where(first, loss_now, self.loss_decay * self.loss_ema + (1 - self.loss_decay) * loss_now))
+        ema = self.loss_decay * self.loss_ema + (1 - self.loss_decay) * loss_now
+        self.loss_ema.copy_(torch.where(first, loss_now, ema))
         self.ema_at_action.copy_(torch.where(first, self.loss_ema, self.ema_at_action))
         self.step.add_(1)
         self._host_step += 1
