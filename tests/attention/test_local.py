@@ -163,3 +163,17 @@ def test_fused_path_equals_unfused_values_and_gradients(block, lookback, window,
         torch.testing.assert_close(a, b)
     if span0 is not None:
         assert results[0][-1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bfloat16_inputs_match_float32_reference(fused):
+    """Distances stay exact past 256 tokens (computed in float32) and both paths accept bf16."""
+    T = 300
+    q, k, v = (x.float() for x in qkv(T, seed=12))
+    span = torch.tensor([20.0, 150.0, 280.0]).view(1, H, 1)
+    pos = torch.arange(T)
+    ref = dense_local_attention(q, k, v, pos, pos, span=span, ramp=4.0)
+    out = blocked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), block=32, lookback=288, span=span, ramp=4.0,
+                            fused=fused)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=0)

@@ -32,6 +32,11 @@ _NEG_INF = float("-inf")
 _TINY = 1e-30
 
 
+def _geometry_dtype(q: torch.Tensor) -> torch.dtype:
+    """Distances and spans in at least float32 (bfloat16 is not exact beyond 256 tokens)."""
+    return torch.promote_types(q.dtype, torch.float32)
+
+
 def _per_query(t: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor | None:
     """Broadcast a scalar/``[B|1, H|1, Tq]`` tensor to a 3-D ``[B', H', Tq']`` tensor."""
     if t is None:
@@ -64,8 +69,8 @@ def _attend(q, k, v, dist, valid, span, ramp, temperature, stats: bool, first=No
     if first is not None:
         nb, invalid = first
         scores[..., :nb, :, :] = scores[..., :nb, :, :].masked_fill(invalid, _NEG_INF)
-    probs = scores.softmax(dim=-1)
-    out = probs @ v
+    probs = scores.softmax(dim=-1)  # float32 at least when the ramp bias is float32 (bf16 inputs)
+    out = probs.to(v.dtype) @ v
     info = None
     if stats:
         with torch.no_grad():
@@ -125,7 +130,7 @@ def blocked_attention(
     device = q.device
     a = torch.arange(block, device=device)
     c = torch.arange(width, device=device)
-    dist = (a[:, None] + lookback - c[None, :]).to(q.dtype)  # [block, width], same for every block
+    dist = (a[:, None] + lookback - c[None, :]).to(_geometry_dtype(q))  # [block, width], same for every block
     valid = dist >= 0
     if window is not None:
         valid = valid & (dist < window)
@@ -171,7 +176,7 @@ def dense_local_attention(
 
     ``q`` ``[B, H, Tq, hd]``, ``k, v`` ``[B, H, Tk, hd]``, positions LongTensors ``[Tq]``/``[Tk]``.
     """
-    dist = (q_positions[:, None] - k_positions[None, :]).to(q.dtype)
+    dist = (q_positions[:, None] - k_positions[None, :]).to(_geometry_dtype(q))
     valid = dist >= 0
     if window is not None:
         valid = valid & (dist < window)

@@ -66,6 +66,7 @@ def _masks(span, B, T, block, n, pad_t, lookback, width, window, ramp, dtype, de
     get a per-block mask ``[(n_head B), H|1, block, width]``; the other blocks share one mask
     ``[1 | (n B), H|1, block, width]`` (broadcast when the span does not vary per sequence/query).
     """
+    out_dtype, dtype = dtype, torch.promote_types(dtype, torch.float32)  # exact distances, mask cast at the end
     a = torch.arange(block, device=device)
     dist = (a[:, None] + lookback - torch.arange(width, device=device)[None, :]).to(dtype)  # [block, width]
     valid = dist >= 0
@@ -84,11 +85,11 @@ def _masks(span, B, T, block, n, pad_t, lookback, width, window, ramp, dtype, de
     q_pos = torch.arange(n_head * block, device=device, dtype=dtype).view(n_head, 1, 1, block, 1)
     head = bias[:n_head] if bias.shape[0] > 1 else bias
     head = head.masked_fill(dist > q_pos, _NEG_INF)  # key j = i - d < 0 is padding
-    head = head.expand(n_head, B, -1, -1, -1).flatten(0, 1).contiguous()
+    head = head.expand(n_head, B, -1, -1, -1).flatten(0, 1).to(out_dtype).contiguous()
     body = bias[n_head:] if bias.shape[0] > 1 else bias
     if body.shape[0] > 1 or body.shape[1] > 1:
         body = body.expand(n - n_head, B, -1, -1, -1)
-    return n_head, head, body.flatten(0, 1).contiguous()
+    return n_head, head, body.flatten(0, 1).to(out_dtype).contiguous()
 
 
 def _flash(q4, k4, v4, split, masks):
@@ -110,7 +111,8 @@ def _span_grad(q, k, v, dout, out, lse, span, ramp, window, chunk: int = 8):
     """
     B, H, T, hd = q.shape
     z = span.expand(B, H, T).reshape(1, -1)  # [1, N], N = B*H*T
-    i = torch.arange(T, device=q.device, dtype=q.dtype).repeat(B * H)[None]
+    gd = torch.promote_types(q.dtype, torch.float32)
+    i = torch.arange(T, device=q.device, dtype=gd).repeat(B * H)[None]
     row0 = (torch.arange(B * H, device=q.device) * T).repeat_interleave(T)[None]
     kv = torch.cat([k, v], dim=-1).reshape(-1, 2 * hd)
     qd = torch.cat([q, dout], dim=-1).reshape(1, -1, 2, hd)
@@ -120,7 +122,7 @@ def _span_grad(q, k, v, dout, out, lse, span, ramp, window, chunk: int = 8):
     start = torch.ceil(z)
     steps = math.ceil(ramp) + 1
     for r0 in range(0, steps, chunk):
-        d = start + torch.arange(r0, min(r0 + chunk, steps), device=q.device, dtype=q.dtype)[:, None]  # [R, N]
+        d = start + torch.arange(r0, min(r0 + chunk, steps), device=q.device, dtype=gd)[:, None]  # [R, N]
         j = i - d
         ok = (j >= 0) & (d < z + ramp)
         if window is not None:
@@ -145,14 +147,15 @@ def _span_grad_blocks(q4, k4, v4, do4, out4, lse4, span, B, n, block, lookback, 
     H, hd, width = q4.shape[1], q4.shape[-1], k4.shape[2]
     rb = math.ceil(ramp)
     zc = torch.ceil(span.expand(B, H, 1))  # [B, H, 1]
-    c_raw = lookback - zc - rb + torch.arange(block + rb, device=q4.device, dtype=q4.dtype)  # [B, H, block+rb]
+    gd = torch.promote_types(q4.dtype, torch.float32)
+    c_raw = lookback - zc - rb + torch.arange(block + rb, device=q4.device, dtype=gd)  # [B, H, block+rb]
     idx = c_raw.clamp(0, width - 1).long()[None, :, :, :, None].expand(n, B, H, block + rb, hd)
     k_band = k4.reshape(n, B, H, width, hd).gather(3, idx).flatten(0, 1)  # [(n B), H, block+rb, hd]
     v_band = v4.reshape(n, B, H, width, hd).gather(3, idx).flatten(0, 1)
-    a = torch.arange(block, device=q4.device, dtype=q4.dtype)[:, None]
+    a = torch.arange(block, device=q4.device, dtype=gd)[:, None]
     dist = a + lookback - c_raw[None, :, :, None, :]  # [1, B, H, block, block+rb]
     z = span.expand(B, H, 1)[None, :, :, :, None]
-    q_pos = (torch.arange(n, device=q4.device, dtype=q4.dtype) * block)[:, None, None, None, None] + a
+    q_pos = (torch.arange(n, device=q4.device, dtype=gd) * block)[:, None, None, None, None] + a
     ok = (c_raw[None, :, :, None, :] >= 0) & (dist >= z) & (dist < z + ramp) & (dist <= q_pos)
     if window is not None:
         ok = ok & (dist < window)
