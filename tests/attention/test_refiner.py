@@ -55,7 +55,7 @@ def test_seeded_exploration_is_reproducible_and_seed_dependent():
 
 def test_q_update_follows_the_q_learning_rule():
     ref = Refiner(states=100, actions=4, alpha=0.5, gamma=0.9, epsilon=0.0, update_every=1, span_cost=0.1,
-                  loss_decay=0.0)
+                  loss_decay=0.0, baseline_decay=0.0)
     ref.update(torch.tensor(2.0), torch.tensor(0.5))  # first decision, no learning yet
     s, a, f = ref.state.clone(), ref.action.clone(), ref.factor.clone()
     assert ref.q_table.abs().sum() == 0
@@ -71,6 +71,19 @@ def test_q_update_follows_the_q_learning_rule():
     assert abs(float(ref.q_table[int(s), int(a)]) - expected) < 1e-6
     assert abs(float(ref.reward) - reward) < 1e-6
     assert int(ref.action) == 2  # greedy (epsilon 0) in the next state
+
+
+def test_reward_baseline_removes_the_common_loss_decrease():
+    ref = Refiner(states=100, actions=4, epsilon=0.0, update_every=1, span_cost=0.1, loss_decay=0.0,
+                  baseline_decay=0.5)
+    ref.update(torch.tensor(3.0), torch.tensor(0.5))  # first decision
+    f1 = float(ref.factor)
+    ref.update(torch.tensor(2.5), torch.tensor(0.5))  # decrease 0.5; baseline starts at it
+    assert abs(float(ref.reward) - (0.5 - 0.5 - 0.1 * f1)) < 1e-6
+    f2 = float(ref.factor)
+    ref.update(torch.tensor(1.7), torch.tensor(0.5))  # decrease 0.8 vs baseline 0.5: advantage 0.3
+    assert abs(float(ref.reward) - (0.8 - 0.5 - 0.1 * f2)) < 1e-6
+    assert abs(float(ref.baseline) - 0.65) < 1e-6
 
 
 def test_greedy_ties_are_broken_at_random():

@@ -37,7 +37,7 @@ from famlab.attention.local import dense_local_attention, flex_slide_win, slide_
 from famlab.attention.refiner import Refiner
 
 _REFINER_KEYS = {"enabled", "states", "actions", "alpha", "gamma", "epsilon", "update_every", "seed",
-                 "span_cost", "loss_decay", "min_factor"}
+                 "span_cost", "baseline_decay", "loss_decay", "min_factor"}
 _BACKENDS = ("auto", "blocked", "flex")
 
 

@@ -10,8 +10,11 @@ Dayan 1992, epsilon-greedy) and its names, and fixes the rest:
 * The state id is computed on device with ``torch.bucketize`` from the span predictor mean and
   the relative trend of an EMA of the training loss since the last action (10 x 10 buckets,
   taken modulo ``states``).
-* Reward = decrease of the loss EMA since the last action minus ``span_cost`` times the chosen
-  span factor, so the next state and the reward depend on the action through training.
+* Reward = decrease of the loss EMA since the last action, minus a running baseline of such
+  decreases (``baseline_decay``; 0 = no baseline), minus ``span_cost`` times the chosen span
+  factor. Without the baseline every action taken early in training is rewarded simply because
+  the loss falls; with it an action is rewarded for a faster-than-usual decrease. The next state
+  and the reward depend on the action through training.
 * Randomness (exploration and random tie-breaking) comes from a ``torch.Generator`` on the table's
   device re-seeded from ``(seed, step)`` before each decision, so it is reproducible, survives a
   checkpoint through the ``step`` buffer and is the same on every rank.
@@ -48,6 +51,7 @@ class Refiner(nn.Module):
         seed: int = 0,
         update_every: int = 10,
         span_cost: float = 0.01,
+        baseline_decay: float = 0.9,
         loss_decay: float = 0.9,
         min_factor: float = 0.25,
     ):
@@ -56,7 +60,8 @@ class Refiner(nn.Module):
             raise ValueError(f"attention.refiner.states and .actions must be >= 1, got {states}, {actions}")
         if update_every < 1:
             raise ValueError(f"attention.refiner.update_every must be >= 1, got {update_every}")
-        for key, value in dict(alpha=alpha, gamma=gamma, epsilon=epsilon, loss_decay=loss_decay).items():
+        for key, value in dict(alpha=alpha, gamma=gamma, epsilon=epsilon, loss_decay=loss_decay,
+                               baseline_decay=baseline_decay).items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"attention.refiner.{key} must lie in [0, 1], got {value}")
         if not 0.0 < min_factor <= 1.0:
@@ -65,6 +70,7 @@ class Refiner(nn.Module):
         self.alpha, self.gamma, self.epsilon = float(alpha), float(gamma), float(epsilon)
         self.seed, self.update_every, self.span_cost = int(seed), int(update_every), float(span_cost)
         self.loss_decay, self.min_factor = float(loss_decay), float(min_factor)
+        self.baseline_decay = float(baseline_decay)
         self.register_buffer("q_table", torch.zeros(states, actions))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("state", torch.zeros(1, dtype=torch.long))
@@ -74,6 +80,8 @@ class Refiner(nn.Module):
         self.register_buffer("ema_at_action", torch.zeros(()))
         self.register_buffer("decided", torch.zeros((), dtype=torch.bool))
         self.register_buffer("reward", torch.zeros(()))
+        self.register_buffer("baseline", torch.zeros(()))
+        self.register_buffer("has_baseline", torch.zeros((), dtype=torch.bool))
         self.register_buffer("action_counts", torch.zeros(actions))
         self.register_buffer("span_edges", _SPAN_EDGES.clone(), persistent=False)
         self.register_buffer("trend_edges", _TREND_EDGES.clone(), persistent=False)
@@ -128,7 +136,15 @@ class Refiner(nn.Module):
             return
         trend = (self.loss_ema - self.ema_at_action) / self.ema_at_action.abs().clamp_min(1e-8)
         next_state = self.observe(span_now, trend)
-        reward = (self.ema_at_action - self.loss_ema) - self.span_cost * self.factor
+        decrease = self.ema_at_action - self.loss_ema
+        reward = decrease - self.span_cost * self.factor
+        if self.baseline_decay > 0:
+            learning = self.decided  # the first decision has no decrease to learn from
+            base = torch.where(self.has_baseline, self.baseline, decrease)
+            reward = reward - base
+            updated = self.baseline_decay * base + (1 - self.baseline_decay) * decrease
+            self.baseline.copy_(torch.where(learning, updated, self.baseline))
+            self.has_baseline.copy_(self.has_baseline | learning)
         flat = self.state * self.actions + self.action
         table = self.q_table.view(-1)
         q_sa = table.gather(0, flat)
@@ -151,6 +167,7 @@ class Refiner(nn.Module):
             "refiner/factor": self.factor.clone(),
             "refiner/epsilon": torch.tensor(self.epsilon, device=self.factor.device),
             "refiner/reward": self.reward.clone(),
+            "refiner/baseline": self.baseline.clone(),
             "refiner/state": self.state[0].float(),
         })
         return out
