@@ -3,7 +3,7 @@
     python scripts/lr_sensitivity.py outputs/claim_stability_smoke/multiruns/<sweep> --out docs/claims/stability
 
 Per run: final val loss (a diverged or failed run, or a non-finite loss, counts as the initial loss
-ln(vocab_size)), status, the largest attention logit over training and the smallest final attention
+ln(vocab_size)), status, whether it blew up (diverged, failed or ended above the initial loss), the largest attention logit over training and the smallest final attention
 entropy over layers (metrics.csv columns ``attn/l{i}.max_logit`` / ``attn/l{i}.entropy``).
 Per optimizer and seed: LR sensitivity = mean over the lr grid of min(loss, initial loss) minus the
 best loss of that seed's sweep (lower = flatter). Across seeds: mean and 95% Student-t CI, and a
@@ -39,7 +39,8 @@ def run_row(run) -> dict | None:
                   for s in [run.metrics.series(c)] if s.values]
         logit = max(peaks) if peaks else logit
         entropy = min(finals) if finals else entropy
-    return {"optimizer": opt, "lr": float(lr), "seed": seed, "status": run.status, "init": init,
+    blew_up = not ok or loss > init  # diverged (NaN guard), failed, or ended above the initial loss
+    return {"optimizer": opt, "lr": float(lr), "seed": seed, "status": run.status, "init": init, "blew_up": blew_up,
             "loss": min(loss, init) if ok else init, "max_logit": logit, "min_entropy": entropy}
 
 
@@ -65,21 +66,22 @@ def markdown(rows: list[dict], sens: dict[str, list[float]], baseline: str) -> s
              "Final val loss capped at the initial loss ln(vocab) (diverged/failed runs count as the initial loss); "
              "peak max attention logit over training; smallest final attention entropy over layers (nats). "
              "Means over seeds.", "",
-             "| optimizer | lr | n | final val loss | diverged | peak max logit | final min entropy |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| optimizer | lr | n | final val loss | diverged (NaN guard) | above initial loss | peak max logit | "
+             "final min entropy |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     cells = defaultdict(list)
     for r in rows:
         cells[(r["optimizer"], r["lr"])].append(r)
     for (opt, lr), rs in sorted(cells.items()):
         mean = lambda key: mean_ci([r[key] for r in rs]).mean  # noqa: E731
         div = sum(r["status"] == "diverged" for r in rs)
-        lines.append(f"| {opt} | {lr:g} | {len(rs)} | {fmt(mean('loss'))} | {div}/{len(rs)} | "
+        up = sum(r["blew_up"] for r in rs)
+        lines.append(f"| {opt} | {lr:g} | {len(rs)} | {fmt(mean('loss'))} | {div}/{len(rs)} | {up}/{len(rs)} | "
                      f"{fmt(mean('max_logit'), 2)} | {fmt(mean('min_entropy'))} |")
-    lines += ["", "| optimizer | LR sensitivity (mean ± 95% CI over seeds) | n | diverged runs | "
+    lines += ["", "| optimizer | LR sensitivity (mean ± 95% CI over seeds) | n | diverged or above initial loss | "
               f"vs {baseline}: difference [95% CI], Welch p |", "|---|---:|---:|---:|---|"]
     for opt, vals in sorted(sens.items()):
         est = mean_ci(vals)
-        div = sum(r["status"] == "diverged" for r in rows if r["optimizer"] == opt)
+        div = sum(r["blew_up"] for r in rows if r["optimizer"] == opt)
         total = sum(r["optimizer"] == opt for r in rows)
         versus = ""
         if opt != baseline and baseline in sens:

@@ -3,8 +3,8 @@
 # context, run `famlab compare` on every sweep and write the reports into docs/claims/<claim>/.
 #
 #   scripts/run_claims_smoke.sh                      # all claims (~15-25 min on 2 loaded CPU cores)
-#   scripts/run_claims_smoke.sh convergence compute  # only some: convergence stability long_context
-#                                                    #   long_context_recall compute
+#   scripts/run_claims_smoke.sh convergence compute  # only some: convergence convergence_fam_start10
+#                                                    #   stability long_context long_context_recall compute
 #   SWEEP=smoke_a N_JOBS=2 scripts/run_claims_smoke.sh compute
 #
 # Runs land in outputs/<experiment>/multiruns/$SWEEP/<job> (git-ignored); docs/claims/<claim>/ gets
@@ -42,6 +42,9 @@ compare() {  # compare <claim> <sweep dir>...: report into $DOCS/<claim>
   "$PY" -m famlab.compare "$@" --out "$DOCS/$claim"
 }
 
+
+RULES=docs/claims/rules  # verdict rules not in the experiment configs (post hoc or supplementary)
+
 run_claim() {
   local out=outputs
   mkdir -p "$out"
@@ -50,7 +53,18 @@ run_claim() {
       sweep claim_convergence_smoke "$SWEEP"
       compare convergence "$out/claim_convergence_smoke/multiruns/$SWEEP"
       "$PY" scripts/lr_sensitivity.py "$out/claim_convergence_smoke/multiruns/$SWEEP" --out "$DOCS/convergence" \
-        > /dev/null ;;
+        > /dev/null
+      # post hoc, labelled as such in docs/claims.md: each optimizer at its best lr by best val loss
+      # (readable curves; when no lr of an arm reaches the target the steps_to_target rule ties and
+      # compare picks that arm's first lr group)
+      mapfile -t best < <("$PY" scripts/best_lr_runs.py "$DOCS/convergence/report.json")
+      compare convergence_posthoc "${best[@]}" --verdict "$RULES/convergence_posthoc.yaml" ;;
+    convergence_fam_start10)  # supplementary, not the pre-registered test: the FAM variants at their best
+      # smoke lr with the analysis starting at step 11 instead of the seed's 101 (90% of the 120 steps)
+      sweep claim_convergence_smoke "${SWEEP}_fam_start10" "hydra.sweeper.params.optimizer='fam,fam_temporal,fam_constant'" \
+        hydra.sweeper.params.optimizer.lr=0.3 optimizer.fam_start_step=10
+      compare convergence_fam_start10 "$out/claim_convergence_smoke/multiruns/${SWEEP}_fam_start10" \
+        --baseline optimizer=fam_constant --verdict "$RULES/convergence_fam_start10.yaml" ;;
     stability)    # fam vs adamw over 1e-4..1: Wortsman LR sensitivity, divergences, attention signals
       sweep claim_stability_smoke "$SWEEP"
       compare stability "$out/claim_stability_smoke/multiruns/$SWEEP"
@@ -71,7 +85,7 @@ run_claim() {
 }
 
 claims=("$@")
-[ ${#claims[@]} -gt 0 ] || claims=(convergence stability long_context long_context_recall compute)
+[ ${#claims[@]} -gt 0 ] || claims=(convergence convergence_fam_start10 stability long_context long_context_recall compute)
 echo "sweep name: $SWEEP"
 for c in "${claims[@]}"; do run_claim "$c"; done
 echo "== $(date -u +%H:%M:%S) done"

@@ -113,8 +113,8 @@ def test_compute_smoke_sweep_end_to_end(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "train.py", "-m", "experiment=claim_compute_smoke", f"out_root={tmp_path}",
            "sweep_name=t", "trainer.max_steps=12", "trainer.val_check_interval=6", "scheduler.warmup_steps=2",
-           "data.val_batches=2", "data.batch_size=4", "hydra.sweeper.params.attention=standard,adaptive_span",
-           "hydra.sweeper.params.seed=0,1"]
+           "data.val_batches=2", "data.batch_size=4", "hydra.sweeper.params.attention='standard,adaptive_span'",
+           "hydra.sweeper.params.seed='0,1'"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "claim_compute_smoke" / "multiruns" / "t"
