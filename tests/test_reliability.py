@@ -229,6 +229,31 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_overwritten(tmp_path
         api.load_run(tmp_path / "src", which="last")
 
 
+def test_checkpoint_of_another_model_config_is_refused_before_writing(tmp_path):
+    _tiny_run(tmp_path, "small")
+    ckpt = tmp_path / "small" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"was written by another model configuration \(tok_emb.weight: checkpoint "
+                                          r"\[\d+, 32\], model \[\d+, 64\]; \d+ tensors differ\).*nothing was written"):
+        _tiny_run(tmp_path, "wide", f"resume={ckpt}", "model.dims=64")
+    with pytest.raises(ConfigError, match=r"missing from the checkpoint: \['blocks.0.attn.span_scale'"):
+        _tiny_run(tmp_path, "other", f"resume={ckpt}", "attention=adaptive_span")
+    assert not (tmp_path / "wide").exists() and not (tmp_path / "other").exists()
+
+
+def test_resume_check_accepts_extra_state_modules(tmp_path):
+    """attention=myelinated keeps a Python counter through get_extra_state: resume still passes the check."""
+    stop = ["+callbacks.stop._target_=famlab.lit.interrupt.StopAtStep", "+callbacks.stop.step=1"]
+    assert _tiny_run(tmp_path, "m", "attention=myelinated", *stop)["status"] == "interrupted"
+    assert _tiny_run(tmp_path, "m", "attention=myelinated", "resume=auto")["steps"] == 2
+
+
+def test_global_batch_that_processes_cannot_split_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"^data.batch_size=3 must be divisible by the 2 processes "
+                                          r"\(trainer.devices=2 x trainer.num_nodes=1\)$"):
+        _tiny_run(tmp_path, "ddp", "trainer=ddp_cpu", "data.batch_size=3")
+    assert not (tmp_path / "ddp").exists()
+
+
 def test_checkpoint_carrying_code_is_refused_and_never_runs(tmp_path):
     probe = tmp_path / "probe_marker"
     torch.save({"state_dict": {}, "payload": _Payload(probe)}, tmp_path / "probe.ckpt")

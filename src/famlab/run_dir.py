@@ -48,13 +48,19 @@ class RunContext:
 
     def refuse_bad_launch(self, cfg: DictConfig) -> None:
         """Hydra multirun + a strategy that re-launches the command line re-runs the whole sweep
-        in every child process (and hangs under joblib or pytest): refuse it up front."""
+        in every child process (and hangs under joblib or pytest): refuse it up front, and a global
+        batch the processes cannot split evenly."""
         strategy = str(cfg.trainer.get("strategy", "auto"))
         if self.multirun and strategy in SPAWNING_STRATEGIES and "submitit" not in self.launcher:
             raise ConfigError(
                 f"trainer.strategy={strategy} re-launches the command line and breaks Hydra multirun; "
                 f"use trainer=ddp_cpu (ddp_spawn) locally or launcher=slurm (one task per GPU) on a cluster"
             )
+        devices, nodes, batch = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes", 1), cfg.data.get("batch_size")
+        if isinstance(devices, int) and devices > 0 and isinstance(nodes, int) and isinstance(batch, int):
+            if batch % (devices * nodes):  # else each spawned process fails with a traceback
+                raise ConfigError(f"data.batch_size={batch} must be divisible by the {devices * nodes} processes "
+                                  f"(trainer.devices={devices} x trainer.num_nodes={nodes})")
 
     def discard_if_empty(self) -> None:
         """Remove a run directory this invocation created but never wrote to."""
@@ -76,9 +82,10 @@ def _find_checkpoint(path: Path) -> Path:
     return p
 
 
-def check_checkpoint(path: Path) -> None:
+def check_checkpoint(path: Path, model=None) -> None:
     """Open ``path`` as Lightning will (``weights_only=True``; memory-mapped, so tensors are not
-    read) before anything is written: a truncated, corrupt or code-carrying file is a ConfigError."""
+    read) before anything is written: a truncated, corrupt or code-carrying file, or one whose
+    tensors do not fit ``model`` (another model config), is a ConfigError."""
     import torch
 
     try:
@@ -89,10 +96,32 @@ def check_checkpoint(path: Path) -> None:
                           f"nothing was written - pass resume=<another checkpoint> or remove it") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ConfigError(f"resume: {path} is not a Lightning checkpoint (no state_dict); nothing was written")
+    if model is not None:
+        _check_fits(path, state["state_dict"], model)
 
 
-def prepare_run(cfg: DictConfig, ctx: RunContext) -> str | None:
-    """Decide what to resume from and write the config records. Returns the checkpoint path or None."""
+def _check_fits(path: Path, saved: dict, model) -> None:
+    def norm(k: str) -> str:
+        return k.replace("_orig_mod.", "").removeprefix("model.")
+
+    def shape(v) -> list | str:  # extra state (get_extra_state) may be any object
+        return list(v.shape) if hasattr(v, "shape") else type(v).__name__
+
+    saved = {norm(k): shape(v) for k, v in saved.items() if k.startswith("model.")}
+    wanted = {norm(k): shape(v) for k, v in model.state_dict().items()}
+    wrong = [f"{k}: checkpoint {saved[k]}, model {s}" for k, s in wanted.items() if k in saved and saved[k] != s]
+    missing, extra = sorted(wanted.keys() - saved.keys()), sorted(saved.keys() - wanted.keys())
+    if wrong or missing or extra:
+        what = wrong[:1] + [f"missing from the checkpoint: {missing[:3]}"] * bool(missing) \
+            + [f"not in the model: {extra[:3]}"] * bool(extra)
+        raise ConfigError(f"resume: checkpoint {path} was written by another model configuration "
+                          f"({'; '.join(what)}; {len(wrong) + len(missing) + len(extra)} tensors differ); resume with "
+                          f"the config it was trained with, or start a fresh run; nothing was written")
+
+
+def prepare_run(cfg: DictConfig, ctx: RunContext, model=None) -> str | None:
+    """Decide what to resume from (the checkpoint must load safely and fit ``model``) and write
+    the config records. Returns the checkpoint path or None."""
     last = ctx.run_dir / "checkpoints" / "last.ckpt"
     resume = cfg.get("resume")
     if resume in (None, "", "null", "none"):
@@ -107,7 +136,7 @@ def prepare_run(cfg: DictConfig, ctx: RunContext) -> str | None:
     else:
         ckpt = str(_find_checkpoint(Path(str(resume)).expanduser()))
     if ckpt is not None:
-        check_checkpoint(Path(ckpt))
+        check_checkpoint(Path(ckpt), model)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (ctx.run_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(ctx.overrides)))

@@ -41,7 +41,7 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
     dm = build_datamodule(cfg)
     model = build_model(cfg, vocab_size=dm.vocab_size)
     optimizer, scheduler = build_optimization(cfg, model)
-    ckpt_path = prepare_run(cfg, ctx)  # validated: from here on files are written
+    ckpt_path = prepare_run(cfg, ctx, model)  # validated: from here on files are written
     save_tokenizer(dm.tokenizer, ctx.run_dir / "tokenizer.json")
     file_log = logging.FileHandler(ctx.run_dir / "train.log")
     logging.getLogger().addHandler(file_log)
