@@ -65,8 +65,14 @@ VARIANTS: list[Variant] = [
     Variant(
         "integrated",
         lambda ctx, d, h: IntegratedAttention(d, h, max_dist=ctx, win_size=256, max_span=384,
-                                              refiner={"enabled": True}),
-        "window 256 + soft span + global full causal MHA + refiner",
+                                              refiner={"enabled": True}, summary_block=64),
+        "window 256 + soft span + global attention over 64-token block summaries + refiner",
+    ),
+    Variant(
+        "integrated_full",
+        lambda ctx, d, h: IntegratedAttention(d, h, max_dist=ctx, win_size=256, max_span=384,
+                                              refiner={"enabled": True}, global_branch="full"),
+        "as integrated, global branch = full causal MHA (global_branch=full)",
     ),
     Variant("slide_win", lambda ctx, d, h: SlidingWindowOnly(d, h, 256), "local branch alone, window 256"),
     Variant("myelinated", lambda ctx, d, h: MyelinatedLayer(d, h, layerA=4, max_dist=ctx, skip_compute="never"),

@@ -1,4 +1,5 @@
-"""IntegratedAttention: full-attention limit, causality, caching, gradients, refiner, no host sync."""
+"""IntegratedAttention: full-attention limit, summary global branch (dense reference, causality),
+caching, gradients, refiner, no host sync."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ class NoHostSync(TorchDispatchMode):
 
 def make(seed=0, **kw):
     torch.manual_seed(seed)
-    kw = {"win_size": 6, "max_span": 5, "ramp": 2, "max_dist": 64, **kw}
+    kw = {"win_size": 6, "max_span": 5, "ramp": 2, "max_dist": 64, "summary_block": 4, **kw}
     mod = IntegratedAttention(D, HEADS, **kw).double()
     with torch.no_grad():  # a span predictor with a spread of outputs, so the ramp matters
         mod.span_pred.weight.mul_(3.0)
@@ -37,7 +38,7 @@ def inputs(T=T, seed=1):
 
 
 def test_full_window_and_span_without_refiner_equals_two_full_attentions():
-    mod = make(win_size=T, max_span=10_000, temp_scale=0.0, refiner=None)
+    mod = make(win_size=T, max_span=10_000, temp_scale=0.0, refiner=None, global_branch="full")
     x, pos = inputs()
 
     def full(proj, h):
@@ -49,7 +50,7 @@ def test_full_window_and_span_without_refiner_equals_two_full_attentions():
     torch.testing.assert_close(mod(x, pos), mod.proj(torch.cat([local, glob], -1)))
 
 
-@pytest.mark.parametrize("kw", [{}, {"refiner": REFINER, "focus_iters": 2}])
+@pytest.mark.parametrize("kw", [{}, {"refiner": REFINER, "focus_iters": 2}, {"global_branch": "full"}])
 def test_no_causal_leakage_full_and_cached(kw):
     mod = make(**kw)
     x, pos = inputs()
@@ -63,9 +64,10 @@ def test_no_causal_leakage_full_and_cached(kw):
     torch.testing.assert_close(torch.cat(outs, 1), y[:, :t])
 
 
-@pytest.mark.parametrize("prefill,focus", [(1, 1), (7, 2)])
-def test_cached_decoding_equals_full_forward(prefill, focus):
-    mod = make(focus_iters=focus, refiner=REFINER)
+@pytest.mark.parametrize("prefill,focus,branch", [(1, 1, "summary"), (7, 2, "summary"), (9, 1, "full"),
+                                                   (3, 1, "summary")])
+def test_cached_decoding_equals_full_forward(prefill, focus, branch):
+    mod = make(focus_iters=focus, refiner=REFINER, global_branch=branch)
     x, pos = inputs()
     full = mod(x, pos)
     cache = KVCache()
@@ -75,12 +77,76 @@ def test_cached_decoding_equals_full_forward(prefill, focus):
     assert cache.extra["local"].k.shape[-2] == mod.window - 1  # local cache stays bounded
 
 
-def test_every_parameter_gets_a_gradient():
-    mod = make(refiner=REFINER)
+@pytest.mark.parametrize("query_block", [1, 3, 5])
+def test_local_query_blocks_smaller_than_the_window_give_the_same_output(monkeypatch, query_block):
+    from famlab.attention import integrated
+
+    mod = make(win_size=8, refiner=REFINER)
+    x, pos = inputs()
+    ref = mod(x, pos)  # query block = window
+    monkeypatch.setattr(integrated, "_LOCAL_QUERY_BLOCK", query_block)
+    torch.testing.assert_close(mod(x, pos), ref)
+
+
+@pytest.mark.parametrize("branch", ["summary", "full"])
+def test_every_parameter_gets_a_gradient(branch):
+    mod = make(refiner=REFINER, global_branch=branch)
     x, pos = inputs()
     mod(x, pos).pow(2).sum().backward()
     missing = [n for n, p in mod.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert missing == []  # span_pred, proj (combination), local_qkv, qkv, norms: DDP-safe
+
+
+def summary_reference(mod, x, block):
+    """Global branch from explicit block means, a [T, n_blocks] mask and the own key, per query."""
+    q, k, v = (split_heads(t, HEADS) for t in mod.qkv(mod.norm_global(x)).chunk(3, dim=-1))
+    n = x.shape[1] // block
+    k_sum = torch.stack([k[:, :, b * block:(b + 1) * block].mean(2) for b in range(n)], 2) if n else k[:, :, :0]
+    v_sum = torch.stack([v[:, :, b * block:(b + 1) * block].mean(2) for b in range(n)], 2) if n else v[:, :, :0]
+    mask = torch.tensor([[(b + 1) * block <= i + 1 for b in range(n)] for i in range(x.shape[1])], dtype=torch.bool)
+    out = torch.empty_like(q)
+    for i in range(x.shape[1]):
+        keys = torch.cat([k_sum[:, :, mask[i]], k[:, :, i:i + 1]], 2)
+        vals = torch.cat([v_sum[:, :, mask[i]], v[:, :, i:i + 1]], 2)
+        w = (q[:, :, i:i + 1] @ keys.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1)
+        out[:, :, i:i + 1] = w @ vals
+    return merge_heads(out)
+
+
+@pytest.mark.parametrize("block", [4, 5, 32])
+def test_summary_global_branch_equals_dense_block_mean_reference(block):
+    mod = make(summary_block=block)
+    x, pos = inputs()
+    ref = summary_reference(mod, x, block)
+    torch.testing.assert_close(mod._global(mod.norm_global(x), pos, None), ref)
+    if block > T:  # no complete block: every query's global output is its own value
+        v = mod.qkv(mod.norm_global(x)).chunk(3, dim=-1)[2]
+        torch.testing.assert_close(ref, v)
+
+
+def test_summary_mode_changing_one_token_changes_nothing_before_it():
+    mod = make()  # summary_block 4, window 6
+    x, pos = inputs()
+    y = mod(x, pos)
+    for j in (0, 5, 9, 11, 19):  # inside blocks, block ends, last token
+        x2 = x.clone()
+        x2[:, j] += torch.randn_like(x2[:, j])
+        y2 = mod(x2, pos)
+        torch.testing.assert_close(y2[:, :j], y[:, :j])
+        assert not torch.allclose(y2[:, j], y[:, j])
+
+
+@pytest.mark.parametrize("branch,block,reaches", [("summary", 4, True), ("full", 4, True), ("summary", 64, False)])
+def test_global_branch_carries_tokens_beyond_the_local_window(branch, block, reaches):
+    mod = make(global_branch=branch, summary_block=block, refiner=None)
+    with torch.no_grad():  # a constant span, so the span predictor cannot carry token 1 either
+        mod.span_pred.weight.zero_()
+    x, pos = inputs()
+    x2 = x.clone()
+    x2[:, 1] = torch.randn_like(x2[:, 1])  # token 1 lies in block 0 = [0, 4), complete from query 3 on
+    y, y2 = mod(x, pos), mod(x2, pos)
+    # query 15 sees local keys [10, 15]; token 1 reaches it only through the global branch
+    assert (not torch.allclose(y[:, 15], y2[:, 15])) == reaches
 
 
 def test_refiner_factor_scales_the_span():
@@ -115,8 +181,9 @@ def test_local_global_has_no_refiner_and_post_step_is_harmless():
     assert "refiner/span" not in mod.metrics()
 
 
-def test_recorded_stats_for_both_branches():
-    mod = make()
+@pytest.mark.parametrize("branch", ["summary", "full"])
+def test_recorded_stats_for_both_branches(branch):
+    mod = make(global_branch=branch)
     mod.record_stats = True
     x, pos = inputs()
     mod(x, pos)
@@ -157,11 +224,14 @@ def test_configs_instantiate(name, has_refiner):
     mod = instantiate(cfg.attention)(dims=D, head=HEADS, position=None)
     assert isinstance(mod, IntegratedAttention)
     assert isinstance(mod.refiner, Refiner) == has_refiner
+    assert mod.global_branch == "summary" and mod.summary_block == 64
     if has_refiner:
         assert mod.refiner.seed == 3
 
 
 @pytest.mark.parametrize("kw,key", [({"win_size": 0}, "win_size"), ({"backend": "cuda"}, "backend"),
+                                    ({"global_branch": "linear"}, "global_branch"),
+                                    ({"summary_block": 0}, "summary_block"),
                                     ({"refiner": {"enabled": True, "bogus": 1}}, "refiner"),
                                     ({"focus_iters": 0}, "focus_iters")])
 def test_bad_config_raises(kw, key):

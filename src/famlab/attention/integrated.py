@@ -9,13 +9,24 @@ This version keeps those pieces and names but:
 
 * the local branch is causal sliding-window attention over the band ``[i - window + 1, i]``
   (``window = min(win_size, max_dist)``; the seed's windows saw future keys), vectorised over
-  windows (:func:`famlab.attention.local.slide_win`, or FlexAttention on CUDA), cost ``T * window``;
+  windows (the rule of :func:`famlab.attention.local.slide_win` in query blocks of ``min(64,
+  window)``, or FlexAttention on CUDA), cost ``T * window``;
 * the span is soft and differentiable: query ``i`` weights keys by the ramp
   ``clamp((ramp + z_i - d) / ramp, 0, 1)`` with ``z_i = max_span * S_i`` and the logits are
   sharpened by the seed's ``1 + temp_scale * (1 - S_i)``; ``S_i = clamp(sigmoid(span_pred(mean of
   global outputs up to i)) * refine, 0, 1)``. The running (causal) mean replaces the seed's mean
   over the whole sequence, which leaked future tokens; gradients reach ``span_pred``;
-* the global branch is standard causal MHA (``1/sqrt(hd)``);
+* the global branch (``global_branch``) is content-dependent but sub-quadratic by default:
+  ``"summary"`` compresses every ``summary_block`` consecutive tokens into one mean key/value
+  pair and lets query ``i`` attend to the summaries of the blocks complete at ``i`` plus its own
+  key/value (:mod:`famlab.attention.summary`; compressive/landmark-style, Rae et al. 2020,
+  Mohtashami & Jaggi 2023, NSA's compression branch), cost ``T * T / summary_block``. Tokens
+  before the end of the first block have no complete block: their global output is their own
+  value ``v_i``, and the learned ``proj`` combination weighs it against the local branch. The
+  seed's global branch was a full MHA (Echo) or AdaptiveUpdateAttention (Big_worm/typed), cost
+  ``T^2``; ``"full"`` keeps that as standard causal MHA (``1/sqrt(hd)``), for comparison and
+  for the full-attention limit. With ``summary_block <= window`` every past token is either in
+  the local band or in a complete summarised block;
 * ``focus_iters`` fixed iterations of ``q <- q + local_out`` (the seed's ``_focus`` loop, which
   stopped on a tolerance checked on the host); default 1 = no refocusing;
 * the optional :class:`Refiner` picks ``refine`` once every few optimizer steps in
@@ -33,12 +44,18 @@ from torch import nn
 
 from famlab.attention.cache import KVCache
 from famlab.attention.core import AttentionBase, causal_mask, merge_heads, split_heads
-from famlab.attention.local import dense_local_attention, flex_slide_win, slide_win
+from famlab.attention.local import blocked_attention, dense_local_attention, flex_slide_win
 from famlab.attention.refiner import Refiner
+from famlab.attention.summary import block_means, summary_attention
 
 _REFINER_KEYS = {"enabled", "states", "actions", "alpha", "gamma", "epsilon", "update_every", "seed",
                  "span_cost", "baseline_decay", "loss_decay", "min_factor"}
 _BACKENDS = ("auto", "blocked", "flex")
+_GLOBAL_BRANCHES = ("summary", "full")
+# Local branch queries per block: keys per block = window - 1 + block, so blocks smaller than the
+# window (slide_win uses block = window, half of each 2 * window key window out of band) compute
+# fewer out-of-band scores; 64 was the fastest at window 256 on the CPU (fwd+bwd, per-query span).
+_LOCAL_QUERY_BLOCK = 64
 
 
 def build_refiner(refiner) -> Refiner | None:
@@ -59,8 +76,10 @@ def build_refiner(refiner) -> Refiner | None:
 
 
 class IntegratedAttention(AttentionBase):
-    """Sliding-window branch with a learned soft span + global causal MHA, merged by ``proj``.
+    """Sliding-window branch with a learned soft span + a global branch, merged by ``proj``.
 
+    ``global_branch``: ``"summary"`` (default; attention over block-mean summaries, blocks of
+    ``summary_block`` tokens, None = the local window) or ``"full"`` (causal MHA).
     ``qkv`` (from :class:`AttentionBase`) serves the global branch, ``local_qkv`` the local one;
     ``proj`` is the seed's ``Linear(2 * dims -> dims)`` combination. ``backend``: ``"blocked"``
     (default, pure PyTorch), ``"flex"`` (FlexAttention; compiled on CUDA, forward-only on the CPU)
@@ -80,6 +99,8 @@ class IntegratedAttention(AttentionBase):
         focus_iters: int = 1,
         ramp: int = 32,
         backend: str = "blocked",
+        global_branch: str = "summary",
+        summary_block: int | None = None,
         bias: bool = False,
     ):
         super().__init__(dims, head, position, bias=bias)
@@ -91,10 +112,15 @@ class IntegratedAttention(AttentionBase):
             raise ValueError(f"attention.temp_scale must be >= 0, got {temp_scale}")
         if backend not in _BACKENDS:
             raise ValueError(f"attention.backend must be one of {_BACKENDS}, got {backend!r}")
+        if global_branch not in _GLOBAL_BRANCHES:
+            raise ValueError(f"attention.global_branch must be one of {_GLOBAL_BRANCHES}, got {global_branch!r}")
+        if summary_block is not None and summary_block <= 0:
+            raise ValueError(f"attention.summary_block must be positive or null, got {summary_block}")
         self.max_dist, self.win_size, self.max_span = int(max_dist), int(win_size), int(max_span)
         self.window = min(self.win_size, self.max_dist)
         self.temp_scale, self.focus_iters, self.ramp = float(temp_scale), int(focus_iters), float(ramp)
-        self.backend = backend
+        self.backend, self.global_branch = backend, global_branch
+        self.summary_block = self.window if summary_block is None else int(summary_block)
         self.norm_local = nn.LayerNorm(dims)
         self.norm_global = nn.LayerNorm(dims)
         self.local_qkv = nn.Linear(dims, 3 * dims, bias=bias)
@@ -112,6 +138,8 @@ class IntegratedAttention(AttentionBase):
     # --- branches ----------------------------------------------------------------------------
     def _global(self, x, positions, cache):
         q, k, v = self.project_qkv(x, positions)
+        if self.global_branch == "summary":
+            return merge_heads(self._summary(q, k, v, cache))
         if cache is None:
             return merge_heads(self.attend(q, k, v, is_causal=True))
         past = len(cache)
@@ -121,6 +149,30 @@ class IntegratedAttention(AttentionBase):
         q_pos = torch.arange(past, past + q.shape[-2], device=x.device)
         mask = causal_mask(q_pos, torch.arange(k.shape[-2], device=x.device))
         return merge_heads(self.attend(q, k, v, mask=mask))
+
+    def _summary(self, q, k, v, cache):
+        """Summary branch ``[B, H, T, hd]`` -> ``[B, H, T, hd]``; with a cache, the summaries of
+        complete blocks are kept in ``cache.extra["summary_k"/"summary_v"]`` and extended as
+        blocks complete (the cache keeps every key, as the model reads its length)."""
+        block, past = self.summary_block, 0 if cache is None else len(cache)
+        if cache is None:
+            k_sum, v_sum = block_means(k, block), block_means(v, block)
+        else:
+            k_all, v_all = cache.append(k, v)
+            k_sum, v_sum = cache.extra.get("summary_k"), cache.extra.get("summary_v")
+            done = 0 if k_sum is None else k_sum.shape[-2]
+            if k_all.shape[-2] // block > done or k_sum is None:
+                new_k = block_means(k_all[..., done * block:, :], block)
+                new_v = block_means(v_all[..., done * block:, :], block)
+                k_sum = new_k if k_sum is None else torch.cat([k_sum, new_k], dim=-2)
+                v_sum = new_v if v_sum is None else torch.cat([v_sum, new_v], dim=-2)
+                cache.extra["summary_k"], cache.extra["summary_v"] = k_sum, v_sum
+        q_index = torch.arange(past, past + q.shape[-2], device=q.device)
+        res = summary_attention(q, k, v, k_sum, v_sum, q_index, block, return_stats=self.record_stats)
+        if not self.record_stats:
+            return res
+        self._stats["attn/entropy"], self._stats["attn/max_logit"] = res[1]
+        return res[0]
 
     def _span(self, g: torch.Tensor, cache: KVCache | None):
         """Per-query span ``S`` ``[B, T]`` from the running mean of the global output ``g``."""
@@ -136,13 +188,17 @@ class IntegratedAttention(AttentionBase):
         return pred, (pred * self.refine()).clamp(0.0, 1.0)
 
     def slide_win(self, q, k, v, span, temp):
-        """Local branch over whole sequences: ``[B, H, T, hd]`` -> ``[B, H, T, hd]`` (+ stats)."""
+        """Local branch over whole sequences: ``[B, H, T, hd]`` -> ``[B, H, T, hd]`` (+ stats).
+
+        The band rule of :func:`famlab.attention.local.slide_win`, computed in query blocks of
+        ``min(64, window)`` (same result, fewer masked scores)."""
         use_flex = self.backend == "flex" or (self.backend == "auto" and q.is_cuda and not self.record_stats)
         if use_flex:
             out = flex_slide_win(q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp, compile=q.is_cuda)
             return out, None
-        res = slide_win(q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp,
-                        return_stats=self.record_stats)
+        res = blocked_attention(q, k, v, block=min(_LOCAL_QUERY_BLOCK, self.window), lookback=self.window - 1,
+                                window=self.window, span=span, ramp=self.ramp, temperature=temp,
+                                return_stats=self.record_stats)
         return res if self.record_stats else (res, None)
 
     def _local(self, x, positions, span, temp, cache):
