@@ -1,52 +1,11 @@
-"""Shared test helpers: offline environment, tiny overrides, option discovery, quick training steps."""
+"""Pytest fixtures shared by the whole suite; plain helpers live in ``famlab_testing``."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import pytest
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-SHARED = REPO.parent / "shared"
-SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
-
-# a run that takes seconds: tiny model, few steps, small batches, CSV logging only
-TINY = [
-    "model=tiny", "trainer.max_steps=6", "trainer.val_check_interval=3", "scheduler=constant",
-    "data.batch_size=4", "data.val_batches=2", "logger=csv", "callbacks.progress_bar=null", "log_every_n_steps=2",
-]
-
-
-def options(group: str) -> list[str]:
-    """Every option of a config group, read from conf/<group>/*.yaml."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def quick_steps(model: torch.nn.Module, optimizer, steps: int = 2, vocab: int | None = None, seq: int = 16,
-                batch: int = 2, seed: int = 0) -> list[float]:
-    """A few plain training steps on random tokens; returns the losses (used to sweep options fast)."""
-    g = torch.Generator().manual_seed(seed)
-    vocab = vocab or model.vocab_size
-    x = torch.randint(0, vocab, (batch, seq + 1), generator=g)
-    losses = []
-    for _ in range(steps):
-        logits = model(x[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
-        aux = model.aux_loss()
-        optimizer.zero_grad()
-        (loss if aux is None else loss + aux).backward()
-        optimizer.step()
-        model.post_step(loss=loss.detach())
-        losses.append(float(loss))
-    return losses
+import famlab_testing  # noqa: F401  - sets the offline environment before anything else imports wandb
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import TINY
+from famlab_testing import TINY
 
 from famlab import api
 

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import TINY, options, quick_steps
+from famlab_testing import TINY, options, quick_steps
 
 from famlab import api
 from famlab.build import build_optimization

@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, TINY
+from famlab_testing import REPO, TINY
 
 from famlab import api
 from famlab.errors import ConfigError

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from famlab.api import compose
 from famlab.report.verdict import validate_rule
 
-from conftest import CONF, REPO, options
+from famlab_testing import CONF, REPO, options
 
 EXPERIMENTS = options("experiment")
 GROUPS = {p.name for p in CONF.iterdir() if p.is_dir()}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY
+from famlab_testing import REPO, TINY
 
 from famlab import api
 from famlab.errors import ConfigError
@@ -37,11 +37,26 @@ def _env(**extra) -> dict:
     return env
 
 
+_LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans():
+    """Whatever a test started is gone when it ends, failed or not."""
+    yield
+    while _LAUNCHED:
+        proc = _LAUNCHED.pop()
+        if proc.poll() is None:
+            _stop(proc)
+
+
 def _launch(args: list[str], log: Path, **env) -> subprocess.Popen:
     """``python train.py <args>`` in a new session (its own process group)."""
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=_env(**env))
+    _LAUNCHED.append(proc)
+    return proc
 
 
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -131,6 +146,7 @@ def test_sigkill_at_random_moments_then_resume_auto_matches_uninterrupted(tmp_pa
     steps = [r["step"] for r in summary["val_history"]]
     assert steps == list(range(2, 31, 2))  # one entry per validation, none lost or repeated
     assert not list(ckpt_dir.glob("*.tmp")), "a stray half-written checkpoint was left behind"
+    assert [p.name for p in ckpt_dir.glob("best-*.ckpt")] == [f"best-step={summary['best_val_step']}.ckpt"]
     weights = _weights(run_dir)
     if variant == "integrated":  # the Q-learning refiner really acted
         assert any(k.endswith("refiner.q_table") and v.abs().sum() > 0 for k, v in weights.items())
@@ -159,6 +175,18 @@ def test_sigterm_writes_last_checkpoint_at_current_step_and_resume_completes(tmp
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 30 and summary["error"] is None
     _assert_same_weights(_reference(tmp_path, overrides), _weights(run_dir))
+
+
+@pytest.mark.slow
+def test_reduced_soak_two_parallel_jobs_killed_and_relaunched(tmp_path):
+    """benchmarks/soak.py with 2 joblib jobs (FAM + Q-learning refiner), one group kill: ~90 s."""
+    out = subprocess.run([sys.executable, "benchmarks/soak.py", "--optimizers", "fam_soak", "--attentions",
+                          "standard,integrated", "--steps", "16", "--kills", "1", "--out", str(tmp_path / "soak")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env=_env())
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["jobs"] == 2 and result["kills"] == 1 and result["relaunches"] >= 1
+    assert result["all_completed"] and result["all_checks_passed"] and result["max_weight_diff"] <= 1e-5
 
 
 # --- failing sweep jobs ---------------------------------------------------------------------------
@@ -214,7 +242,8 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_overwritten(tmp_path
     _tiny_run(tmp_path, "src")
     bad = tmp_path / "truncated.ckpt"
     bad.write_bytes((tmp_path / "src" / "checkpoints" / "last.ckpt").read_bytes()[:5000])
-    with pytest.raises(ConfigError, match=rf"resume: checkpoint {bad} could not be read safely .*nothing was written"):
+    with pytest.raises(ConfigError, match=rf"resume: checkpoint {bad} could not be read safely \(OSError: truncated, or "
+                                          r"not a PyTorch zip archive\); nothing was written"):
         _tiny_run(tmp_path, "new", f"resume={bad}")
     assert not (tmp_path / "new").exists()
     # resume=auto on a run whose last.ckpt was damaged: refused, every file of the run untouched

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY
+from famlab_testing import REPO, TINY
 
 from famlab import api
 from famlab.errors import ConfigError

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import SHAKESPEARE
+from famlab_testing import SHAKESPEARE
 
 from famlab.data.corpora import EmbeddedCorpus, TextFiles
 from famlab.data.datamodule import LMDataModule, RecallDataModule

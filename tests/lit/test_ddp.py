@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import TINY, options
+from famlab_testing import TINY, options
 
 from famlab import api
 from famlab.build import build_optimization

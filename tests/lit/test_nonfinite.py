@@ -6,7 +6,7 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import TINY
+from famlab_testing import TINY
 
 from famlab import api
 from famlab.lit.nonfinite import NonFiniteError

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY, options
+from famlab_testing import TINY, options
 
 from famlab import api
 
