@@ -69,10 +69,25 @@ def group_alive(pgid: int) -> bool:
         return False
 
 
-def launch(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+def snapshot(out: Path) -> Path:
+    """Freeze the code (src/, conf/, train.py) under ``<out>/code``: every launch and the reference
+    run the same code even if the working tree changes meanwhile (resume across code edits is not
+    expected to be exact)."""
+    code = out / "code"
+    shutil.rmtree(code, ignore_errors=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(REPO / "src", code / "src", ignore=ignore)
+    shutil.copytree(REPO / "conf", code / "conf", ignore=ignore)
+    shutil.copy2(REPO / "train.py", code / "train.py")
+    return code
+
+
+def launch(cmd: list[str], log: Path, code: Path) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               PYTHONPATH=str(code / "src"))
+    env.pop("FAMLAB_CONF", None)
     with open(log, "ab") as f:
-        return subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        return subprocess.Popen(cmd, cwd=code, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -104,7 +119,7 @@ def soak(args) -> dict:
         if launches > args.kills + args.max_extra_launches:
             raise RuntimeError(f"sweep did not complete after {launches} launches; see {args.out / 'soak.log'}")
         start = progress(sweep)
-        proc = launch(sweep_command(args, "soak"), args.out / "soak.log")
+        proc = launch(sweep_command(args, "soak"), args.out / "soak.log", args.code)
         launches += 1
         if kills < args.kills:
             need, delay = rng.randint(1, 2 * args.jobs), rng.uniform(0.0, 0.5)
@@ -123,7 +138,7 @@ def soak(args) -> dict:
     soak_s = time.monotonic() - t0
     print(f"[{soak_s:6.0f} s] all {args.jobs} jobs completed; reference sweep (uninterrupted) ...", flush=True)
     ref = args.out / "train" / "multiruns" / "reference"
-    proc = launch(sweep_command(args, "reference"), args.out / "reference.log")
+    proc = launch(sweep_command(args, "reference"), args.out / "reference.log", args.code)
     if proc.wait() or not done(ref, args.jobs):
         raise RuntimeError(f"reference sweep failed; see {args.out / 'reference.log'}")
     result = check(args, sweep, ref)
@@ -143,7 +158,8 @@ def final_state(run_dir: Path) -> dict:
 
 
 def check(args, sweep: Path, ref: Path) -> dict:
-    """Every job: completed, all steps, one validation per interval in order, weights == reference."""
+    """Every job: completed, all steps, one validation per interval in order, no stray .tmp, one best
+    checkpoint (the summary's best step), final weights and optimizer state == reference."""
     rows, max_diff = [], 0.0
     expected_steps = list(range(args.val_every, args.steps + 1, args.val_every))
     for job, s in sorted(summaries(sweep).items()):
@@ -154,7 +170,8 @@ def check(args, sweep: Path, ref: Path) -> dict:
                     if a[k].is_floating_point() and k in b), default=0.0)
         ok = (s["status"] == "completed" and s.get("steps") == args.steps and steps == expected_steps
               and last.exists() and a.keys() == b.keys() and diff <= args.tolerance
-              and not list(last.parent.glob("*.tmp")))
+              and not list(last.parent.glob("*.tmp"))
+              and [p.name for p in last.parent.glob("best-*.ckpt")] == [f"best-step={s.get('best_val_step')}.ckpt"])
         max_diff = max(max_diff, diff)
         choice = f"{s['choices'].get('optimizer')}/{s['choices'].get('attention')}"
         rows.append((job, choice, s["status"], s.get("steps"), len(steps), diff, ok))
@@ -184,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.out, ignore_errors=True)
     (args.out / "conf" / "optimizer").mkdir(parents=True, exist_ok=True)
     (args.out / "conf" / "optimizer" / "fam_soak.yaml").write_text(FAM_SOAK)
+    args.code = snapshot(args.out)
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    print(f"code: {REPO} at {sha or 'unknown'} (working tree) frozen in {args.code}")
     print("command:", " ".join(sweep_command(args, "soak")[1:]), flush=True)
     result = soak(args)
     print(json.dumps(result))

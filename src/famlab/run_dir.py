@@ -82,13 +82,17 @@ def _find_checkpoint(path: Path) -> Path:
     return p
 
 
-def check_checkpoint(path: Path, model=None) -> None:
+def check_checkpoint(path: Path, model=None) -> dict:
     """Open ``path`` as Lightning will (``weights_only=True``; memory-mapped, so tensors are not
     read) before anything is written: a truncated, corrupt or code-carrying file, or one whose
     tensors do not fit ``model`` (another model config), is a ConfigError."""
+    import zipfile
+
     import torch
 
     try:
+        if not zipfile.is_zipfile(path):  # what a truncated file looks like (mmap would say only "Invalid argument")
+            raise OSError("truncated, or not a PyTorch zip archive")
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001
         why = (str(e).strip().splitlines() or [""])[0][:200]
@@ -98,6 +102,20 @@ def check_checkpoint(path: Path, model=None) -> None:
         raise ConfigError(f"resume: {path} is not a Lightning checkpoint (no state_dict); nothing was written")
     if model is not None:
         _check_fits(path, state["state_dict"], model)
+    return state
+
+
+def _drop_stale_best(ckpt_dir: Path, state: dict) -> None:
+    """Remove ``best-*.ckpt`` files the resumed checkpoint does not know: a run killed between
+    ModelCheckpoint's writes leaves older (or not yet recorded) best files behind, and
+    ``load_run(which="best")`` must find only the real one."""
+    keep = set()
+    for key, cb in (state.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and isinstance(cb, dict):
+            keep |= {Path(str(p)).name for p in [cb.get("best_model_path"), *(cb.get("best_k_models") or {})] if p}
+    for stale in ckpt_dir.glob("best-*.ckpt"):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
 
 
 def _check_fits(path: Path, saved: dict, model) -> None:
@@ -136,7 +154,9 @@ def prepare_run(cfg: DictConfig, ctx: RunContext, model=None) -> str | None:
     else:
         ckpt = str(_find_checkpoint(Path(str(resume)).expanduser()))
     if ckpt is not None:
-        check_checkpoint(Path(ckpt), model)
+        state = check_checkpoint(Path(ckpt), model)
+        if Path(ckpt).resolve() == last.resolve():
+            _drop_stale_best(last.parent, state)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (ctx.run_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(ctx.overrides)))
