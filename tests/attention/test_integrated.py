@@ -97,31 +97,34 @@ def test_every_parameter_gets_a_gradient(branch):
     assert missing == []  # span_pred, proj (combination), local_qkv, qkv, norms: DDP-safe
 
 
-def summary_reference(mod, x, block):
-    """Global branch from explicit block means, a [T, n_blocks] mask and the own key, per query."""
+def summary_reference(mod, x, pos, block):
+    """Global branch from explicit per-token keys/values, block means, the block-end rotation and
+    a [T, n_blocks] mask, one query at a time (zero where no block is complete)."""
     q, k, v = (split_heads(t, HEADS) for t in mod.qkv(mod.norm_global(x)).chunk(3, dim=-1))
+    q = mod.position.rotate_qk(q, pos)
     n = x.shape[1] // block
     k_sum = torch.stack([k[:, :, b * block:(b + 1) * block].mean(2) for b in range(n)], 2) if n else k[:, :, :0]
     v_sum = torch.stack([v[:, :, b * block:(b + 1) * block].mean(2) for b in range(n)], 2) if n else v[:, :, :0]
+    k_sum = mod.position.rotate_qk(k_sum, pos[torch.arange(n) * block + block - 1])
     mask = torch.tensor([[(b + 1) * block <= i + 1 for b in range(n)] for i in range(x.shape[1])], dtype=torch.bool)
-    out = torch.empty_like(q)
+    out = torch.zeros_like(q)
     for i in range(x.shape[1]):
-        keys = torch.cat([k_sum[:, :, mask[i]], k[:, :, i:i + 1]], 2)
-        vals = torch.cat([v_sum[:, :, mask[i]], v[:, :, i:i + 1]], 2)
-        w = (q[:, :, i:i + 1] @ keys.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1)
-        out[:, :, i:i + 1] = w @ vals
+        if mask[i].any():
+            w = (q[:, :, i:i + 1] @ k_sum[:, :, mask[i]].transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1)
+            out[:, :, i:i + 1] = w @ v_sum[:, :, mask[i]]
     return merge_heads(out)
 
 
-@pytest.mark.parametrize("block", [4, 5, 32])
-def test_summary_global_branch_equals_dense_block_mean_reference(block):
-    mod = make(summary_block=block)
+@pytest.mark.parametrize("block,rotary", [(4, False), (5, True), (32, False)])
+def test_summary_global_branch_equals_dense_block_mean_reference(block, rotary):
+    from famlab.position.rotary import RotaryEmbedding
+
+    mod = make(summary_block=block, position=RotaryEmbedding(D // HEADS) if rotary else None).double()
     x, pos = inputs()
-    ref = summary_reference(mod, x, block)
+    pos = pos + 3  # positions need not start at 0; blocks follow the token index
+    ref = summary_reference(mod, x, pos, block)
     torch.testing.assert_close(mod._global(mod.norm_global(x), pos, None), ref)
-    if block > T:  # no complete block: every query's global output is its own value
-        v = mod.qkv(mod.norm_global(x)).chunk(3, dim=-1)[2]
-        torch.testing.assert_close(ref, v)
+    assert (ref[:, :block - 1] == 0).all()  # no complete block yet: zero global output
 
 
 def test_summary_mode_changing_one_token_changes_nothing_before_it():

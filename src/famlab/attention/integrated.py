@@ -18,11 +18,12 @@ This version keeps those pieces and names but:
   over the whole sequence, which leaked future tokens; gradients reach ``span_pred``;
 * the global branch (``global_branch``) is content-dependent but sub-quadratic by default:
   ``"summary"`` compresses every ``summary_block`` consecutive tokens into one mean key/value
-  pair and lets query ``i`` attend to the summaries of the blocks complete at ``i`` plus its own
-  key/value (:mod:`famlab.attention.summary`; compressive/landmark-style, Rae et al. 2020,
-  Mohtashami & Jaggi 2023, NSA's compression branch), cost ``T * T / summary_block``. Tokens
-  before the end of the first block have no complete block: their global output is their own
-  value ``v_i``, and the learned ``proj`` combination weighs it against the local branch. The
+  pair (the key rotated at the block's last position) and lets query ``i`` attend to the
+  summaries of the blocks complete at ``i`` (:mod:`famlab.attention.summary`;
+  compressive/landmark-style, Rae et al. 2020, Mohtashami & Jaggi 2023, NSA's compression
+  branch), cost ``T * T / summary_block``; the ``qkv`` projection runs on ``T`` queries and
+  ``T / summary_block`` block-mean inputs only. Tokens before the end of the first block have no
+  complete block: their global output is zero and ``proj`` sees the local branch alone. The
   seed's global branch was a full MHA (Echo) or AdaptiveUpdateAttention (Big_worm/typed), cost
   ``T^2``; ``"full"`` keeps that as standard causal MHA (``1/sqrt(hd)``), for comparison and
   for the full-attention limit. With ``summary_block <= window`` every past token is either in
@@ -40,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from famlab.attention.cache import KVCache
@@ -137,9 +139,9 @@ class IntegratedAttention(AttentionBase):
 
     # --- branches ----------------------------------------------------------------------------
     def _global(self, x, positions, cache):
-        q, k, v = self.project_qkv(x, positions)
         if self.global_branch == "summary":
-            return merge_heads(self._summary(q, k, v, cache))
+            return merge_heads(self._summary(x, positions, cache))
+        q, k, v = self.project_qkv(x, positions)
         if cache is None:
             return merge_heads(self.attend(q, k, v, is_causal=True))
         past = len(cache)
@@ -150,41 +152,66 @@ class IntegratedAttention(AttentionBase):
         mask = causal_mask(q_pos, torch.arange(k.shape[-2], device=x.device))
         return merge_heads(self.attend(q, k, v, mask=mask))
 
-    def _summary(self, q, k, v, cache):
-        """Summary branch ``[B, H, T, hd]`` -> ``[B, H, T, hd]``; with a cache, the summaries of
-        complete blocks are kept in ``cache.extra["summary_k"/"summary_v"]`` and extended as
-        blocks complete (the cache keeps every key, as the model reads its length)."""
-        block, past = self.summary_block, 0 if cache is None else len(cache)
+    def _summary(self, x, positions, cache):
+        """Summary branch: normalised input ``x`` ``[B, T, D]`` -> ``[B, H, T, hd]``.
+
+        A block's summary key/value is the mean of its tokens' (unrotated) keys/values, computed
+        as the ``qkv`` projection of the block's mean input (equal by linearity, ``block`` times
+        cheaper); the key is then rotated at the position of the block's last token, so the
+        position scheme sees the query-to-block distance. With a cache, ``cache.extra`` holds the
+        summaries and the inputs of the incomplete block; the cache stores no per-token keys
+        (zero-width placeholders keep ``len(cache)`` = tokens seen, the model's offset).
+        """
+        block, dims, past = self.summary_block, self.dims, 0 if cache is None else len(cache)
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q = split_heads(F.linear(x, weight[:dims], None if bias is None else bias[:dims]), self.head)
+        q = self.position.rotate_qk(q, positions)
         if cache is None:
-            k_sum, v_sum = block_means(k, block), block_means(v, block)
+            k_sum, v_sum = self._block_summaries(x, positions, block)
         else:
-            k_all, v_all = cache.append(k, v)
-            k_sum, v_sum = cache.extra.get("summary_k"), cache.extra.get("summary_v")
-            done = 0 if k_sum is None else k_sum.shape[-2]
-            if k_all.shape[-2] // block > done or k_sum is None:
-                new_k = block_means(k_all[..., done * block:, :], block)
-                new_v = block_means(v_all[..., done * block:, :], block)
-                k_sum = new_k if k_sum is None else torch.cat([k_sum, new_k], dim=-2)
-                v_sum = new_v if v_sum is None else torch.cat([v_sum, new_v], dim=-2)
-                cache.extra["summary_k"], cache.extra["summary_v"] = k_sum, v_sum
+            extra = cache.extra
+            pending = x if "pending" not in extra else torch.cat([extra["pending"], x], dim=1)
+            pending_pos = torch.cat([extra.get("pending_pos", positions[:0]), positions])
+            new_k, new_v = self._block_summaries(pending, pending_pos, block)
+            done = new_k.shape[-2] * block
+            extra["pending"], extra["pending_pos"] = pending[:, done:].clone(), pending_pos[done:].clone()
+            k_sum = new_k if "summary_k" not in extra else torch.cat([extra["summary_k"], new_k], dim=-2)
+            v_sum = new_v if "summary_v" not in extra else torch.cat([extra["summary_v"], new_v], dim=-2)
+            extra["summary_k"], extra["summary_v"] = k_sum, v_sum
+            empty = q.new_empty(*q.shape[:-1], 0)
+            cache.append(empty, empty)  # [B, H, T, 0]: counts tokens, stores nothing
         q_index = torch.arange(past, past + q.shape[-2], device=q.device)
-        res = summary_attention(q, k, v, k_sum, v_sum, q_index, block, return_stats=self.record_stats)
+        res = summary_attention(q, k_sum, v_sum, q_index, block, return_stats=self.record_stats)
         if not self.record_stats:
             return res
         self._stats["attn/entropy"], self._stats["attn/max_logit"] = res[1]
         return res[0]
 
+    def _block_summaries(self, x, positions, block):
+        """Summaries of the complete blocks of ``x`` ``[B, T, D]`` (positions ``[T]``) ->
+        ``k_sum``, ``v_sum`` ``[B, H, T // block, hd]``, keys rotated at each block's last position."""
+        weight, bias = self.qkv.weight[self.dims:], None if self.qkv.bias is None else self.qkv.bias[self.dims:]
+        k_sum, v_sum = F.linear(block_means(x, block), weight, bias).chunk(2, dim=-1)
+        k_sum, v_sum = split_heads(k_sum, self.head), split_heads(v_sum, self.head)
+        ends = positions[block - 1::block][: k_sum.shape[-2]]
+        return self.position.rotate_qk(k_sum, ends), v_sum
+
     def _span(self, g: torch.Tensor, cache: KVCache | None):
-        """Per-query span ``S`` ``[B, T]`` from the running mean of the global output ``g``."""
-        total = g.cumsum(dim=1)
-        count = torch.arange(1, g.shape[1] + 1, device=g.device, dtype=g.dtype)
+        """Per-query span ``S`` ``[B, T]`` from the running mean of the global output ``g``.
+
+        ``span_pred(mean_{j<=i} g_j) = mean_{j<=i} (w . g_j) + b`` by linearity, so the running
+        mean is taken over the per-token scalars ``w . g_j`` (a ``[B, T]`` cumsum, in float32 at
+        least) rather than over ``[B, T, D]``."""
+        score = F.linear(g, self.span_pred.weight).squeeze(-1)
+        total = score.to(torch.promote_types(score.dtype, torch.float32)).cumsum(dim=1)
+        count = torch.arange(1, g.shape[1] + 1, device=g.device, dtype=total.dtype)
         if cache is not None:
-            prev_sum, prev_count = cache.extra.get("g_sum"), cache.extra.get("g_count", 0)
+            prev_sum, prev_count = cache.extra.get("score_sum"), cache.extra.get("score_count", 0)
             if prev_sum is not None:
                 total = total + prev_sum
             count = count + prev_count
-            cache.extra["g_sum"], cache.extra["g_count"] = total[:, -1:].detach(), prev_count + g.shape[1]
-        pred = torch.sigmoid(self.span_pred(total / count[:, None])).squeeze(-1)
+            cache.extra["score_sum"], cache.extra["score_count"] = total[:, -1:].detach(), prev_count + g.shape[1]
+        pred = torch.sigmoid(total / count + self.span_pred.bias).to(g.dtype)
         return pred, (pred * self.refine()).clamp(0.0, 1.0)
 
     def slide_win(self, q, k, v, span, temp):

@@ -2,12 +2,10 @@
 
 The sequence is cut into blocks of ``block`` consecutive tokens (block ``b`` = token indices
 ``[b * block, (b + 1) * block)``); each block is compressed into one key/value pair, the mean of
-its (already position-rotated) keys and of its values. Query ``i`` attends, in one softmax, to
-
-* the summaries of the blocks that are complete at ``i`` (``(b + 1) * block <= i + 1``: every
-  token of the block is at or before ``i``, so no token after ``i`` reaches position ``i``), and
-* its own key/value pair, so the set is never empty: a query before the end of the first block
-  (``i < block - 1``) gets its own value ``v_i``, later ones mix ``v_i`` with the summaries.
+its keys and of its values. Query ``i`` attends, in one softmax, to the summaries of the blocks
+that are complete at ``i`` (``(b + 1) * block <= i + 1``: every token of the block is at or
+before ``i``, so no token after ``i`` reaches position ``i``). A query before the end of the
+first block (``i < block - 1``) has no complete block and gets a zero output (and zero gradient).
 
 Cost ``T * (T / block) * hd`` (one ``[Tq, N]`` score matrix, ``N`` = number of blocks) instead of
 ``T^2 * hd``. This follows compressive/landmark-style attention: a block mean stands for the
@@ -23,13 +21,13 @@ import math
 import torch
 from einops import reduce
 
-from famlab.attention.core import attention_stats
 
 
 def block_means(t: torch.Tensor, block: int) -> torch.Tensor:
-    """Means of the complete blocks of ``t`` ``[B, H, T, hd]`` -> ``[B, H, T // block, hd]``."""
+    """Means of the complete blocks of ``t`` along dim -2 (``T -> T // block``), e.g.
+    ``[B, H, T, hd] -> [B, H, T // block, hd]`` or ``[B, T, D] -> [B, T // block, D]``."""
     n = t.shape[-2] // block
-    return reduce(t[..., : n * block, :], "b h (n s) d -> b h n d", "mean", s=block)
+    return reduce(t[..., : n * block, :], "... (n s) d -> ... n d", "mean", s=block)
 
 
 def complete_blocks(q_index: torch.Tensor, n_blocks: int, block: int) -> torch.Tensor:
@@ -40,29 +38,33 @@ def complete_blocks(q_index: torch.Tensor, n_blocks: int, block: int) -> torch.T
 
 def summary_attention(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
     k_sum: torch.Tensor,
     v_sum: torch.Tensor,
     q_index: torch.Tensor,
     block: int,
     return_stats: bool = False,
 ):
-    """Attention of each query over the complete-block summaries plus its own key/value.
+    """Attention of each query over the summaries of the blocks complete at its index.
 
-    ``q``, ``k``, ``v`` ``[B, H, Tq, hd]`` (``k``/``v`` are the queries' own keys/values);
-    ``k_sum``, ``v_sum`` ``[B, H, N, hd]`` summaries of blocks ``0 .. N-1``; ``q_index`` LongTensor
-    ``[Tq]`` of absolute token indices (``arange(T)`` for a whole sequence, offset by the cache
-    length when decoding). Returns ``[B, H, Tq, hd]`` (and detached ``(entropy, max_logit)`` if
-    ``return_stats``). Logits are ``q.k / sqrt(hd)``.
+    ``q`` ``[B, H, Tq, hd]``; ``k_sum``, ``v_sum`` ``[B, H, N, hd]`` summaries of blocks
+    ``0 .. N-1``; ``q_index`` LongTensor ``[Tq]`` of absolute token indices (``arange(T)`` for a
+    whole sequence, offset by the cache length when decoding). Logits ``q.k / sqrt(hd)``. Rows
+    without a complete block are zero. Returns ``[B, H, Tq, hd]`` (and, if ``return_stats``,
+    detached ``(entropy, max_logit)``: mean entropy over the rows that have a block, largest
+    unmasked logit, ``-inf`` when no row has one).
     """
-    q = q * (1.0 / math.sqrt(q.shape[-1]))
-    logits = (q @ k_sum.transpose(-2, -1)).masked_fill(~complete_blocks(q_index, k_sum.shape[-2], block), -math.inf)
-    own = (q * k).sum(-1, keepdim=True)
-    scores = torch.cat([logits, own], dim=-1)  # [B, H, Tq, N + 1], the last column never masked
-    probs = scores.softmax(dim=-1)
-    out = probs[..., :-1] @ v_sum + probs[..., -1:] * v
+    valid = complete_blocks(q_index, k_sum.shape[-2], block)
+    logits = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k_sum.transpose(-2, -1)
+    # a finite fill keeps rows without any complete block NaN-free; the product zeroes them
+    probs = logits.masked_fill(~valid, torch.finfo(logits.dtype).min).softmax(dim=-1) * valid
+    out = probs @ v_sum
     if not return_stats:
         return out
     with torch.no_grad():
-        return out, attention_stats(scores.detach().float(), None)
+        p = probs.float()
+        rows = valid.any(-1)
+        entropy_rows = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # [B, H, Tq], 0 on empty rows
+        entropy = entropy_rows.sum() / (rows.sum() * entropy_rows[..., 0].numel()).clamp_min(1)
+        masked = logits.float().masked_fill(~valid, -math.inf).flatten()
+        max_logit = torch.cat([masked, masked.new_full((1,), -math.inf)]).amax()  # defined when N = 0
+    return out, (entropy, max_logit)
