@@ -180,8 +180,7 @@ class IntegratedAttention(AttentionBase):
             extra["summary_k"], extra["summary_v"] = k_sum, v_sum
             empty = q.new_empty(*q.shape[:-1], 0)
             cache.append(empty, empty)  # [B, H, T, 0]: counts tokens, stores nothing
-        q_index = torch.arange(past, past + q.shape[-2], device=q.device)
-        res = summary_attention(q, k_sum, v_sum, q_index, block, return_stats=self.record_stats)
+        res = summary_attention(q, k_sum, v_sum, past, block, return_stats=self.record_stats)
         if not self.record_stats:
             return res
         self._stats["attn/entropy"], self._stats["attn/max_logit"] = res[1]

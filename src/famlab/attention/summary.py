@@ -40,30 +40,34 @@ def summary_attention(
     q: torch.Tensor,
     k_sum: torch.Tensor,
     v_sum: torch.Tensor,
-    q_index: torch.Tensor,
+    start: int,
     block: int,
     return_stats: bool = False,
 ):
     """Attention of each query over the summaries of the blocks complete at its index.
 
-    ``q`` ``[B, H, Tq, hd]``; ``k_sum``, ``v_sum`` ``[B, H, N, hd]`` summaries of blocks
-    ``0 .. N-1``; ``q_index`` LongTensor ``[Tq]`` of absolute token indices (``arange(T)`` for a
-    whole sequence, offset by the cache length when decoding). Logits ``q.k / sqrt(hd)``. Rows
-    without a complete block are zero. Returns ``[B, H, Tq, hd]`` (and, if ``return_stats``,
-    detached ``(entropy, max_logit)``: mean entropy over the rows that have a block, largest
-    unmasked logit, ``-inf`` when no row has one).
+    ``q`` ``[B, H, Tq, hd]`` for the token indices ``start .. start + Tq - 1`` (``start`` = 0 for
+    a whole sequence, the cache length when decoding); ``k_sum``, ``v_sum`` ``[B, H, N, hd]``
+    summaries of blocks ``0 .. N-1``. Logits ``q.k / sqrt(hd)``. Rows without a complete block
+    (indices below ``block - 1``, a prefix) are zero, with zero gradient. Returns
+    ``[B, H, Tq, hd]`` (and, if ``return_stats``, detached ``(entropy, max_logit)``: mean entropy
+    over the rows that have a block, largest unmasked logit, ``-inf`` when no row has one).
     """
-    valid = complete_blocks(q_index, k_sum.shape[-2], block)
-    logits = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k_sum.transpose(-2, -1)
-    # a finite fill keeps rows without any complete block NaN-free; the product zeroes them
-    probs = logits.masked_fill(~valid, torch.finfo(logits.dtype).min).softmax(dim=-1) * valid
+    tq, n = q.shape[-2], k_sum.shape[-2]
+    valid = complete_blocks(torch.arange(start, start + tq, device=q.device), n, block)
+    logits = q @ (k_sum * (1.0 / math.sqrt(q.shape[-1]))).transpose(-2, -1)
+    # a finite fill keeps rows without any complete block NaN-free; they are zeroed below
+    probs = logits.masked_fill(~valid, torch.finfo(logits.dtype).min).softmax(dim=-1)
     out = probs @ v_sum
+    empty = min(tq, max(0, block - 1 - start)) if n else 0  # n == 0: out is already all zero
+    if empty:
+        out[..., :empty, :] = 0.0  # the matmul does not keep its output for backward
     if not return_stats:
         return out
     with torch.no_grad():
         p = probs.float()
         rows = valid.any(-1)
-        entropy_rows = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # [B, H, Tq], 0 on empty rows
+        entropy_rows = -(p * torch.log(p.clamp_min(1e-30))).sum(-1) * rows  # [B, H, Tq]
         entropy = entropy_rows.sum() / (rows.sum() * entropy_rows[..., 0].numel()).clamp_min(1)
         masked = logits.float().masked_fill(~valid, -math.inf).flatten()
         max_logit = torch.cat([masked, masked.new_full((1,), -math.inf)]).amax()  # defined when N = 0
