@@ -2,7 +2,7 @@
 # Run the CPU smoke sweeps of the four claims, evaluate the long-context runs at 1-8x their training
 # context, run `famlab compare` on every sweep and write the reports into docs/claims/<claim>/.
 #
-#   scripts/run_claims_smoke.sh                      # all claims (~15-25 min on 2 loaded CPU cores)
+#   scripts/run_claims_smoke.sh                      # all claims (~27 min on 2 CPU cores at load 6-9)
 #   scripts/run_claims_smoke.sh convergence compute  # only some: convergence convergence_fam_start10
 #                                                    #   stability long_context long_context_recall compute
 #   SWEEP=smoke_a N_JOBS=2 scripts/run_claims_smoke.sh compute
@@ -66,9 +66,10 @@ run_claim() {
       compare convergence_posthoc "${best[@]}" --verdict "$RULES/convergence_posthoc.yaml" ;;
     convergence_fam_start10)  # supplementary, not the pre-registered test: the FAM variants at their best
       # smoke lr with the analysis starting at step 11 instead of the seed's 101 (90% of the 120 steps)
-      sweep claim_convergence_smoke "${SWEEP}_fam_start10" "hydra.sweeper.params.optimizer='fam,fam_temporal,fam_constant'" \
-        hydra.sweeper.params.optimizer.lr=0.3 optimizer.fam_start_step=10
-      compare convergence_fam_start10 "$out/claim_convergence_smoke/multiruns/${SWEEP}_fam_start10" \
+      sweep claim_convergence_smoke "${SWEEP}_fam_start10" optimizer=fam,fam_temporal,fam_constant \
+        optimizer.lr=0.3 ++optimizer.fam_start_step=10  # command-line sweeps replace the YAML's for the same key
+      # job dirs, not the sweep root: compare would multiply the YAML's sweep axes with these replacements
+      compare convergence_fam_start10 "$out/claim_convergence_smoke/multiruns/${SWEEP}_fam_start10"/[0-9]* \
         --baseline optimizer=fam_constant --verdict "$RULES/convergence_fam_start10.yaml" ;;
     stability)    # fam vs adamw over 1e-4..1: Wortsman LR sensitivity, divergences, attention signals
       sweep claim_stability_smoke "$SWEEP"

@@ -64,9 +64,10 @@ def test_experiment_composes_into_a_preregistered_sweep(name):
                 assert value in params.get(key, [OmegaConf.select(cfg, f"hydra.runtime.choices.{key}")]), rule[role]
         if rule["metric"].endswith("_to_target"):
             assert isinstance(cfg.experiment_meta.target, float)
-    if name.endswith("_smoke"):  # CPU sized: the tiny model, CSV logging, a few hundred steps at most
+    if name.endswith("_smoke"):  # CPU sized: the tiny model, CSV logging, a few hundred steps / <= 400k tokens per run
         assert cfg.hydra.runtime.choices.model == "tiny" and cfg.hydra.runtime.choices.logger == "csv"
-        assert cfg.trainer.max_steps <= 300
+        assert cfg.trainer.max_steps <= 600
+        assert cfg.trainer.max_steps * cfg.data.batch_size * cfg.model.context <= 400_000
         assert cfg.experiment_meta.job_type == "smoke"
     else:
         assert "Expected time" in text
