@@ -115,11 +115,12 @@ def summary_reference(mod, x, pos, block):
     return merge_heads(out)
 
 
-@pytest.mark.parametrize("block,rotary", [(4, False), (5, True), (32, False)])
-def test_summary_global_branch_equals_dense_block_mean_reference(block, rotary):
+@pytest.mark.parametrize("block,rotary,bias", [(4, False, False), (5, True, True), (32, False, False)])
+def test_summary_global_branch_equals_dense_block_mean_reference(block, rotary, bias):
     from famlab.position.rotary import RotaryEmbedding
 
-    mod = make(summary_block=block, position=RotaryEmbedding(D // HEADS) if rotary else None).double()
+    position = RotaryEmbedding(D // HEADS) if rotary else None
+    mod = make(summary_block=block, position=position, bias=bias).double()
     x, pos = inputs()
     pos = pos + 3  # positions need not start at 0; blocks follow the token index
     ref = summary_reference(mod, x, pos, block)

@@ -162,17 +162,18 @@ class IntegratedAttention(AttentionBase):
         summaries and the inputs of the incomplete block; the cache stores no per-token keys
         (zero-width placeholders keep ``len(cache)`` = tokens seen, the model's offset).
         """
-        block, dims, past = self.summary_block, self.dims, 0 if cache is None else len(cache)
-        weight, bias = self.qkv.weight, self.qkv.bias
-        q = split_heads(F.linear(x, weight[:dims], None if bias is None else bias[:dims]), self.head)
-        q = self.position.rotate_qk(q, positions)
+        block, past = self.summary_block, 0 if cache is None else len(cache)
+        # one split (not two slices): its backward concatenates instead of zero-filling twice
+        w_q, w_kv = self.qkv.weight.split([self.dims, 2 * self.dims])
+        b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([self.dims, 2 * self.dims])
+        q = self.position.rotate_qk(split_heads(F.linear(x, w_q, b_q), self.head), positions)
         if cache is None:
-            k_sum, v_sum = self._block_summaries(x, positions, block)
+            k_sum, v_sum = self._block_summaries(x, positions, w_kv, b_kv)
         else:
             extra = cache.extra
             pending = x if "pending" not in extra else torch.cat([extra["pending"], x], dim=1)
             pending_pos = torch.cat([extra.get("pending_pos", positions[:0]), positions])
-            new_k, new_v = self._block_summaries(pending, pending_pos, block)
+            new_k, new_v = self._block_summaries(pending, pending_pos, w_kv, b_kv)
             done = new_k.shape[-2] * block
             extra["pending"], extra["pending_pos"] = pending[:, done:].clone(), pending_pos[done:].clone()
             k_sum = new_k if "summary_k" not in extra else torch.cat([extra["summary_k"], new_k], dim=-2)
@@ -186,10 +187,11 @@ class IntegratedAttention(AttentionBase):
         self._stats["attn/entropy"], self._stats["attn/max_logit"] = res[1]
         return res[0]
 
-    def _block_summaries(self, x, positions, block):
-        """Summaries of the complete blocks of ``x`` ``[B, T, D]`` (positions ``[T]``) ->
-        ``k_sum``, ``v_sum`` ``[B, H, T // block, hd]``, keys rotated at each block's last position."""
-        weight, bias = self.qkv.weight[self.dims:], None if self.qkv.bias is None else self.qkv.bias[self.dims:]
+    def _block_summaries(self, x, positions, weight, bias):
+        """Summaries of the complete blocks of ``x`` ``[B, T, D]`` (positions ``[T]``) through the
+        key/value rows of ``qkv`` -> ``k_sum``, ``v_sum`` ``[B, H, T // block, hd]``, keys rotated
+        at each block's last position."""
+        block = self.summary_block
         k_sum, v_sum = F.linear(block_means(x, block), weight, bias).chunk(2, dim=-1)
         k_sum, v_sum = split_heads(k_sum, self.head), split_heads(v_sum, self.head)
         ends = positions[block - 1::block][: k_sum.shape[-2]]
