@@ -158,3 +158,35 @@ def test_compute_smoke_sweep_end_to_end(tmp_path):
     span_best = sum(r["best_val_loss"] for r in by_arm["adaptive_span"]) / 2
     assert span_rule["comparisons"]["baseline"]["improvement"] == pytest.approx((base_best - span_best) / base_best,
                                                                                 rel=1e-6, abs=1e-12)
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lr_sensitivity_is_the_capped_mean_gap_to_the_best_lr():
+    sens = _script("lr_sensitivity")
+    init = 4.0
+    rows = [{"optimizer": "adamw", "lr": lr, "seed": seed, "loss": loss, "init": init}
+            for seed, losses in ((0, (3.0, 2.0, 4.0)), (1, (3.5, 2.5, 4.0))) for lr, loss in zip((1e-3, 1e-2, 1e-1), losses)]
+    rows.append({"optimizer": "fam", "lr": 1.0, "seed": 0, "loss": 2.0, "init": init})
+    out = sens.sensitivity(rows)
+    # seed 0: mean(3, 2, 4) - 2 = 1; seed 1: mean(3.5, 2.5, 4) - 2.5 = 5/6; fam has a one-point grid -> 0
+    assert out["adamw"] == pytest.approx([1.0, 5.0 / 6.0])
+    assert out["fam"] == [0.0]
+
+
+def test_best_lr_runs_picks_each_arms_lowest_mean():
+    best = _script("best_lr_runs")
+
+    def group(label, opt, mean):
+        return {"label": label, "settings": {"optimizer": opt}, "estimates": {"best": {"mean": mean}}}
+
+    report = {"groups": [group("a1", "adam", 2.5), group("a2", "adam", 2.3), group("f1", "fam", 2.9),
+                         group("f2", "fam", None)]}
+    assert best.best_groups(report, "optimizer", "best") == {"adam": "a2", "fam": "f1"}
