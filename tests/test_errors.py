@@ -29,6 +29,8 @@ CASES = [
     (["data=tiny_shakespeare"], r"could not load hub dataset 'karpathy/tiny_shakespeare'.*offline"),
     (["data=text_files", "data.corpus.path=/nonexistent/file.txt"], r"data.corpus.path: /nonexistent/file.txt does not exist"),
     (["data.tokenizer.kind=words"], r"data.tokenizer.kind='words' is not one of"),
+    (["data=text_files"], r"data.corpus.path is required for data=text_files"),
+    (["optimizer=fam", "optimizer.n_bands=0"], r"optimizer.n_bands must be a positive number"),
 ]
 
 

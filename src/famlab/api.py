@@ -97,7 +97,7 @@ def load_run(path: str | Path, which: str = "best", map_location: str = "cpu") -
     if Path(which).is_file():
         ckpt = Path(which)
     else:
-        best = sorted(ckpt_dir.glob("best*.ckpt"))
+        best = sorted(ckpt_dir.glob("best*.ckpt"), key=lambda p: int("".join(c for c in p.stem if c.isdigit()) or 0))
         ckpt = best[-1] if which == "best" and best else ckpt_dir / "last.ckpt"
     if not ckpt.is_file():
         raise ConfigError(f"run={run_dir}: no checkpoint in {ckpt_dir}")

@@ -70,8 +70,12 @@ def main(argv: list[str] | None = None) -> str:
     if not cfg.run:
         raise SystemExit("famlab.sample: run=<run dir> is required (a directory written by famlab train)")
     from famlab.api import load_run
+    from famlab.errors import ConfigError
 
-    run = load_run(cfg.run)
+    try:
+        run = load_run(cfg.run)
+    except ConfigError as e:
+        raise SystemExit(f"famlab.sample: error: {e}") from None
     device = torch.device(cfg.device)
     model = run.model.to(device).eval()
     ids = run.tokenizer.encode(str(cfg.prompt)) or run.tokenizer.encode("\n")

@@ -96,7 +96,8 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
                 wandb.finish(exit_code=0 if status == "completed" else 1)
         if trainer.is_global_zero:
             # with ddp_spawn the training happened in child processes, which wrote the fields
-            fields = recorder.fields(trainer, module) if recorder.history else {}
+            spawned = "spawn" in str(cfg.trainer.get("strategy", ""))
+            fields = recorder.fields(trainer, module) if recorder.history or not spawned else {}
             last = ctx.run_dir / "checkpoints" / "last.ckpt"
             summary = update_summary(ctx.run_dir, status=status, error=error, **fields,
                                      last_checkpoint=str(last) if last.exists() else None)

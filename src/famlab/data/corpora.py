@@ -44,7 +44,7 @@ class TextFiles:
     """Local text files: ``path`` is a file, a directory (all ``*.txt`` inside) or a glob."""
 
     def __init__(self, path: str | list[str]):
-        if path in (None, "", "???"):
+        if path is None or str(path) in ("", "???"):
             raise ConfigError("data.corpus.path is required for data=text_files (a file, directory or glob)")
         self.patterns = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         self.name = "text_files"

@@ -14,6 +14,8 @@ reads them only every ``check_every`` steps and before any checkpoint is written
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
 
@@ -64,8 +66,10 @@ class NonFiniteGuard(pl.Callback):
             idx = int(self.first_param)
             where = f"first parameter with a non-finite gradient: {self.names[idx]}" if idx >= 0 else \
                 "the loss was not finite (gradients were)"
-            raise NonFiniteError(f"non-finite loss or gradient at step {step + 1}; {where}; "
-                                 f"the last good checkpoint is kept (callbacks.nonfinite.policy=skip skips such steps)")
+            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            kept = f"the last good checkpoint is kept ({last})" if last.exists() else "no checkpoint had been written yet"
+            raise NonFiniteError(f"non-finite loss or gradient at step {step + 1}; {where}; {kept} "
+                                 f"(callbacks.nonfinite.policy=skip skips such steps)")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.check_every == 0:

@@ -154,6 +154,7 @@ def fam(
 
     lr = _check_positive("lr", lr)
     weight_decay = _check_nonneg("weight_decay", weight_decay)
+    _check_positive("n_bands", n_bands)
     groups = get_parameter_groups(model, lr=lr, weight_decay=weight_decay)
     return FAMOptimizer(
         groups, lr=lr, alpha=alpha, beta=beta, eps=eps, weight_decay=weight_decay, n_bands=n_bands,
