@@ -69,5 +69,6 @@ def build_optimization(cfg: DictConfig, model) -> tuple[Any, Any]:
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"optimizer/scheduler: {str(e).splitlines()[0]}") from None
+        msg = str(e).splitlines()[0]
+        raise ConfigError(msg if msg.startswith(("optimizer.", "scheduler.")) else f"optimizer/scheduler: {msg}") from None
     return optimizer, scheduler
