@@ -22,7 +22,6 @@ import torch
 from einops import reduce
 
 
-
 def block_means(t: torch.Tensor, block: int) -> torch.Tensor:
     """Means of the complete blocks of ``t`` along dim -2 (``T -> T // block``), e.g.
     ``[B, H, T, hd] -> [B, H, T // block, hd]`` or ``[B, T, D] -> [B, T // block, D]``."""
