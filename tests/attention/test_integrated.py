@@ -77,6 +77,19 @@ def test_cached_decoding_equals_full_forward(prefill, focus, branch):
     assert cache.extra["local"].k.shape[-2] == mod.window - 1  # local cache stays bounded
 
 
+def test_summary_decoding_in_chunks_across_block_ends_keeps_only_summaries():
+    mod = make(refiner=REFINER)  # summary_block 4
+    x, pos = inputs()
+    full = mod(x, pos)
+    cache, outs, start = KVCache(), [], 0
+    for size in (2, 5, 1, 7, 5):  # chunk ends 2, 7, 8, 15, 20: inside blocks, on and across block ends
+        outs.append(mod(x[:, start:start + size], pos[start:start + size], cache))
+        start += size
+    torch.testing.assert_close(torch.cat(outs, 1), full)
+    assert len(cache) == T and cache.k.numel() == 0  # token count only, no per-token global keys
+    assert cache.extra["summary_k"].shape[-2] == T // 4 and cache.extra["pending"].shape[1] == T % 4
+
+
 @pytest.mark.parametrize("query_block", [1, 3, 5])
 def test_local_query_blocks_smaller_than_the_window_give_the_same_output(monkeypatch, query_block):
     from famlab.attention import integrated
