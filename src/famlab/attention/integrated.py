@@ -266,7 +266,9 @@ class IntegratedAttention(AttentionBase):
             self.span_mean.copy_(span.detach().mean())
         if stats is not None:
             self._stats["attn/local_entropy"], self._stats["attn/local_max_logit"] = stats
-        return self.proj(torch.cat([local, g], dim=-1))
+        # proj(cat[local, g]) without materialising the [B, T, 2 * dims] concatenation
+        w_local, w_global = self.proj.weight.split([self.dims, self.dims], dim=1)
+        return F.linear(local, w_local, self.proj.bias) + F.linear(g, w_global)
 
     def post_step(self, loss: torch.Tensor | None = None) -> None:
         """Feed the detached training loss and the span predictor mean to the refiner."""
