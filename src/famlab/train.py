@@ -37,6 +37,8 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
     """Train one configuration; returns the final summary. Raises ConfigError on bad input."""
     ctx = ctx or RunContext.from_hydra(cfg)
     ctx.refuse_bad_launch(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     dm = build_datamodule(cfg)
     model = build_model(cfg, vocab_size=dm.vocab_size)
