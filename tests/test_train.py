@@ -34,6 +34,8 @@ def test_run_directory_contract(tmp_path):
     assert summary["choices"]["optimizer"] == "adamw" and summary["seed"] == 0
     assert summary["final_val_loss"] == pytest.approx(summary["val_history"][-1]["val_loss"])
     assert summary["best_val_loss"] <= summary["final_val_loss"]
+    # optimizer.step() alone, not forward + backward + step
+    assert 0 < summary["optimizer_ms"] < 0.5 * 1000 * summary["wall_time_s"] / summary["steps"]
     assert summary["data"]["fingerprint"].endswith(f"py{sys.version_info.major}.{sys.version_info.minor}")
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     for col in ("step", "train/loss", "val/loss", "val/bpc", "lr", "perf/tokens_per_s", "perf/optimizer_ms"):

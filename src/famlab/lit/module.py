@@ -41,6 +41,9 @@ class LitLM(pl.LightningModule):
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.model)
+        # time optimizer.step() alone (Lightning's optimizer_step also runs forward and backward)
+        optimizer.register_step_pre_hook(self._step_started)
+        optimizer.register_step_post_hook(self._step_finished)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.total_steps)
@@ -65,14 +68,18 @@ class LitLM(pl.LightningModule):
         self._last_loss = loss.detach()
         return loss if aux is None else loss + aux
 
-    def optimizer_step(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = super().optimizer_step(*args, **kwargs)
-        dt = time.perf_counter() - t0
+    def _step_started(self, optimizer, args, kwargs) -> None:
+        self._t_step = time.perf_counter()
+
+    def _step_finished(self, optimizer, args, kwargs) -> None:
+        dt = time.perf_counter() - self._t_step
         self._opt_time += dt
-        self._opt_steps += 1
         self._opt_total += dt
         self._opt_total_steps += 1
+
+    def optimizer_step(self, *args, **kwargs):
+        out = super().optimizer_step(*args, **kwargs)
+        self._opt_steps += 1
         self.model.post_step(loss=getattr(self, "_last_loss", None))
         return out
 
@@ -84,7 +91,8 @@ class LitLM(pl.LightningModule):
         self._t_last = time.perf_counter()
 
     def optimizer_ms(self) -> float | None:
-        """Mean wall time of ``optimizer.step()`` (incl. gradient clipping) over this attempt, in ms."""
+        """Mean wall time of ``optimizer.step()`` alone over this attempt, in ms (host clock: on a GPU
+        it measures the launch, not the kernels, unless something synchronises)."""
         return 1000.0 * self._opt_total / self._opt_total_steps if self._opt_total_steps else None
 
     def elapsed(self) -> float:
