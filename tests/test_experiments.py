@@ -68,7 +68,7 @@ def test_experiment_composes_into_a_preregistered_sweep(name):
         assert cfg.hydra.runtime.choices.model == "tiny" and cfg.hydra.runtime.choices.logger == "csv"
         assert cfg.trainer.max_steps <= 600
         assert cfg.trainer.max_steps * cfg.data.batch_size * cfg.model.context <= 400_000
-        assert cfg.experiment_meta.job_type == "smoke"
+        assert cfg.experiment_meta.job_type == "smoke" and cfg.threads == 1
     else:
         assert "Expected time" in text
 
