@@ -100,14 +100,13 @@ def blocked_attention(
     ``return_stats``). ``lookback`` must bound the reach of ``window``/``span`` (``window - 1`` or
     ``ceil(max span + ramp)``); keys further back are never computed. Queries are padded to a
     multiple of ``block``; the key windows are an ``unfold`` view of the left-padded keys.
-    ``fused`` (None = on the CPU, without stats, unless the span varies per query) runs the same
+    ``fused`` (None = on the CPU, without stats) runs the same
     computation through the fused CPU flash kernel (:mod:`famlab.attention.local_flash`).
     """
     if block <= 0 or lookback < 0:
         raise ValueError(f"blocked_attention: block must be > 0 and lookback >= 0, got {block}, {lookback}")
-    if fused is None:  # per-query spans: the band is the whole window, the unfused path is cheaper
-        per_query = span is not None and _per_query(span, q).shape[-1] > 1
-        fused = not return_stats and not per_query and fused_supported(q)
+    if fused is None:
+        fused = not return_stats and fused_supported(q)
     if fused:
         if return_stats:
             raise ValueError("blocked_attention: return_stats needs the unfused path (fused=False)")
