@@ -59,15 +59,16 @@ def _fold(win: torch.Tensor, B: int, T: int, block: int, n: int, lookback: int, 
 
     Column ``c`` of window ``m`` is padded position ``m * block + c``: the window is cut into
     ``block``-wide column slices ``u`` and slice ``u`` of every window is added to output blocks
-    ``u .. u + n - 1`` (a few strided adds, no copy of the windows, no index_add).
+    ``u .. u + n - 1`` (a few adds, no copy of the windows, no index_add). The work runs in the
+    ``[.., width, H, hd]`` layout the flash backward kernel returns, and the result keeps it.
     """
     H, hd = win.shape[1], win.shape[-1]
-    win = win.view(n, B, H, width, hd)
-    out = win.new_zeros(n + -(-lookback // block), B, H, block, hd)
+    win = win.transpose(1, 2).view(n, B, width, H, hd)
+    out = win.new_zeros(n + -(-lookback // block), B, block, H, hd)
     for u in range(-(-width // block)):
-        cols = win[:, :, :, u * block:(u + 1) * block]
-        out[u:u + n, :, :, :cols.shape[3]] += cols
-    return rearrange(out, "m b h s d -> b h (m s) d")[:, :, lookback:lookback + T]
+        cols = win[:, :, u * block:(u + 1) * block]
+        out[u:u + n, :, :cols.shape[2]] += cols
+    return rearrange(out, "m b s h d -> b h (m s) d")[:, :, lookback:lookback + T]
 
 
 def _masks(span, B, T, block, n, pad_t, lookback, width, window, ramp, dtype, device):
@@ -91,14 +92,14 @@ def _masks(span, B, T, block, n, pad_t, lookback, width, window, ramp, dtype, de
             z = rearrange(F.pad(span, (0, pad_t), value=1.0), "b h (n s) -> n b h s 1", s=block)
         else:
             z = span[None, ..., None]  # [1, B', H', 1, 1]
-        m = ((ramp + z - dist) / ramp).clamp(0.0, 1.0)  # [n | 1, B', H', block | 1, width]
-        bias = torch.log(m).masked_fill_(~valid, _NEG_INF)  # log 0 = -inf
-    if bias.shape[0] > 1:  # a mask per block anyway (span per query): one call, no split
-        q_pos = torch.arange(n * block, device=device, dtype=dtype).view(n, 1, 1, block, 1)
-        full = bias.masked_fill_(dist > q_pos, _NEG_INF).expand(n, B, -1, -1, -1).flatten(0, 1)
-        return 0, None, full.to(out_dtype).contiguous()
+        # log m, m = clamp((ramp + z - d) / ramp, 0, 1): in place on one [n | 1, B', H', block | 1, width]
+        bias = (ramp + z - dist).clamp_(0.0, ramp).div_(ramp).log_()  # log 0 = -inf
+        bias.masked_fill_(~valid, _NEG_INF)
     n_head = min(n, -(-lookback // block))
     q_pos = torch.arange(n_head * block, device=device, dtype=dtype).view(n_head, 1, 1, block, 1)
+    if bias.shape[0] > 1:  # a mask per block anyway (span per query): one call, no split
+        bias[:n_head].masked_fill_(dist > q_pos, _NEG_INF)  # key j = i - d < 0 is padding
+        return 0, None, bias.expand(n, B, -1, -1, -1).flatten(0, 1).to(out_dtype).contiguous()
     head = bias.masked_fill(dist > q_pos, _NEG_INF)  # key j = i - d < 0 is padding
     head = head.expand(n_head, B, -1, -1, -1).flatten(0, 1).to(out_dtype).contiguous()
     body = bias.expand(n - n_head, B, -1, -1, -1) if bias.shape[1] > 1 else bias  # batch (n B) or 1
@@ -151,14 +152,14 @@ def _span_grad(q4, k4, v4, k, v, do4, out4, lse4, span, B, T, n, block, pad_t, l
     lo = (torch.where(needs, top, float(T)).amin(dim=(-2, -1)) - rb).clamp(0, T - sub)  # [n, B, H]
     bad = (needs & (top - lo[..., None, None] >= sub)).flatten(2).any(-1).flatten()  # [(n B)]
     lo_i = lo.long()
-    rows = lo_i[..., None] + torch.arange(sub, device=dev)  # [n, B, H, sub], < T
+    seq = (torch.arange(B, device=dev)[:, None] * H + torch.arange(H, device=dev)) * T  # [B, H] row offsets
+    rows = (seq[..., None] + lo_i[..., None] + torch.arange(sub, device=dev)).flatten()  # rows of [(B H T), hd]
     sub_col = (q_pos - d - lo[..., None, None]).clamp(0, sub - 1).long()
-    b_i, h_i = torch.arange(B, device=dev)[None, :, None], torch.arange(H, device=dev)[None, None, :]
     redo = bad.nonzero().squeeze(1)  # blocks whose band leaves the sub-window (few or none)
     win_col = col.clamp(0, width - 1).long().flatten(0, 1).index_select(0, redo)
 
     def band(x4, t, t4):  # x . t_j at the band keys: [n, B, H, block, steps]
-        t_sub = t[b_i[..., None], h_i[..., None], rows]  # [n, B, H, sub, hd]
+        t_sub = t.reshape(-1, hd).index_select(0, rows).view(n, B, H, sub, hd)  # contiguous row copies
         x = x4.view(n, B, H, block, hd)
         out = (x @ t_sub.transpose(-2, -1)).gather(-1, sub_col).flatten(0, 1)
         full = x4.index_select(0, redo) @ t4.index_select(0, redo).transpose(-2, -1)  # [m, H, block, width]
