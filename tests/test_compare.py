@@ -125,3 +125,17 @@ def test_module_entry_point_never_imports_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "famlab.compare", "--help"], capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 0 and "--baseline" in proc.stdout
+
+
+def test_long_inline_verdict_is_json_not_a_path(tmp_path, capsys):
+    # an inline rule longer than 255 characters made Path(...).is_file() raise OSError
+    sweep = make_sweep(tmp_path)
+    rule = {**RULE, "claim": "FAM reaches the target in fewer steps than Adam " + "x" * 300}
+    text = json.dumps(rule)
+    assert len(text) > 255
+    assert main([str(sweep), "--verdict", text, "--no-plots", "--out", str(tmp_path / "r")]) == 0
+    assert ("x" * 300) in (tmp_path / "r" / "report.md").read_text()
+    assert "famlab compare: error" not in capsys.readouterr().err
+    from famlab.compare import load_verdict_rules
+    assert load_verdict_rules([text])[0]["claim"] == rule["claim"]
+    assert load_verdict_rules(["  " + json.dumps([rule, rule])])[1]["metric"] == "steps_to_target"

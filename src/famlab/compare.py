@@ -49,13 +49,21 @@ def resolve_target(runs: list[Run], metric: str, target: float | None) -> tuple[
     return None, "none given (pass --target)"
 
 
+def _is_file(item: str) -> bool:
+    """``Path(item).is_file()``, False where the OS rejects the name (e.g. longer than 255 bytes)."""
+    try:
+        return Path(item).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def load_verdict_rules(items: list[str]) -> list[dict]:
     """Rules from ``--verdict`` values: inline JSON, or a .json/.yaml file (a mapping or a list)."""
     rules = []
     for item in items:
-        path = Path(item)
         try:
-            loaded = yaml.safe_load(path.read_text()) if path.is_file() else json.loads(item)
+            loaded = json.loads(item) if item.lstrip().startswith(("{", "[")) else (
+                yaml.safe_load(Path(item).read_text()) if _is_file(item) else json.loads(item))
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
             raise ValueError(f"--verdict {item!r} is neither a readable file nor JSON: {exc}") from exc
         for rule in loaded if isinstance(loaded, list) else [loaded]:
@@ -118,10 +126,11 @@ def compare(paths: list[str | Path], baseline: str | None = None, target: float 
                     "estimates": {k: e.as_dict() for k, e in s.estimates.items()},
                     "target_reached": s.reached, "target_decided": s.decided,
                     "eval_loss": {k: e.as_dict() for k, e in s.eval_loss.items()},
+                    "eval_accuracy": {k: e.as_dict() for k, e in s.eval_accuracy.items()},
                     "ratios_vs_baseline": s.ratios} for s in stats],
         "runs": run_rows,
         "verdicts": [evaluate_rule(rule, stats, scale_line(scale)) for rule in rules],
-        "plots": write_plots(stats, metric, out) if plots else {},
+        "plots": write_plots(stats, metric, out, base.label if base else None) if plots else {},
     }
     md, js = write_report(data, stats, out)
     data["report_md"], data["report_json"], data["_stats"] = str(md), str(js), stats

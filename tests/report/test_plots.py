@@ -5,7 +5,8 @@ from fake_runs import linear_curve, write_run
 
 from famlab.report.groups import group_runs
 from famlab.report.plots import (
-    plot_context_lengths, plot_lr_sensitivity, seed_band, write_plots,
+    curve_groups, plot_context_lengths, plot_loss_curves, plot_lr_sensitivity, seed_band, write_plots,
+    y_limits,
 )
 from famlab.report.results import group_stats
 from famlab.report.runs import discover_runs
@@ -50,3 +51,36 @@ def test_plots_skipped_without_data(tmp_path):
     assert not (tmp_path / "lr.png").exists()
     assert set(write_plots(stats, "val/loss", tmp_path / "out")) == {"loss_curves",
                                                                       "loss_vs_throughput"}
+
+
+def test_many_groups_show_best_and_baseline(tmp_path):
+    # 28 groups (14 lrs x 2 optimizers); some lrs blow up to 1e4
+    lrs = [10 ** (-4 + 0.2 * i) for i in range(14)]
+    for opt in ("adam", "fam"):
+        for i, lr in enumerate(lrs):
+            curve = linear_curve(1.5 + 0.05 * i) if i < 10 else [(100, 3.5), (200, 50.0), (300, 1e4)]
+            write_run(tmp_path / "runs", f"{opt}_{i}", opt, 0, lr=lr, curve=curve)
+    stats = [group_stats(g) for g in group_runs(discover_runs([tmp_path / "runs"]))]
+    assert len(stats) == 28
+    baseline = stats[9].label  # adam at a mediocre lr: not among the best 8
+    shown = curve_groups(stats, baseline)
+    best = sorted(stats, key=lambda s: s.estimates["best"].mean)[:8]
+    assert {s.label for s in shown} == {s.label for s in best} | {baseline} and len(shown) == 9
+    assert curve_groups(stats[:10], None) == stats[:10]  # at most 10 groups: all drawn
+    path = plot_loss_curves(stats, "val/loss", tmp_path / "loss.png", baseline)
+    assert path.read_bytes().startswith(PNG)
+
+
+def test_y_limits_clip_blow_ups():
+    steps = np.array([100.0, 200.0, 300.0])
+    base = (steps, np.array([4.0, 3.0, 2.0]), np.zeros(3))
+    good = (steps, np.array([3.8, 2.5, 1.5]), np.zeros(3))
+    blown = (steps, np.array([3.9, 80.0, 1e4]), np.zeros(3))
+    low, high = y_limits([base, good, blown], base)
+    pad = 0.03 * (6.0 - 1.5)
+    assert low == pytest.approx(1.5 - pad) and high == pytest.approx(6.0 + pad)  # 1.5 x 4.0
+    low, high = y_limits([good, blown])  # no baseline: 1.2 x the 95th percentile of first values
+    assert high == pytest.approx(1.2 * np.percentile([3.8, 3.9], 95) + 0.03 * (1.2 * 3.895 - 1.5))
+    assert y_limits([good], None, maximize=True) is None
+    # nothing exceeds the clip: the range ends at the data's maximum
+    assert y_limits([good], good)[1] == pytest.approx(3.8 + 0.03 * 2.3)

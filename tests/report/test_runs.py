@@ -88,3 +88,18 @@ def test_sweeper_params_count_towards_expected_jobs(tmp_path):
                           "sweeper": {"params": {"optimizer": "adam,fam,sgd"}}}}
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(manifest))
     assert sum(r.status == "missing" for r in discover_runs([sweep])) == 5
+
+
+def test_command_line_sweep_replaces_config_axis_of_same_key(tmp_path):
+    # multirun.yaml of a sweep whose config sets 3 lrs x 2 seeds x 2 optimizers while the command
+    # line re-sweeps lr (2 values) and seed (3): Hydra runs 2 x 3 x 2 = 12 jobs, not 3*2*2*3*2 = 72
+    sweep = tmp_path / "sweep"
+    for num in range(10):
+        write_run(sweep, str(num), seed=num)
+    manifest = {"hydra": {
+        "overrides": {"task": ["optimizer.lr=1e-3,3e-3", "seed=0,1,2", "+model.dims=8,16"]},
+        "sweeper": {"params": {"optimizer.lr": "1e-4,1e-3,3e-3", "seed": "0,1",
+                               "optimizer": "adam,fam", "model.dims": "8,16,32"}}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(manifest))
+    missing = sorted(int(r.path.name) for r in discover_runs([sweep]) if r.status == "missing")
+    assert missing == list(range(10, 24))  # 2 lr x 3 seeds x 2 optimizers x 2 dims = 24 expected

@@ -126,3 +126,36 @@ def test_identical_crossings_are_not_exact(tmp_path):
     four = stats_for(tmp_path / "four", {"adam": [2.0] * 4, "fam": [1.2] * 4}, target=2.9)
     result = evaluate_rule(rule, four, "")
     assert result["verdict"] == SUPPORTED and 0 < result["comparisons"]["baseline"]["p"] < 0.05
+
+
+def test_unreached_target_in_every_lr_picks_best_val_loss(tmp_path):
+    # target 1.0 reached by no run: steps_to_target (censored at the 500-step budget) ties across
+    # lrs; the arm must not fall back to its first (worst) lr but to the best val loss
+    arms = {"adam": [2.0, 2.02], "fam": [lambda lr: 3.0 if lr == 1e-3 else 2.5,
+                                         lambda lr: 3.02 if lr == 1e-3 else 2.52]}
+    stats = stats_for(tmp_path, arms, target=1.0, lrs=(1e-3, 3e-3))
+    rule = {**RULE, "metric": "steps_to_target", "min_effect": 0.0}
+    result = evaluate_rule(rule, stats, "")
+    note = next(r for r in result["reasons"] if "'optimizer=fam' matched" in r)
+    assert note.endswith("optimizer=fam,optimizer.lr=0.003")
+    assert "none of which reached the target" in note and "best_val_loss" in note
+    assert "best_val_loss" in format_verdict(result)
+
+
+def test_tie_on_metric_is_broken_by_best_val_loss(tmp_path):
+    # target 3.0: both fam lrs cross at step 300 (3.6, 3.2, 2.8 / 3.56, 3.12, 2.68); lr 3e-3 ends lower
+    arms = {"adam": [2.0, 2.02], "fam": [lambda lr: 2.0 if lr == 1e-3 else 1.8,
+                                         lambda lr: 2.0 if lr == 1e-3 else 1.8]}
+    stats = stats_for(tmp_path, arms, target=3.0, lrs=(1e-3, 3e-3))
+    steps = {s.label: s.values("steps_to_target") for s in stats}
+    assert steps["optimizer=fam,optimizer.lr=0.001"] == steps["optimizer=fam,optimizer.lr=0.003"]
+    result = evaluate_rule({**RULE, "metric": "steps_to_target"}, stats, "")
+    note = next(r for r in result["reasons"] if "'optimizer=fam' matched" in r)
+    assert "2 tie on steps_to_target" in note and note.endswith("optimizer=fam,optimizer.lr=0.003")
+    # only the lr that reached the target competes (the other is censored at the same budget)
+    mixed = stats_for(tmp_path / "m", {"adam": [2.0, 2.02], "fam": [
+        lambda lr: 2.9 if lr == 1e-3 else 3.05, lambda lr: 2.9 if lr == 1e-3 else 3.05]},
+        target=2.95, lrs=(1e-3, 3e-3))
+    picked = evaluate_rule({**RULE, "metric": "steps_to_target"}, mixed, "")
+    assert any(r.endswith("best on steps_to_target: optimizer=fam,optimizer.lr=0.001")
+               for r in picked["reasons"])

@@ -52,14 +52,21 @@ def status_counts(s: GroupStats) -> str:
 
 
 def group_rows(stats: list[GroupStats], target: float | None) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the main table (shared by markdown and the terminal)."""
+    """Header and rows of the main table (shared by markdown and the terminal); ``loss@<ctx>`` and
+    ``acc@<ctx>`` columns for every context length in the summaries' ``eval.context_lengths``."""
     names = [n for n in COLUMNS if target is not None or not n.endswith("_to_target")]
-    header = ["group", "n", "other runs"] + [COLUMNS[n] for n in names]
+    losses = sorted({k for s in stats for k in s.eval_loss})
+    accuracies = sorted({k for s in stats for k in s.eval_accuracy})
+    header = (["group", "n", "other runs"] + [COLUMNS[n] for n in names]
+              + [f"loss@{k}" for k in losses] + [f"acc@{k}" for k in accuracies])
     rows = []
     for s in stats:
         cells = [s.label, str(s.estimates["final"].n), status_counts(s)]
         cells += [target_cell(s, n) if n.endswith("_to_target") else estimate_cell(s.estimates[n])
                   for n in names]
+        cells += [estimate_cell(s.eval_loss[k]) if k in s.eval_loss else "—" for k in losses]
+        cells += [estimate_cell(s.eval_accuracy[k]) if k in s.eval_accuracy else "—"
+                  for k in accuracies]
         rows.append(cells)
     return header, rows
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from famlab.report.results import GroupStats
 
@@ -42,13 +43,60 @@ def seed_band(stats: GroupStats, column: str) -> tuple[np.ndarray, np.ndarray, n
     return steps, means, stds
 
 
-def plot_loss_curves(stats: list[GroupStats], metric: str, path: Path) -> Path | None:
-    """``metric`` (and ``train/loss`` when logged) vs step, mean +- std over seeds per group."""
+MAX_CURVES = 10  # beyond this many groups only the best SHOWN_BEST (+ the baseline) are drawn
+SHOWN_BEST = 8
+
+
+def curve_groups(stats: list[GroupStats], baseline: str | None = None,
+                 max_groups: int = MAX_CURVES, keep: int = SHOWN_BEST) -> list[GroupStats]:
+    """All groups when at most ``max_groups``, else the best ``keep`` by mean best value (groups
+    without one last) plus the group labelled ``baseline``, in their original order."""
+    if len(stats) <= max_groups:
+        return list(stats)
+
+    def score(s: GroupStats) -> float:
+        e = s.estimates["best"]
+        return math.inf if not e.n else (-e.mean if s.maximize else e.mean)
+
+    chosen = {id(s) for s in sorted(stats, key=score)[:keep]}
+    chosen |= {id(s) for s in stats if baseline is not None and s.label == baseline}
+    return [s for s in stats if id(s) in chosen]
+
+
+def y_limits(bands: list[tuple[np.ndarray, np.ndarray, np.ndarray]], baseline_band=None,
+             maximize: bool = False) -> tuple[float, float] | None:
+    """A readable y range for loss curves: from the lowest mean to 1.5 x the baseline's first mean
+    (without a baseline: 1.2 x the 95th percentile of the groups' first means), so runs that blow
+    up do not flatten the others; None when nothing finite is plotted or when ``maximize``."""
+    means = [m[np.isfinite(m)] for _, m, _ in bands]
+    means = [m for m in means if m.size]
+    if maximize or not means:
+        return None
+    low = float(min(m.min() for m in means))
+    first = baseline_band[1][np.isfinite(baseline_band[1])] if baseline_band is not None else None
+    if first is not None and first.size:
+        high = 1.5 * float(first[0])
+    else:
+        high = 1.2 * float(np.percentile([m[0] for m in means], 95))
+    high = min(high, float(max(m.max() for m in means)))
+    if not high > low:
+        return None
+    pad = 0.03 * (high - low)
+    return low - pad, high + pad
+
+
+def plot_loss_curves(stats: list[GroupStats], metric: str, path: Path,
+                     baseline: str | None = None) -> Path | None:
+    """``metric`` (and ``train/loss`` when logged) vs step, mean +- std over seeds per group; y
+    clipped by ``y_limits``; beyond ``MAX_CURVES`` groups only ``curve_groups`` are drawn."""
+    shown = curve_groups(stats, baseline)
+    omitted = len(stats) - len(shown)
     columns = [metric] + (["train/loss"] if metric != "train/loss" else [])
-    bands = {c: [(s.label, seed_band(s, c)) for s in stats] for c in columns}
+    bands = {c: [(s.label, seed_band(s, c)) for s in shown] for c in columns}
     columns = [c for c in columns if any(b is not None for _, b in bands[c])]
     if not columns:
         return None
+    maximize = any(s.maximize for s in stats)
     fig = Figure(figsize=(6.5 * len(columns), 4.5))
     for i, column in enumerate(columns):
         ax = fig.add_subplot(1, len(columns), i + 1)
@@ -58,11 +106,24 @@ def plot_loss_curves(stats: list[GroupStats], metric: str, path: Path) -> Path |
             steps, mean, std = band
             (line,) = ax.plot(steps, mean, label=label, lw=1.4)
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        present = [b for _, b in bands[column] if b is not None]
+        base = next((b for label, b in bands[column] if label == baseline and b is not None), None)
+        limits = y_limits(present, base, maximize and column == metric)
+        if limits:
+            ax.set_ylim(*limits)
         ax.set_xlabel("step")
         ax.set_ylabel(column)
-        ax.set_title(f"{column} (mean ± std over seeds)")
+        title = f"{column} (mean ± std over seeds)"
+        if omitted:
+            title += (f"\n{len(shown)} of {len(stats)} groups: best by mean best value"
+                      f"{' + baseline' if baseline else ''}; {omitted} omitted")
+        ax.set_title(title, fontsize=9 if omitted else None)
         ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=7)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    if omitted:
+        handles.append(Line2D([], [], color="none"))
+        labels.append(f"(+{omitted} groups omitted)")
+    fig.axes[0].legend(handles, labels, fontsize=7)
     return _save(fig, path)
 
 
@@ -144,10 +205,12 @@ def plot_loss_vs_throughput(stats: list[GroupStats], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def write_plots(stats: list[GroupStats], metric: str, out: Path) -> dict[str, Path]:
-    """All figures that have data, as ``{name: path}`` under ``out/plots``."""
+def write_plots(stats: list[GroupStats], metric: str, out: Path,
+                baseline: str | None = None) -> dict[str, Path]:
+    """All figures that have data, as ``{name: path}`` under ``out/plots``; ``baseline`` is the
+    baseline group's label (always drawn among the loss curves, and their y range)."""
     plots = {
-        "loss_curves": plot_loss_curves(stats, metric, out / "plots" / "loss_curves.png"),
+        "loss_curves": plot_loss_curves(stats, metric, out / "plots" / "loss_curves.png", baseline),
         "lr_sensitivity": plot_lr_sensitivity(stats, out / "plots" / "lr_sensitivity.png"),
         "context_length": plot_context_lengths(stats, out / "plots" / "context_length.png"),
         "loss_vs_throughput": plot_loss_vs_throughput(stats, out / "plots" / "loss_vs_throughput.png"),

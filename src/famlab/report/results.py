@@ -149,6 +149,7 @@ class GroupStats:
     eval_loss: dict[int, Estimate]
     ratios: dict[str, dict] = field(default_factory=dict)
     maximize: bool = False
+    eval_accuracy: dict[int, Estimate] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -178,9 +179,12 @@ def group_stats(group: Group, metric: str = "val/loss", target: float | None = N
     lengths = sorted({k for r in completed for k in r.eval_loss})
     eval_loss = {k: mean_ci([r.eval_loss[k] for r in completed if k in r.eval_loss], confidence)
                  for k in lengths}
+    accuracy_lengths = sorted({k for r in completed for k in r.eval_accuracy})
+    eval_accuracy = {k: mean_ci([r.eval_accuracy[k] for r in completed if k in r.eval_accuracy],
+                                confidence) for k in accuracy_lengths}
     decided = [r for r in results if r.reached is not None]
     stats = GroupStats(group, results, {}, sum(bool(r.reached) for r in decided), len(decided),
-                       eval_loss, maximize=maximize)
+                       eval_loss, maximize=maximize, eval_accuracy=eval_accuracy)
     stats.estimates = {name: mean_ci(stats.values(name), confidence, stats.resolution(name))
                        for name in GROUP_METRICS}
     return stats

@@ -205,11 +205,26 @@ def _sweep_size(overrides: list[str]) -> int | None:
     return total
 
 
+def sweep_grid(task: list[str], params: dict) -> list[str]:
+    """The sweep's axes as ``key=value`` items: the sweeper's config ``params``, each replaced by a
+    command-line override of the same key (Hydra's basic sweeper lets the command line win; the
+    two are never multiplied). Keys match with ``+``/``++``/``~`` prefixes stripped."""
+    axes: dict[str, str] = {}
+    for key, value in (params or {}).items():
+        axes[str(key).lstrip("+~").strip()] = f"{key}={value}"
+    for item in task:
+        key, sep, _ = str(item).partition("=")
+        if sep:
+            axes[key.lstrip("+~").strip()] = str(item)
+    return list(axes.values())
+
+
 def expected_missing(sweep: Path, found: list[Path]) -> list[Run]:
     """Numbered job dirs that ``multirun.yaml`` implies but that do not exist (or hold no run).
 
     Only for the default ``hydra.sweep.subdir: ${hydra.job.num}`` layout with at least one numbered
-    job present; the size counts comma lists and ``range()`` in the task overrides and sweeper params.
+    job present; the size counts comma lists and ``range()`` over ``sweep_grid`` (a command-line
+    sweep replaces the sweeper param of the same key), so at most ``expected - found`` are reported.
     """
     manifest = sweep / "multirun.yaml"
     if not manifest.is_file():
@@ -219,7 +234,7 @@ def expected_missing(sweep: Path, found: list[Path]) -> list[Run]:
         subdir = str((hydra.get("sweep") or {}).get("subdir", "${hydra.job.num}"))
         task = [str(t) for t in (hydra.get("overrides") or {}).get("task") or []]
         params = (hydra.get("sweeper") or {}).get("params") or {}
-        size = _sweep_size(task + [f"{k}={v}" for k, v in params.items()])
+        size = _sweep_size(sweep_grid(task, params))
     except (yaml.YAMLError, OSError, ValueError, AttributeError):
         return []
     numbered = any(p.parent == sweep and p.name.isdigit() for p in found)

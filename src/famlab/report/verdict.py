@@ -22,7 +22,9 @@ effects divide I and its CI by |mean(baseline)|.
   an ablation indistinguishable from the method is inconclusive (no equivalence margin was stated).
 
 A spec matching several groups (an LR sweep) resolves to the arm's best group on the rule's metric,
-i.e. each arm at its own tuned setting; the chosen group is reported. For ``*_to_target`` metrics a
+i.e. each arm at its own tuned setting; the chosen group is reported. Where the metric cannot rank
+them (for ``*_to_target``: no group reached the target; or a tie) the best mean best_val_loss
+decides, and the report says so. For ``*_to_target`` metrics a
 run that never reached the target counts with its budget (last step / wall time), a lower bound of
 its true cost: this understates an unreached baseline's cost (conservative for "supported"), and a
 method run that never reached the target blocks "supported".
@@ -79,9 +81,17 @@ def collect_rules(runs: list[Run]) -> list[dict]:
     return found
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
 def _pick(spec: str, stats: list[GroupStats], metric: str,
           direction: str) -> tuple[GroupStats | None, str]:
-    """The group ``spec`` names; among several (an LR sweep) the best on ``metric``, with a note."""
+    """The group ``spec`` names; among several (an LR sweep) the best on ``metric``, with a note.
+
+    Where the metric cannot tell the groups apart (no group reached the target for ``*_to_target``,
+    or the best means tie) the choice falls to the best mean best_val_loss, and the note says so
+    (a plain ``min`` would take the first group of a tie, e.g. the worst lr of a sweep)."""
     groups = matching_groups(spec, [s.group for s in stats])
     arms = [s for s in stats if s.group in groups and s.values(metric, censored=True)]
     if not arms:
@@ -89,8 +99,24 @@ def _pick(spec: str, stats: list[GroupStats], metric: str,
     if len(arms) == 1:
         return arms[0], ""
     sign = 1.0 if direction == "lower" else -1.0
-    best = min(arms, key=lambda s: sign * sum(s.values(metric, True)) / len(s.values(metric, True)))
-    return best, f"{spec!r} matched {len(arms)} groups; using the best on {metric}: {best.label}"
+    by_loss = lambda s: (math.inf if not s.values("best_val_loss") else  # noqa: E731
+                         (-1.0 if s.maximize else 1.0) * _mean(s.values("best_val_loss")))
+    candidates = arms
+    if metric.endswith("_to_target"):
+        candidates = [s for s in arms if s.reached > 0]
+    if candidates:
+        scores = {id(s): sign * _mean(s.values(metric, True)) for s in candidates}
+        top = min(scores.values())
+        tied = [s for s in candidates if math.isclose(scores[id(s)], top, rel_tol=1e-9, abs_tol=1e-12)]
+        if len(tied) == 1:
+            return tied[0], (f"{spec!r} matched {len(arms)} groups; using the best on {metric}: "
+                             f"{tied[0].label}")
+        best = min(tied, key=by_loss)
+        return best, (f"{spec!r} matched {len(arms)} groups; {len(tied)} tie on {metric}, using the "
+                      f"best of those on best_val_loss: {best.label}")
+    best = min(arms, key=by_loss)
+    return best, (f"{spec!r} matched {len(arms)} groups, none of which reached the target; "
+                  f"{metric} cannot rank them, using the best on best_val_loss: {best.label}")
 
 
 def compare_arms(method: GroupStats, other: GroupStats, rule: dict, need_mean_effect: bool) -> dict:
