@@ -11,8 +11,8 @@ the ramp band ``z <= d < z + ramp`` where ``d log m / d z = 1 / (ramp + z - d)``
 come from small GEMMs over each query block's band keys (:func:`_span_grad`, span per query;
 :func:`_span_grad_blocks`, span per head/sequence), so no ``[T, window]`` elementwise pass and no
 per-query gather of key rows. Temperature and the ``1/sqrt(hd)`` scale are folded into ``q`` by
-the caller, so their gradients flow through ``dq``. With a span per query this path costs ~0.8x
-the unfused one at T=4096, window 256 (1 CPU thread, fwd+bwd), so it is the CPU default for
+the caller, so their gradients flow through ``dq``. With a span per query this path costs
+~0.85-0.9x the unfused one at T=4096, window 256 (1 CPU thread, fwd+bwd), so it is the CPU default for
 :class:`~famlab.attention.integrated.IntegratedAttention` too.
 """
 from __future__ import annotations
