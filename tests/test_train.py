@@ -119,3 +119,17 @@ def test_multirun_with_relaunching_ddp_is_refused(tmp_path):
         data = json.loads(s.read_text())
         assert data["status"] == "failed" and "ddp_spawn" in data["error"] and "launcher=slurm" in data["error"]
     assert not list((tmp_path / "train" / "multiruns" / "s").glob("*/checkpoints"))
+
+
+def test_last_step_is_validated_and_checkpointed_when_off_the_interval(tmp_path):
+    summary = _train(tmp_path, "odd", "trainer.max_steps=5", "trainer.val_check_interval=3")
+    assert [h["step"] for h in summary["val_history"]] == [3, 5]
+    assert summary["final_val_loss"] == summary["val_history"][-1]["val_loss"]
+    assert torch.load(tmp_path / "odd/checkpoints/last.ckpt", weights_only=True)["global_step"] == 5
+
+
+def test_short_runs_need_no_extra_overrides():
+    cfg = api.compose(["model=tiny", "trainer.max_steps=50"])
+    assert cfg.trainer.val_check_interval == 50 and cfg.scheduler.warmup_steps == 5
+    cfg = api.compose([])
+    assert cfg.trainer.val_check_interval == 100 and cfg.scheduler.warmup_steps == 100

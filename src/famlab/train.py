@@ -79,6 +79,7 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
     status, error = "failed", None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        finish_on_last_step(trainer, module, dm, recorder, ctx)
         status = "completed"
     except Preempted as e:
         status, error = "interrupted", str(e)
@@ -104,6 +105,17 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
             summary = update_summary(ctx.run_dir, status=status, error=error, **fields,
                                      last_checkpoint=str(last) if last.exists() else None)
     return summary
+
+
+def finish_on_last_step(trainer, module, dm, recorder: RunRecorder, ctx: RunContext) -> None:
+    """Validate and checkpoint the final step when max_steps is not a multiple of the
+    validation interval, so the summary's final loss and last.ckpt are the end of training."""
+    if "spawn" in str(type(trainer.strategy).__name__).lower() or trainer.global_step == 0:
+        return  # ddp_spawn: the trained weights live in the child processes
+    if recorder.history and recorder.history[-1]["step"] == trainer.global_step:
+        return
+    trainer.validate(module, datamodule=dm, verbose=False)
+    trainer.save_checkpoint(ctx.run_dir / "checkpoints" / "last.ckpt")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")

@@ -16,7 +16,7 @@ SCHEDULERS = sorted((CONF / "scheduler").glob("*.yaml"))
 def _load(path: Path):
     """Compose ``<group>/<option>`` through Hydra (resolves the defaults lists of fam_* options)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(overrides=[f"+{path.parent.name}={path.stem}"])
+        cfg = compose(overrides=[f"+{path.parent.name}={path.stem}", "+trainer=cpu"])  # schedulers read trainer.max_steps
     return cfg[path.parent.name]
 
 
