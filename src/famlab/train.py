@@ -72,8 +72,8 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
         if node:
             extra = wandb_kwargs(cfg, ctx) if "Wandb" in str(node.get("_target_", "")) else {}
             loggers.append(instantiate(node, "logger", **extra))
-            if extra:  # wandb gets the resolved config as a plain dict
-                loggers[-1].log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            if extra:  # wandb gets the resolved config as a plain dict, plus the group choices to group by
+                loggers[-1].log_hyperparams({"choices": ctx.choices, **OmegaConf.to_container(cfg, resolve=True)})
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
                           default_root_dir=str(ctx.run_dir), enable_checkpointing=True)
     status, error = "failed", None

@@ -52,3 +52,11 @@ def test_skip_policy_drops_the_bad_step(tmp_path, optimizer):
             for v in s.values():
                 if torch.is_tensor(v) and v.is_floating_point():
                     assert torch.isfinite(v).all()
+
+
+def test_max_loss_counts_a_finite_blow_up_as_divergence(tmp_path):
+    cfg = api.compose([*TINY, "trainer.max_steps=12", "trainer.val_check_interval=4", "log_every_n_steps=4",
+                       "callbacks.nonfinite.max_loss=0.5"], run_dir=tmp_path / "blow")
+    with pytest.raises(NonFiniteError, match=r"at step 1; the loss was not finite or above callbacks.nonfinite.max_loss=0.5"):
+        api.train(cfg)
+    assert json.loads((tmp_path / "blow" / "summary.json").read_text())["status"] == "diverged"

@@ -8,6 +8,8 @@ reads them only every ``check_every`` steps and before any checkpoint is written
 ``policy``:
 * ``stop`` (default): raise :class:`NonFiniteError` naming the step and the first parameter
   whose gradient was not finite; the run is recorded as ``diverged``.
+* ``max_loss`` (optional): a finite training loss above it also counts as divergence (a run that
+  "blows up" while gradient clipping keeps every number finite).
 * ``skip``: drop the bad step's update (every gradient set to ``None``, so no optimizer moves a
   parameter or its state) and go on; costs one host read per step, and the count of skipped
   steps is logged as ``nonfinite/skipped``.
@@ -25,10 +27,11 @@ class NonFiniteError(RuntimeError):
 
 
 class NonFiniteGuard(pl.Callback):
-    def __init__(self, policy: str = "stop", check_every: int = 10):
+    def __init__(self, policy: str = "stop", check_every: int = 10, max_loss: float | None = None):
         if policy not in ("stop", "skip"):
             raise ValueError(f"callbacks.nonfinite.policy must be 'stop' or 'skip', got {policy!r}")
         self.policy, self.check_every = policy, max(1, int(check_every))
+        self.max_loss = None if max_loss is None else float(max_loss)
         self.first_step = self.first_param = self.skipped = None
 
     def setup(self, trainer, pl_module, stage=None) -> None:
@@ -45,6 +48,8 @@ class NonFiniteGuard(pl.Callback):
             finite = torch.stack([g.isfinite().all() if g is not None else torch.ones((), dtype=torch.bool,
                                   device=self.first_step.device) for g in (p.grad for p in params)])
             loss_ok = torch.ones((), dtype=torch.bool, device=finite.device) if loss is None else loss.isfinite()
+            if loss is not None and self.max_loss is not None:
+                loss_ok = loss_ok & (loss <= self.max_loss)
             bad = ~(finite.all() & loss_ok)
             first_bad = torch.where(finite.all(), torch.full_like(self.first_param, -1), (~finite).int().argmax())
             new = bad & (self.first_step < 0)
@@ -65,7 +70,8 @@ class NonFiniteGuard(pl.Callback):
         if step >= 0:
             idx = int(self.first_param)
             where = f"first parameter with a non-finite gradient: {self.names[idx]}" if idx >= 0 else \
-                "the loss was not finite (gradients were)"
+                "the loss was not finite (gradients were)" if self.max_loss is None else \
+                f"the loss was not finite or above callbacks.nonfinite.max_loss={self.max_loss:g}"
             last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
             kept = f"the last good checkpoint is kept ({last})" if last.exists() else "no checkpoint had been written yet"
             raise NonFiniteError(f"non-finite loss or gradient at step {step + 1}; {where}; {kept} "
