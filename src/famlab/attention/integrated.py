@@ -1,12 +1,24 @@
 """``attention=integrated`` / ``attention=local_global``: local sliding window + global attention.
 
 Seed (``IntegratedAttention(dims, head, max_dist, win_size, max_span, temp_scale)``): a local
-branch (windows of ``win_size * s``, spans of ``max_span * s``) and a global branch, merged by
-``Linear(cat[local, global])``; ``s`` = span predictor (``Linear + sigmoid`` on the mean of the
+branch (windows of ``win_size * s``, spans of ``max_span * s``) and a global branch, each a
+separate attention module with its own projections, merged by ``Linear(cat[local, global])``
+(``2 * dims -> dims``); ``s`` = span predictor (``Linear + sigmoid`` on the mean of the
 global output) times a Q-learning refinement, read with ``.item()``.
 
 This version keeps those pieces and names but:
 
+* both branches share one ``qkv`` projection (:class:`AttentionBase`'s): the local branch attends
+  with the rotated ``(q, k, v)`` of every token, the summary branch with the same ``q`` and block
+  means of the same (unrotated) ``k``/``v``. The seed's ``Linear(cat) -> dims`` is replaced by a
+  learned per-head gate before the single output projection:
+  ``y = proj(g * local + (1 - g) * global)``, ``g = sigmoid(gate)`` (``gate_init`` logit, 0 ->
+  ``g = 0.5``). Projection cost is standard attention's ``4 * dims^2`` per token (the seed's, with
+  two ``qkv`` and a ``2 * dims`` merge, about ``6 * dims^2``). The seed's two LayerNorms (one
+  per branch) are dropped (the block's pre-norm already normalises ``x``; one projection needs one input).
+  With ``global_branch="full"``, a window and span covering the context, ``temp_scale=0`` and no
+  refiner, both branches are the same causal attention and the module equals
+  :class:`~famlab.attention.standard.StandardAttention` with the same ``qkv``/``proj``;
 * the local branch is causal sliding-window attention over the band ``[i - window + 1, i]``
   (``window = min(win_size, max_dist)``; the seed's windows saw future keys), vectorised over
   windows (the rule of :func:`famlab.attention.local.slide_win` in query blocks of ``min(64,
@@ -21,9 +33,11 @@ This version keeps those pieces and names but:
   pair (the key rotated at the block's last position) and lets query ``i`` attend to the
   summaries of the blocks complete at ``i`` (:mod:`famlab.attention.summary`;
   compressive/landmark-style, Rae et al. 2020, Mohtashami & Jaggi 2023, NSA's compression
-  branch), cost ``T * T / summary_block``; the ``qkv`` projection runs on ``T`` queries and
-  ``T / summary_block`` block-mean inputs only. Tokens before the end of the first block have no
-  complete block: their global output is zero and ``proj`` sees the local branch alone. The
+  branch), cost ``T * T / summary_block``; the summaries are block means of the shared per-token
+  keys/values. Tokens before the end of the first
+  block have no complete block: the span predictor sees a zero global output there, and the
+  combination uses the local output in place of the global one (so ``proj`` sees the local
+  branch alone, whatever the gate). The
   seed's global branch was a full MHA (Echo) or AdaptiveUpdateAttention (Big_worm/typed), cost
   ``T^2``; ``"full"`` keeps that as standard causal MHA (``1/sqrt(hd)``), for comparison and
   for the full-attention limit. With ``summary_block <= window`` every past token is either in
@@ -78,14 +92,15 @@ def build_refiner(refiner) -> Refiner | None:
 
 
 class IntegratedAttention(AttentionBase):
-    """Sliding-window branch with a learned soft span + a global branch, merged by ``proj``.
+    """Sliding-window branch with a learned soft span + a global branch, gated, then ``proj``.
 
     ``global_branch``: ``"summary"`` (default; attention over block-mean summaries, blocks of
-    ``summary_block`` tokens, None = the local window) or ``"full"`` (causal MHA).
-    ``qkv`` (from :class:`AttentionBase`) serves the global branch, ``local_qkv`` the local one;
-    ``proj`` is the seed's ``Linear(2 * dims -> dims)`` combination. ``backend``: ``"blocked"``
-    (default, pure PyTorch), ``"flex"`` (FlexAttention; compiled on CUDA, forward-only on the CPU)
-    or ``"auto"`` (flex on CUDA unless stats are being recorded, blocked otherwise).
+    ``summary_block`` tokens, None = the local window) or ``"full"`` (causal MHA). ``qkv`` and
+    ``proj`` (``dims -> dims``) from :class:`AttentionBase` serve both branches; ``gate`` ``[head]``
+    are the combination logits (``sigmoid(gate)`` = weight of the local branch). ``backend``:
+    ``"blocked"`` (default, pure PyTorch), ``"flex"`` (FlexAttention; compiled on CUDA,
+    forward-only on the CPU) or ``"auto"`` (flex on CUDA unless stats are being recorded, blocked
+    otherwise).
     """
 
     def __init__(
@@ -103,6 +118,7 @@ class IntegratedAttention(AttentionBase):
         backend: str = "blocked",
         global_branch: str = "summary",
         summary_block: int | None = None,
+        gate_init: float = 0.0,
         bias: bool = False,
     ):
         super().__init__(dims, head, position, bias=bias)
@@ -123,13 +139,10 @@ class IntegratedAttention(AttentionBase):
         self.temp_scale, self.focus_iters, self.ramp = float(temp_scale), int(focus_iters), float(ramp)
         self.backend, self.global_branch = backend, global_branch
         self.summary_block = self.window if summary_block is None else int(summary_block)
-        self.norm_local = nn.LayerNorm(dims)
-        self.norm_global = nn.LayerNorm(dims)
-        self.local_qkv = nn.Linear(dims, 3 * dims, bias=bias)
         self.span_pred = nn.Linear(dims, 1)
         nn.init.xavier_uniform_(self.span_pred.weight)
         nn.init.zeros_(self.span_pred.bias)
-        self.proj = nn.Linear(2 * dims, dims, bias=bias)  # cat[local, global] -> dims
+        self.gate = nn.Parameter(torch.full((head,), float(gate_init)))  # local weight = sigmoid(gate)
         self.refiner = build_refiner(refiner)
         self.register_buffer("span_mean", torch.zeros(()), persistent=False)
         self.register_buffer("pred_mean", torch.zeros(()), persistent=False)
@@ -138,44 +151,48 @@ class IntegratedAttention(AttentionBase):
         return 1.0 if self.refiner is None else self.refiner.factor
 
     # --- branches ----------------------------------------------------------------------------
-    def _global(self, x, positions, cache):
+    def _project(self, x, positions):
+        """Shared projection: ``x`` ``[B, T, D]`` -> rotated ``q``, ``k``, unrotated ``k``, ``v``,
+        each ``[B, H, T, hd]`` (the summary branch averages the unrotated keys)."""
+        q, k_raw, v = (split_heads(t, self.head) for t in self.qkv(x).chunk(3, dim=-1))
+        return self.position.rotate_qk(q, positions), self.position.rotate_qk(k_raw, positions), k_raw, v
+
+    def _global(self, q, k, k_raw, v, positions, cache):
+        """Global branch from the shared projections -> ``[B, H, T, hd]``."""
         if self.global_branch == "summary":
-            return merge_heads(self._summary(x, positions, cache))
-        q, k, v = self.project_qkv(x, positions)
+            return self._summary(q, k_raw, v, positions, cache)
         if cache is None:
-            return merge_heads(self.attend(q, k, v, is_causal=True))
+            return self.attend(q, k, v, is_causal=True)
         past = len(cache)
         k, v = cache.append(k, v)
         if q.shape[-2] == 1:
-            return merge_heads(self.attend(q, k, v))
-        q_pos = torch.arange(past, past + q.shape[-2], device=x.device)
-        mask = causal_mask(q_pos, torch.arange(k.shape[-2], device=x.device))
-        return merge_heads(self.attend(q, k, v, mask=mask))
+            return self.attend(q, k, v)
+        q_pos = torch.arange(past, past + q.shape[-2], device=q.device)
+        mask = causal_mask(q_pos, torch.arange(k.shape[-2], device=q.device))
+        return self.attend(q, k, v, mask=mask)
 
-    def _summary(self, x, positions, cache):
-        """Summary branch: normalised input ``x`` ``[B, T, D]`` -> ``[B, H, T, hd]``.
+    def _summary(self, q, k_raw, v, positions, cache):
+        """Summary branch: rotated ``q``, unrotated ``k_raw``, ``v`` ``[B, H, T, hd]`` -> ``[B, H, T, hd]``.
 
-        A block's summary key/value is the mean of its tokens' (unrotated) keys/values, computed
-        as the ``qkv`` projection of the block's mean input (equal by linearity, ``block`` times
-        cheaper); the key is then rotated at the position of the block's last token, so the
-        position scheme sees the query-to-block distance. With a cache, ``cache.extra`` holds the
-        summaries and the inputs of the incomplete block; the cache stores no per-token keys
-        (zero-width placeholders keep ``len(cache)`` = tokens seen, the model's offset).
+        A block's summary key/value is the mean of its tokens' (unrotated) keys/values; the key
+        is then rotated at the position of the block's last token, so the position scheme sees
+        the query-to-block distance. With a cache, ``cache.extra`` holds the summaries and the
+        keys/values of the incomplete block; the cache stores no per-token keys (zero-width
+        placeholders keep ``len(cache)`` = tokens seen, the model's offset).
         """
         block, past = self.summary_block, 0 if cache is None else len(cache)
-        # one split (not two slices): its backward concatenates instead of zero-filling twice
-        w_q, w_kv = self.qkv.weight.split([self.dims, 2 * self.dims])
-        b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([self.dims, 2 * self.dims])
-        q = self.position.rotate_qk(split_heads(F.linear(x, w_q, b_q), self.head), positions)
         if cache is None:
-            k_sum, v_sum = self._block_summaries(x, positions, w_kv, b_kv)
+            k_sum, v_sum = self._block_summaries(k_raw, v, positions)
         else:
             extra = cache.extra
-            pending = x if "pending" not in extra else torch.cat([extra["pending"], x], dim=1)
+            if "pending_k" in extra:
+                k_raw = torch.cat([extra["pending_k"], k_raw], dim=-2)
+                v = torch.cat([extra["pending_v"], v], dim=-2)
             pending_pos = torch.cat([extra.get("pending_pos", positions[:0]), positions])
-            new_k, new_v = self._block_summaries(pending, pending_pos, w_kv, b_kv)
+            new_k, new_v = self._block_summaries(k_raw, v, pending_pos)
             done = new_k.shape[-2] * block
-            extra["pending"], extra["pending_pos"] = pending[:, done:].clone(), pending_pos[done:].clone()
+            extra["pending_k"], extra["pending_v"] = k_raw[..., done:, :].clone(), v[..., done:, :].clone()
+            extra["pending_pos"] = pending_pos[done:].clone()
             k_sum = new_k if "summary_k" not in extra else torch.cat([extra["summary_k"], new_k], dim=-2)
             v_sum = new_v if "summary_v" not in extra else torch.cat([extra["summary_v"], new_v], dim=-2)
             extra["summary_k"], extra["summary_v"] = k_sum, v_sum
@@ -187,13 +204,12 @@ class IntegratedAttention(AttentionBase):
         self._stats["attn/entropy"], self._stats["attn/max_logit"] = res[1]
         return res[0]
 
-    def _block_summaries(self, x, positions, weight, bias):
-        """Summaries of the complete blocks of ``x`` ``[B, T, D]`` (positions ``[T]``) through the
-        key/value rows of ``qkv`` -> ``k_sum``, ``v_sum`` ``[B, H, T // block, hd]``, keys rotated
-        at each block's last position."""
+    def _block_summaries(self, k_raw, v, positions):
+        """Summaries of the complete blocks of ``k_raw``, ``v`` ``[B, H, T, hd]`` (positions
+        ``[T]``) -> ``k_sum``, ``v_sum`` ``[B, H, T // block, hd]``, keys rotated at each block's
+        last position."""
         block = self.summary_block
-        k_sum, v_sum = F.linear(block_means(x, block), weight, bias).chunk(2, dim=-1)
-        k_sum, v_sum = split_heads(k_sum, self.head), split_heads(v_sum, self.head)
+        k_sum, v_sum = block_means(k_raw, block), block_means(v, block)
         ends = positions[block - 1::block][: k_sum.shape[-2]]
         return self.position.rotate_qk(k_sum, ends), v_sum
 
@@ -229,10 +245,8 @@ class IntegratedAttention(AttentionBase):
                                 return_stats=self.record_stats)
         return res if self.record_stats else (res, None)
 
-    def _local(self, x, positions, span, temp, cache):
-        q, k, v = self.local_qkv(x).chunk(3, dim=-1)
-        q, k, v = (split_heads(t, self.head) for t in (q, k, v))
-        q, k = self.position.rotate_qk(q, positions), self.position.rotate_qk(k, positions)
+    def _local(self, q, k, v, span, temp, cache):
+        """Local branch on the shared rotated ``q``, ``k``, ``v`` ``[B, H, T, hd]`` -> ``[B, H, T, hd]`` (+ stats)."""
         if cache is not None:
             local = cache.extra.setdefault("local", KVCache())
             past, tq = local.extra.get("start", 0) + len(local), q.shape[-2]
@@ -240,8 +254,8 @@ class IntegratedAttention(AttentionBase):
             keep = min(self.window - 1, k_all.shape[-2])  # what the next query can still see
             local.k, local.v = k_all[..., k_all.shape[-2] - keep:, :], v_all[..., v_all.shape[-2] - keep:, :]
             local.extra["start"] = past + tq - keep
-            q_pos = torch.arange(past, past + tq, device=x.device)
-            k_pos = torch.arange(past + tq - k_all.shape[-2], past + tq, device=x.device)
+            q_pos = torch.arange(past, past + tq, device=q.device)
+            k_pos = torch.arange(past + tq - k_all.shape[-2], past + tq, device=q.device)
         stats = None
         for it in range(self.focus_iters):
             if cache is None:
@@ -252,23 +266,27 @@ class IntegratedAttention(AttentionBase):
                 y, stats = res if self.record_stats else (res, None)
             if it + 1 < self.focus_iters:
                 q = q + y
-        return merge_heads(y), stats
+        return y, stats
 
     # --- mixer contract ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        g = self._global(self.norm_global(x), positions, cache)
-        pred, s = self._span(g, cache)
+        past = 0 if cache is None else len(cache)
+        q, k, k_raw, v = self._project(x, positions)
+        glob = self._global(q, k, k_raw, v, positions, cache)  # [B, H, T, hd]
+        pred, s = self._span(merge_heads(glob), cache)
         span = (self.max_span * s)[:, None, :]  # [B, 1, T] tokens
         temp = (1.0 + self.temp_scale * (1.0 - s))[:, None, :]
-        local, stats = self._local(self.norm_local(x), positions, span, temp, cache)
+        local, stats = self._local(q, k, v, span, temp, cache)
         if self.training:
             self.pred_mean.copy_(pred.detach().mean())
             self.span_mean.copy_(span.detach().mean())
         if stats is not None:
             self._stats["attn/local_entropy"], self._stats["attn/local_max_logit"] = stats
-        # proj(cat[local, g]) without materialising the [B, T, 2 * dims] concatenation
-        w_local, w_global = self.proj.weight.split([self.dims, self.dims], dim=1)
-        return F.linear(local, w_local, self.proj.bias) + F.linear(g, w_global)
+        g = torch.sigmoid(self.gate).to(local.dtype)[:, None, None]  # [H, 1, 1] local weight
+        empty = min(x.shape[1], max(0, self.summary_block - 1 - past)) if self.global_branch == "summary" else 0
+        if empty:  # no complete block yet (global output zero there): weight 1 on the local output
+            g = torch.cat([g.new_ones(self.head, empty, 1), g.expand(-1, x.shape[1] - empty, -1)], dim=1)
+        return self.proj(merge_heads(torch.lerp(glob, local, g)))  # glob + g * (local - glob)
 
     def post_step(self, loss: torch.Tensor | None = None) -> None:
         """Feed the detached training loss and the span predictor mean to the refiner."""
