@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed  ## create .venv and install famlab with its dev tools
 
-train: $(VENV)/.installed  ## train the default experiment (embedded corpus, ~3 min on 2 CPU cores)
+train: $(VENV)/.installed  ## train the default experiment (embedded corpus, ~5 min on 2 CPU cores)
 	$(OFFLINE) $(PY) train.py $(ARGS)
 
 test: $(VENV)/.installed  ## the whole test suite, slow tests included (what CI runs)
