@@ -69,6 +69,15 @@ def _params_on_cuda(model: nn.Module) -> bool:
     return bool(params) and all(p.is_cuda for p in params)
 
 
+def _adam_family(cls, model, lr, weight_decay, betas, eps, fused):
+    """Validated ``cls`` (Adam or AdamW) over :func:`decay_groups`; fused iff all params on CUDA when ``None``."""
+    lr, weight_decay = _check_positive("lr", lr), _check_nonneg("weight_decay", weight_decay)
+    eps, betas = _check_positive("eps", eps), _check_betas(betas)
+    fused = _params_on_cuda(model) if fused is None else bool(fused)
+    kwargs = {"fused": True} if fused else {"foreach": True}
+    return cls(decay_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, **kwargs)
+
+
 def adamw(
     model: nn.Module,
     lr: float = 1e-3,
@@ -78,12 +87,7 @@ def adamw(
     fused: bool | None = None,
 ) -> torch.optim.AdamW:
     """AdamW with decoupled weight decay on ``>= 2``-D weights. ``fused=None``: fused iff all params are on CUDA."""
-    lr, weight_decay, eps = _check_positive("lr", lr), _check_nonneg("weight_decay", weight_decay), _check_positive(
-        "eps", eps)
-    betas = _check_betas(betas)
-    fused = _params_on_cuda(model) if fused is None else bool(fused)
-    kwargs = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, **kwargs)
+    return _adam_family(torch.optim.AdamW, model, lr, weight_decay, betas, eps, fused)
 
 
 def adam(
@@ -95,12 +99,7 @@ def adam(
     fused: bool | None = None,
 ) -> torch.optim.Adam:
     """Adam with coupled L2 (``weight_decay`` added to the gradient) on ``>= 2``-D weights only."""
-    lr, weight_decay, eps = _check_positive("lr", lr), _check_nonneg("weight_decay", weight_decay), _check_positive(
-        "eps", eps)
-    betas = _check_betas(betas)
-    fused = _params_on_cuda(model) if fused is None else bool(fused)
-    kwargs = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.Adam(decay_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, **kwargs)
+    return _adam_family(torch.optim.Adam, model, lr, weight_decay, betas, eps, fused)
 
 
 def sgd(

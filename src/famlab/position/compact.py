@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from famlab.position.rotary import apply_rotary, init_freqs, learned_rotations, rotate_pairs
+from famlab.position.base import check_positions
 
 
 class CompactRotations(nn.Module):
@@ -56,12 +57,7 @@ class CompactRotations(nn.Module):
 
     def rotate_qk(self, t: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Rotate queries or keys ``t`` ``[B, H, T, dim]`` at absolute ``positions`` ``[T]``."""
-        if t.shape[-1] != self.head_dim:
-            raise ValueError(f"position: built for head dim {self.head_dim}, got tensor of shape {tuple(t.shape)}")
-        if positions is None:
-            positions = torch.arange(t.shape[-2], device=t.device)
-        if positions.shape != (t.shape[-2],):
-            raise ValueError(f"position: positions must be [T={t.shape[-2]}], got {tuple(positions.shape)}")
+        positions = check_positions(t, positions, self.head_dim)
         return rotate_pairs(t, self.angles(positions))
 
     # seed API ------------------------------------------------------------------------------

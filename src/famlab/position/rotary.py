@@ -28,6 +28,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from famlab.position.quaternion import fibonacci_axes, orthonormal_rows, project_and_rotate, rotate_triplets
+from famlab.position.base import check_positions
 
 FREQ_LAYOUTS = ("lang", "legacy_linear")
 
@@ -227,12 +228,7 @@ class RotaryEmbedding(nn.Module):
 
     def rotate_qk(self, t: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Rotate queries or keys ``t`` ``[B, H, T, dim]`` at absolute ``positions`` ``[T]`` (default ``arange(T)``)."""
-        if t.shape[-1] != self.head_dim:
-            raise ValueError(f"position: built for head dim {self.head_dim}, got tensor of shape {tuple(t.shape)}")
-        if positions is None:
-            positions = torch.arange(t.shape[-2], device=t.device)
-        if positions.shape != (t.shape[-2],):
-            raise ValueError(f"position: positions must be [T={t.shape[-2]}], got {tuple(positions.shape)}")
+        positions = check_positions(t, positions, self.head_dim)
         if self.use_projection:
             return project_and_rotate(t, self.subspace, lambda z: self._rotate_groups(z, positions)).to(t.dtype)
         return self._rotate_groups(t, positions).to(t.dtype)
