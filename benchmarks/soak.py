@@ -12,7 +12,10 @@ written a random number (seeded) of new validations/checkpoints since its launch
 sub-second delay, so kills land during training and checkpoint writes rather than only during
 start-up. After each kill the process group must be empty (no orphaned loky workers).
 
-Last line: ``{"jobs": 8, "kills": k, "relaunches": r, "all_completed": true, "max_weight_diff": ...}``.
+Every kill is followed by a relaunch; ``late_kills`` counts kills that landed after all jobs had
+completed (in their shutdown), whose relaunch must change nothing.
+
+Last line: ``{"jobs": 8, "kills": k, "late_kills": l, "relaunches": r, "all_completed": true, "max_weight_diff": ...}``.
 """
 from __future__ import annotations
 
@@ -111,30 +114,38 @@ def wait_group_empty(pgid: int, why: str, timeout: float = 60.0) -> None:
 
 
 def soak(args) -> dict:
+    """Launch, kill, relaunch. Every kill is followed by a relaunch with ``resume=auto`` (a user does
+    not know whether the jobs had finished), so a kill that lands after the jobs completed (during
+    shutdown) checks that resuming a finished run changes nothing; such kills are counted as late."""
     sweep = args.out / "train" / "multiruns" / "soak"
     rng = random.Random(args.seed)
-    kills = launches = 0
+    kills = late = launches = 0
+    total = args.jobs * (args.steps // args.val_every)  # validations of the whole sweep
     t0 = time.monotonic()
-    while not done(sweep, args.jobs):
+    while True:
         if launches > args.kills + args.max_extra_launches:
             raise RuntimeError(f"sweep did not complete after {launches} launches; see {args.out / 'soak.log'}")
         start = progress(sweep)
         proc = launch(sweep_command(args, "soak"), args.out / "soak.log", args.code)
         launches += 1
         if kills < args.kills:
-            need, delay = rng.randint(1, 2 * args.jobs), rng.uniform(0.0, 0.5)
+            need = rng.randint(1, max(1, min(2 * args.jobs, total - start - args.jobs)))
+            delay = rng.uniform(0.0, 0.5)
             while proc.poll() is None and progress(sweep) < start + need:
                 time.sleep(0.005)
             if proc.poll() is None:
                 time.sleep(delay)
                 kill_group(proc)
                 kills += 1
+                finished = sum(s.get("status") == "completed" for s in summaries(sweep).values())
+                late += finished == args.jobs
                 print(f"[{time.monotonic() - t0:6.0f} s] kill {kills}: after {progress(sweep) - start} new "
-                      f"validations (+{delay:.2f} s); completed jobs: "
-                      f"{sum(s.get('status') == 'completed' for s in summaries(sweep).values())}/{args.jobs}", flush=True)
+                      f"validations (+{delay:.2f} s); completed jobs: {finished}/{args.jobs}", flush=True)
                 continue
         proc.wait()
         wait_group_empty(proc.pid, "the sweep exited but left processes in its group")
+        if done(sweep, args.jobs):
+            break
     soak_s = time.monotonic() - t0
     print(f"[{soak_s:6.0f} s] all {args.jobs} jobs completed; reference sweep (uninterrupted) ...", flush=True)
     ref = args.out / "train" / "multiruns" / "reference"
@@ -142,7 +153,7 @@ def soak(args) -> dict:
     if proc.wait() or not done(ref, args.jobs):
         raise RuntimeError(f"reference sweep failed; see {args.out / 'reference.log'}")
     result = check(args, sweep, ref)
-    return {"jobs": result.pop("jobs"), "kills": kills, "relaunches": launches - 1, **result,
+    return {"jobs": result.pop("jobs"), "kills": kills, "late_kills": late, "relaunches": launches - 1, **result,
             "soak_s": round(soak_s, 1)}
 
 

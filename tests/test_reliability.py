@@ -184,7 +184,8 @@ def test_reduced_soak_two_parallel_jobs_killed_and_relaunched(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=600, env=_env())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["jobs"] == 2 and result["kills"] == 1 and result["relaunches"] >= 1
+    # every kill is relaunched; a kill may land after both jobs finished (late), then the relaunch is a no-op
+    assert result["jobs"] == 2 and result["kills"] == 1 and result["relaunches"] >= 1 and result["late_kills"] <= 1
     assert result["all_completed"] and result["all_checks_passed"] and result["max_weight_diff"] <= 1e-5
 
 

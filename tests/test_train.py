@@ -65,6 +65,19 @@ def test_exact_resume_matches_uninterrupted(tmp_path):
     assert steps == sorted({int(float(r.split(",")[step_col])) for r in full_rows[1:]})
 
 
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    """A sweep killed after its jobs finished is relaunched with resume=auto: a no-op for them."""
+    first = _train(tmp_path, "r", "resume=auto")
+    weights, metrics = _weights(tmp_path / "r"), (tmp_path / "r" / "metrics.csv").read_text()
+    again = _train(tmp_path, "r", "resume=auto")
+    assert again["status"] == "completed" and again["steps"] == first["steps"]
+    for key in ("final_val_loss", "best_val_loss", "best_val_step", "val_history", "optimizer_ms", "tokens_seen"):
+        assert again[key] == first[key], key
+    assert (tmp_path / "r" / "metrics.csv").read_text() == metrics
+    for k, v in _weights(tmp_path / "r").items():
+        assert torch.equal(v, weights[k]), k
+
+
 def test_fresh_run_refuses_to_overwrite_checkpoints(tmp_path):
     _train(tmp_path, "r")
     before = (tmp_path / "r" / "checkpoints" / "last.ckpt").read_bytes()

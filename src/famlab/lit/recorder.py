@@ -46,7 +46,7 @@ class RunRecorder(pl.Callback):
         hit = next((r for r in self.history if self.target is not None and r["val_loss"] <= self.target), None)
         elapsed = pl_module.elapsed()
         steps = trainer.global_step
-        return {
+        fields = {
             "steps": steps,
             "tokens_seen": steps * self.tokens_per_step,
             "final_val_loss": self.history[-1]["val_loss"] if self.history else None,
@@ -60,3 +60,6 @@ class RunRecorder(pl.Callback):
                        "step": hit["step"] if hit else None, "time_s": hit["elapsed_s"] if hit else None},
             "val_history": self.history,
         }
+        if fields["optimizer_ms"] is None:  # no step timed in this attempt (a relaunch of a finished run)
+            del fields["optimizer_ms"]  # keep the previous attempt's figure
+        return fields
