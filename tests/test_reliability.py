@@ -178,7 +178,7 @@ def test_sigterm_writes_last_checkpoint_at_current_step_and_resume_completes(tmp
 
 @pytest.mark.slow
 def test_reduced_soak_two_parallel_jobs_killed_and_relaunched(tmp_path):
-    """benchmarks/soak.py with 2 joblib jobs (FAM + Q-learning refiner), one group kill: ~90 s."""
+    """benchmarks/soak.py with 2 joblib jobs (FAM + Q-learning refiner), one group kill: 30-90 s."""
     out = subprocess.run([sys.executable, "benchmarks/soak.py", "--optimizers", "fam_soak", "--attentions",
                           "standard,integrated", "--steps", "16", "--kills", "1", "--out", str(tmp_path / "soak")],
                          cwd=REPO, capture_output=True, text=True, timeout=600, env=_env())

@@ -147,3 +147,12 @@ def test_tensor_and_list_versions_agree_and_batch():
 def test_normalized_spectrum_sums_to_one():
     spec = normalized_spectrum(torch.randn(3, 100, generator=gen))
     assert spec.shape == (3, 51) and torch.allclose(spec.sum(-1), torch.ones(3), atol=1e-5)
+
+
+def test_normalized_spectrum_is_the_rfft_magnitude():
+    x = torch.randn(4, 4096, generator=gen)
+    x[1] = 0.0  # all-zero sample: stays 0 (the seed's no-op branch)
+    mag = torch.fft.rfft(x, dim=-1).abs()
+    expected = mag / (mag.sum(-1, keepdim=True) + 1e-8)
+    torch.testing.assert_close(normalized_spectrum(x), expected, rtol=1e-5, atol=1e-8)
+    assert normalized_spectrum(x)[1].abs().sum() == 0

@@ -94,7 +94,9 @@ def band_index(T: int, n: int, layout: str) -> torch.Tensor:
 
 def normalized_spectrum(signal: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``|rfft(signal)|`` over the last dim, normalised to sum 1: ``[..., N] -> [..., N//2+1]`` float32."""
-    mag = torch.fft.rfft(signal.float(), dim=-1).abs()
+    spec = torch.fft.rfft(signal.float(), dim=-1)
+    re, im = spec.real, spec.imag
+    mag = torch.addcmul(re * re, im, im).sqrt_()  # == spec.abs(), ~2x faster than complex abs on CPU
     return mag / (mag.sum(-1, keepdim=True) + eps)  # an all-zero spectrum stays 0 (seed: no-op branch)
 
 
