@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,23 @@ def test_run_directory_contract(tmp_path):
     loaded = api.load_run(run)
     logits = loaded.model(torch.zeros(1, 5, dtype=torch.long))
     assert logits.shape == (1, 5, loaded.datamodule.vocab_size)
+
+
+def test_optimizer_ms_times_the_update_not_the_forward_backward_closure(tmp_path, monkeypatch):
+    """Lightning runs forward+backward inside optimizer.step(closure); a 40 ms forward must not count."""
+    from famlab.model.transformer import TransformerLM
+
+    forward = TransformerLM.forward
+
+    def slow_forward(self, *args, **kwargs):
+        if self.training:
+            time.sleep(0.04)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransformerLM, "forward", slow_forward)
+    summary = _train(tmp_path, "slow")
+    assert summary["wall_time_s"] / summary["steps"] > 0.04
+    assert 0 < summary["optimizer_ms"] < 20  # AdamW on the tiny model: about 1 ms
 
 
 def test_exact_resume_matches_uninterrupted(tmp_path):

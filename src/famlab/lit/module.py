@@ -41,8 +41,8 @@ class LitLM(pl.LightningModule):
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.model)
-        # time optimizer.step() alone (Lightning's optimizer_step also runs forward and backward)
-        optimizer.register_step_pre_hook(self._step_started)
+        # time the update alone: Lightning passes the forward+backward closure to optimizer.step(), which
+        # runs it first, so the clock starts in on_before_optimizer_step (after backward) and stops here
         optimizer.register_step_post_hook(self._step_finished)
         if self.scheduler_factory is None:
             return optimizer
@@ -68,7 +68,8 @@ class LitLM(pl.LightningModule):
         self._last_loss = loss.detach()
         return loss if aux is None else loss + aux
 
-    def _step_started(self, optimizer, args, kwargs) -> None:
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Called inside optimizer.step() after the closure's backward, before clipping and the update."""
         self._t_step = time.perf_counter()
 
     def _step_finished(self, optimizer, args, kwargs) -> None:
@@ -91,8 +92,9 @@ class LitLM(pl.LightningModule):
         self._t_last = time.perf_counter()
 
     def optimizer_ms(self) -> float | None:
-        """Mean wall time of ``optimizer.step()`` alone over this attempt, in ms (host clock: on a GPU
-        it measures the launch, not the kernels, unless something synchronises)."""
+        """Mean wall time of the parameter update (gradient clipping and ``optimizer.step()``'s own work,
+        not the forward/backward closure it runs) over this attempt, in ms (host clock: on a GPU it
+        measures the launch, not the kernels, unless something synchronises)."""
         return 1000.0 * self._opt_total / self._opt_total_steps if self._opt_total_steps else None
 
     def elapsed(self) -> float:
