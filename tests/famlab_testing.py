@@ -52,3 +52,26 @@ def quick_steps(model: torch.nn.Module, optimizer, steps: int = 2, vocab: int | 
         model.post_step(loss=loss.detach())
         losses.append(float(loss))
     return losses
+
+
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+
+class HostSyncCatcher(TorchDispatchMode):
+    """Counts tensor -> Python conversions (``.item()``, ``float(t)``, a tensor in an ``if``: all end in
+    ``aten::_local_scalar_dense``) and device -> host copies; with ``fail=True`` the first one raises."""
+
+    def __init__(self, fail: bool = True):
+        super().__init__()
+        self.fail, self.syncs = fail, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        sync = func is torch.ops.aten._local_scalar_dense.default
+        if func is torch.ops.aten._to_copy.default and args[0].device.type != "cpu":
+            sync = str(kwargs.get("device", args[0].device)) == "cpu"
+        if sync:
+            self.syncs += 1
+            if self.fail:
+                raise AssertionError(f"host sync ({func}) in the training path")
+        return func(*args, **kwargs)

@@ -5,22 +5,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torch.utils._python_dispatch import TorchDispatchMode
+from famlab_testing import HostSyncCatcher
 
 from famlab.attention.adaptive_span import AdaptiveSpan
 from famlab.attention.cache import KVCache
 from famlab.attention.standard import StandardAttention
 
 D, HEADS, T = 32, 4, 24
-
-
-class NoHostSync(TorchDispatchMode):
-    """Fails on any device->host scalar read (``.item()``, ``int(t)``, tensor ``if``)."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            raise AssertionError("host sync (aten::_local_scalar_dense) in the training path")
-        return func(*args, **(kwargs or {}))
 
 
 def make(seed=0, **kw):
@@ -151,7 +142,7 @@ def test_training_forward_backward_has_no_host_sync(record_stats):
     mod = make(init_span=0.3, span_penalty=0.01).train()
     mod.record_stats = record_stats
     x, pos = inputs()
-    with NoHostSync():
+    with HostSyncCatcher():
         loss = mod(x, pos).sum() + mod.aux_loss()
         loss.backward()
         mod.metrics()

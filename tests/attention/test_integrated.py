@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torch.utils._python_dispatch import TorchDispatchMode
+from famlab_testing import HostSyncCatcher
 
 from famlab.attention.cache import KVCache
 from famlab.attention.core import merge_heads, split_heads
@@ -14,13 +14,6 @@ from famlab.attention.refiner import Refiner
 
 D, HEADS, T = 32, 4, 20
 REFINER = {"enabled": True, "states": 100, "actions": 10, "update_every": 2, "epsilon": 0.5, "seed": 1}
-
-
-class NoHostSync(TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            raise AssertionError("host sync (aten::_local_scalar_dense) in the training path")
-        return func(*args, **(kwargs or {}))
 
 
 def make(seed=0, **kw):
@@ -240,7 +233,7 @@ def test_training_forward_backward_and_post_step_have_no_host_sync(record_stats)
     mod = make(refiner=REFINER).train()
     mod.record_stats = record_stats
     x, pos = inputs()
-    with NoHostSync():
+    with HostSyncCatcher():
         for i in range(2):
             mod(x, pos).sum().backward()
             mod.post_step(loss=torch.tensor(2.0 - i))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torch.utils._python_dispatch import TorchDispatchMode
+from famlab_testing import HostSyncCatcher
 
 from famlab.attention.myelinated import MyelinatedLayer, decide_jump, prefix_mean
 from famlab.model.transformer import TransformerLM
@@ -34,17 +34,6 @@ def silence(m: MyelinatedLayer, i: int) -> None:
     with torch.no_grad():
         m.node_predictors[i][1].weight.zero_()
         m.node_predictors[i][1].bias.fill_(-20.0)
-
-
-class SyncCatcher(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.syncs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.syncs += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -151,7 +140,7 @@ def test_whole_batch_skip_does_not_call_the_sublayer_in_eval():
 def test_host_syncs_in_training_forward(mode):
     m = layer(layerA=3, skip_compute=mode).train()
     x, pos = inputs()
-    with SyncCatcher() as catcher:
+    with HostSyncCatcher(fail=False) as catcher:
         m(x, pos)
     if mode == "batch":  # world size 1: one read per sub-layer is allowed (and proves the catcher works)
         assert catcher.syncs == 3

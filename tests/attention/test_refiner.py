@@ -4,16 +4,9 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-from torch.utils._python_dispatch import TorchDispatchMode
+from famlab_testing import HostSyncCatcher
 
 from famlab.attention.refiner import Refiner
-
-
-class NoHostSync(TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            raise AssertionError("host sync (aten::_local_scalar_dense) in Refiner.update")
-        return func(*args, **(kwargs or {}))
 
 
 def losses(n, seed=0):
@@ -106,7 +99,7 @@ def test_state_dict_round_trip_continues_identically():
 
 def test_update_has_no_host_sync_and_metrics_are_detached():
     ref = Refiner(100, 10, update_every=1)
-    with NoHostSync():
+    with HostSyncCatcher():
         for loss in losses(5):
             ref.update(loss, torch.tensor(0.3))
         m = ref.metrics()

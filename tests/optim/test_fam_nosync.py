@@ -1,34 +1,17 @@
 """FAMOptimizer.step() and band_summary() never convert a tensor to a Python value (no host sync)."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from famlab_testing import HostSyncCatcher
 
 from famlab.model.transformer import TransformerLM
 from famlab.optim.factories import fam
 
-SYNC_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
-            torch.ops.aten.is_nonzero.default}
-
-
-class FailOnSync(TorchDispatchMode):
-    """Raises on tensor -> Python conversions and on device -> host copies."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in SYNC_OPS:
-            raise AssertionError(f"host sync: {func}")
-        if func is torch.ops.aten._to_copy.default and args[0].device.type != "cpu" and \
-                str(kwargs.get("device", args[0].device)) == "cpu":
-            raise AssertionError("device -> host copy")
-        return func(*args, **kwargs)
-
-
 def test_the_guard_catches_item():
     with pytest.raises(AssertionError, match="host sync"):
-        with FailOnSync():
+        with HostSyncCatcher():
             torch.ones(2).sum().item()
     with pytest.raises(AssertionError, match="host sync"):
-        with FailOnSync():
+        with HostSyncCatcher():
             bool(torch.ones(()) > 0)
 
 
@@ -42,7 +25,7 @@ def test_step_has_no_host_sync(kwargs):
     for step in range(5):  # steps 1-2 plain, 3 first analysis (H <- b), 4-5 EMA
         opt.zero_grad()
         model(x).square().mean().backward()
-        with FailOnSync():
+        with HostSyncCatcher():
             opt.step()
             summary = opt.band_summary()
     if kwargs.get("analysis", True):

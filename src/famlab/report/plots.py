@@ -25,6 +25,21 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _single_axes():
+    fig = Figure(figsize=(6.5, 4.5))
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _finish(fig: Figure, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Labels, grid and legend of a one-axis plot, then save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def seed_band(stats: GroupStats, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Steps, mean and std over seeds of ``column`` (per run the last value logged at each step)."""
     per_step: dict[float, list[float]] = defaultdict(list)
@@ -142,8 +157,7 @@ def plot_lr_sensitivity(stats: list[GroupStats], path: Path) -> Path | None:
                 points[_without_lr(s)].append((r.run.lr, r.final))
     if not any(len({lr for lr, _ in pts}) > 1 for pts in points.values()):
         return None
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _single_axes()
     for label, pts in points.items():
         by_lr = defaultdict(list)
         for lr, loss in pts:
@@ -152,12 +166,8 @@ def plot_lr_sensitivity(stats: list[GroupStats], path: Path) -> Path | None:
         (line,) = ax.plot(lrs, [np.mean(by_lr[x]) for x in lrs], marker="o", label=label)
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=line.get_color(), s=10, alpha=0.5)
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("final val loss")
-    ax.set_title("learning-rate sensitivity (dots: seeds, line: mean)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _finish(fig, ax, "learning rate", "final val loss",
+                   "learning-rate sensitivity (dots: seeds, line: mean)", path)
 
 
 def plot_context_lengths(stats: list[GroupStats], path: Path) -> Path | None:
@@ -165,20 +175,14 @@ def plot_context_lengths(stats: list[GroupStats], path: Path) -> Path | None:
     present = [s for s in stats if s.eval_loss]
     if not present:
         return None
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _single_axes()
     for s in present:
         lengths = sorted(s.eval_loss)
         means = np.array([s.eval_loss[k].mean for k in lengths])
         half = np.array([s.eval_loss[k].half_width if s.eval_loss[k].n > 1 else 0.0 for k in lengths])
         ax.errorbar(lengths, means, yerr=half, marker="o", capsize=3, label=s.label)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("evaluation context length")
-    ax.set_ylabel("loss")
-    ax.set_title("loss vs context length (mean, 95% CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _finish(fig, ax, "evaluation context length", "loss", "loss vs context length (mean, 95% CI)", path)
 
 
 def plot_loss_vs_throughput(stats: list[GroupStats], path: Path) -> Path | None:
@@ -187,8 +191,7 @@ def plot_loss_vs_throughput(stats: list[GroupStats], path: Path) -> Path | None:
     present = [s for s in stats if s.estimates["tokens_per_s"].n and s.estimates["final"].n]
     if not present:
         return None
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _single_axes()
     for s in present:
         pairs = [(r.tokens_per_s, r.final) for r in s.results
                  if r.run.status == "completed" and r.tokens_per_s is not None and r.final is not None]
@@ -197,12 +200,7 @@ def plot_loss_vs_throughput(stats: list[GroupStats], path: Path) -> Path | None:
                           yerr=[[0.0 if y.n < 2 else y.std]], marker="o", capsize=3, label=s.label)
         ax.scatter([p[0] for p in pairs], [p[1] for p in pairs], s=10, alpha=0.5,
                    color=bar.lines[0].get_color())
-    ax.set_xlabel("tokens/s")
-    ax.set_ylabel("final val loss")
-    ax.set_title("quality vs speed (mean ± std; dots: seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _finish(fig, ax, "tokens/s", "final val loss", "quality vs speed (mean ± std; dots: seeds)", path)
 
 
 def write_plots(stats: list[GroupStats], metric: str, out: Path,
