@@ -5,7 +5,7 @@ step-seeded stream); the Lightning side is the real ``python train.py`` path (``
 with the default callbacks and CSV logging). Variants are interleaved and repeated; the figure is
 the median of steady-state tokens/s (the first ``warmup`` steps are excluded).
 
-    python benchmarks/throughput.py [--steps 120] [--repeats 3] [--model small]
+    python benchmarks/throughput.py [--steps 120] [--repeats 5] [--model small]
 
 Last line: one JSON object ``{"lightning_over_plain": ...}`` (target >= 0.95 on the CPU).
 """
@@ -83,7 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default="small")
     ap.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
