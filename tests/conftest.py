@@ -16,3 +16,15 @@ def text_file(tmp_path) -> Path:
     p = tmp_path / "corpus.txt"
     p.write_text("\n".join(lines), encoding="utf-8")
     return p
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skip them, with a reason, where torch sees no GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run by `make gpu-check` on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
