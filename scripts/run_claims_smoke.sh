@@ -2,15 +2,15 @@
 # Run the CPU smoke sweeps of the four claims, evaluate the long-context runs at 1-8x their training
 # context, run `famlab compare` on every sweep and write the reports into docs/claims/<claim>/.
 #
-#   scripts/run_claims_smoke.sh                      # all claims (~27 min on 2 CPU cores at load 6-9)
+#   scripts/run_claims_smoke.sh                      # all claims (minutes on two CPU cores)
 #   scripts/run_claims_smoke.sh convergence compute  # only some: convergence convergence_fam_start10
 #                                                    #   stability long_context long_context_recall compute
 #   SWEEP=smoke_a N_JOBS=2 scripts/run_claims_smoke.sh compute
 #
 # Runs land in outputs/<experiment>/multiruns/$SWEEP/<job> (git-ignored); docs/claims/<claim>/ gets
-# report.md, report.json and plots/*.png (committed). One BLAS thread per job: on this box two
-# threads per process are ~7x slower than one (27 vs 188 ms per tiny step, measured with 4 other
-# jobs competing), so parallelism comes from N_JOBS joblib workers instead.
+# report.md, report.json and plots/*.png (committed). One BLAS thread per job: on a small machine
+# shared with other processes, several threads per process wait at OpenMP barriers whenever another
+# process holds a core, so parallelism comes from N_JOBS joblib workers instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -29,7 +29,7 @@ sweep() {  # sweep <experiment> <sweep name> [extra overrides...]: a multirun in
 
 evaluate_lengths() {  # evaluate_lengths <lengths> <sweep dir>...: famlab.evaluate on every job dir
   # (the same as `python -m famlab.evaluate run=<job> eval.context_lengths=<lengths>` per job, in one
-  # process: importing torch once instead of per job saves ~10 s per run on this box)
+  # process: importing torch once instead of once per job saves its start-up time per run)
   local lengths=$1; shift
   echo "== $(date -u +%H:%M:%S) evaluate at $lengths: $*"
   find "$@" -mindepth 1 -maxdepth 1 -type d -name '[0-9]*' | sort -V | "$PY" -c "
@@ -65,7 +65,7 @@ run_claim() {
       mapfile -t best < <("$PY" scripts/best_lr_runs.py "$DOCS/convergence/report.json")
       compare convergence_posthoc "${best[@]}" --verdict "$RULES/convergence_posthoc.yaml" ;;
     convergence_fam_start10)  # supplementary, not the pre-registered test: the FAM variants at their best
-      # smoke lr with the analysis starting at step 11 instead of the seed's 101 (90% of the 120 steps)
+      # smoke lr with the analysis starting at step 11 instead of the original's 101 (90% of the 120 steps)
       sweep claim_convergence_smoke "${SWEEP}_fam_start10" optimizer=fam,fam_temporal,fam_constant \
         optimizer.lr=0.3 ++optimizer.fam_start_step=10  # command-line sweeps replace the YAML's for the same key
       # job dirs, not the sweep root: compare would multiply the YAML's sweep axes with these replacements
