@@ -18,6 +18,7 @@ object of ratios ``<variant>_<context>_over_full`` (median wall time) and
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -34,6 +35,7 @@ from famlab.attention.integrated import IntegratedAttention
 from famlab.attention.local import slide_win
 from famlab.attention.myelinated import MyelinatedLayer
 from famlab.attention.standard import StandardAttention
+from famlab.model.transformer import Block
 
 
 class SlidingWindowOnly(AttentionBase):
@@ -61,6 +63,11 @@ VARIANTS: list[Variant] = [
         "adaptive_span",
         lambda ctx, d, h: AdaptiveSpan(d, h, max_dist=ctx, init_span=0.25),
         "span = context/4 (+ramp 32), blocked over 128-query blocks",
+    ),
+    Variant(
+        "adaptive_span_init",
+        lambda ctx, d, h: AdaptiveSpan(d, h, max_dist=ctx),
+        "default init: span = context - 32, the ramp reaches the context edge (no key skipped)",
     ),
     Variant(
         "integrated",
@@ -99,6 +106,87 @@ def myelinated_half_skipped_over_all(ctx, dims, heads, batch, device, rounds=9) 
                 times[name].append(dt) if r else None  # round 0 warms up
     assert layers["half"].last_active[1::2].sum() == 0 and layers["all"].last_active.sum() > 0
     return statistics.median(times["half"]) / statistics.median(times["all"])
+
+
+class Stack(nn.Module):
+    """``n`` standard pre-norm blocks (causal SDPA attention + 4x MLP), run in sequence."""
+
+    def __init__(self, n, dims, heads):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dims, StandardAttention(dims, heads)) for _ in range(n))
+
+    def forward(self, x, positions):
+        for block in self.blocks:
+            x = block(x, positions)
+        return x
+
+
+def flops_per_token(block: nn.Module, ctx: int, dims: int) -> float:
+    """Analytic forward FLOPs per token: 2 per Linear weight, plus attention scores and weighted
+    values: ``2 * dims * ctx`` per causal SDPA layer (half the keys on average; the kernel skips
+    the masked half), ``4 * dims * ctx`` per myelinated sub-layer (dense scores under a boolean mask)."""
+    linear = sum(m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear))
+    dense = sum(1 for m in block.modules() if type(m).__name__ == "MyelinSublayer")
+    causal = sum(1 for m in block.modules() if isinstance(m, StandardAttention))
+    return 2.0 * linear + (2.0 * causal + 4.0 * dense) * dims * ctx
+
+
+def myelinated_cost(ctx, dims, heads, batch, device, rounds=5) -> dict[str, float]:
+    """A myelinated block (default ``layerA=3`` mixer + the block's MLP) against stacks of standard
+    blocks with the same parameter count and with the same analytic FLOPs.
+
+    Training: fwd+bwd time ratios (the myelinated layer masks every sub-layer in training, so its
+    cost does not depend on the skip rate). Eval forward: the fraction ``s`` of sub-layer work that
+    whole-batch skipping must remove to match a standard stack, from ``t(s) = t_none + (1 - s)
+    (t_all - t_none)`` with ``t_all`` (every sub-layer run) and ``t_none`` (every sub-layer skipped;
+    the policy, node predictors, memory gate and MLPs remain); > 1 means no skip rate breaks even.
+    Also the host read of ``skip_compute=eval``: eval forward with the reads over ``never``.
+    """
+    torch.manual_seed(0)
+    myel = Block(dims, MyelinatedLayer(dims, heads, max_dist=ctx, skip_compute="never"))
+    n_par = sum(p.numel() for p in myel.parameters()) / sum(p.numel() for p in Stack(1, dims, heads).parameters())
+    n_flop = flops_per_token(myel, ctx, dims) / flops_per_token(Stack(1, dims, heads), ctx, dims)
+    mods = {"myel": myel, "params": Stack(max(1, round(n_par)), dims, heads),
+            "flops": Stack(max(1, round(n_flop)), dims, heads), "one": Stack(1, dims, heads)}
+    mods = {k: m.to(device) for k, m in mods.items()}
+    x = torch.randn(batch, ctx, dims, device=device, requires_grad=True)
+    positions = torch.arange(ctx, device=device)
+
+    def median_times(steps):
+        times = {k: [] for k in steps}
+        for r in range(rounds + 1):
+            for k in (list(steps) if r % 2 else list(steps)[::-1]):
+                dt = timed(steps[k], device)[0]
+                times[k].append(dt) if r else None  # round 0 warms up
+        return {k: statistics.median(v) for k, v in times.items()}
+
+    train = median_times({k: make_step(m.train(), x, positions) for k, m in mods.items()})
+    none = copy.deepcopy(myel).eval()
+    reads = copy.deepcopy(myel).eval()
+    reads.attn.skip_compute = "eval"
+    with torch.no_grad():
+        for pred in none.attn.node_predictors:  # importance ~0 everywhere: every sub-layer skipped
+            pred[1].weight.zero_()
+            pred[1].bias.fill_(-20.0)
+        none.attn.skip_compute = "eval"
+        xe = x.detach()
+        evals = median_times({"all": lambda: myel.eval()(xe, positions), "none": lambda: none(xe, positions),
+                              "reads": lambda: reads(xe, positions),
+                              "params": lambda: mods["params"].eval()(xe, positions),
+                              "flops": lambda: mods["flops"].eval()(xe, positions)})
+    assert none.attn.last_active.sum() == 0
+    sub = evals["all"] - evals["none"]
+    return {
+        "myelinated_block_params_over_standard_block": round(n_par, 2),
+        "myelinated_block_flops_over_standard_block": round(n_flop, 2),
+        "myelinated_train_over_one_block": round(train["myel"] / train["one"], 3),
+        "myelinated_train_over_same_params": round(train["myel"] / train["params"], 3),
+        "myelinated_train_over_same_flops": round(train["myel"] / train["flops"], 3),
+        "myelinated_eval_over_same_params": round(evals["all"] / evals["params"], 3),
+        "myelinated_eval_break_even_skip_same_params": round((evals["all"] - evals["params"]) / sub, 3),
+        "myelinated_eval_break_even_skip_same_flops": round((evals["all"] - evals["flops"]) / sub, 3),
+        "myelinated_eval_host_reads_over_no_reads": round(evals["reads"] / evals["all"], 3),
+    }
 
 
 def make_step(module: nn.Module, x: torch.Tensor, positions: torch.Tensor):
@@ -192,9 +280,14 @@ def main(argv=None) -> dict[str, float]:
           f"{'peak MiB':>9} {'x full':>7}  note")
     for ctx, name, ms, rt, rc, mib, rm, note in rows:
         print(f"{ctx:>7}  {name:<14} {ms:>10.1f} {rt:>7.2f} {rc:>10.2f} {mib:>9.1f} {rm:>7.2f}  {note}")
+    for ctx in args.contexts:
+        if {"adaptive_span", "adaptive_span_init"} <= set(args.variants):  # keys skipped by a shrunk span
+            ratios[f"adaptive_span_{ctx}_over_init"] = round(
+                ratios[f"adaptive_span_{ctx}_over_full"] / ratios[f"adaptive_span_init_{ctx}_over_full"], 3)
     if "myelinated" in args.variants:
         ratios["myelinated_half_skipped_over_all"] = round(myelinated_half_skipped_over_all(
             args.contexts[-1], args.dims, args.heads, args.batch, device), 3)
+        ratios.update(myelinated_cost(args.contexts[-1], args.dims, args.heads, args.batch, device))
     print(json.dumps(ratios))
     return ratios
 
