@@ -14,6 +14,7 @@ object of ratios ``<variant>_<context>_over_full`` (median wall time) and
 
     python benchmarks/attention.py                                  # B=1 D=256 H=4, T=256,1024,4096, 1 thread
     python benchmarks/attention.py --contexts 1024 --rounds 9
+    python benchmarks/attention.py --device cuda --dtype bfloat16   # integrated: FlexAttention (backend auto)
 """
 from __future__ import annotations
 
@@ -249,23 +250,26 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds per context (0: 15/9/5 by size)")
     parser.add_argument("--variants", nargs="+", default=[v.name for v in VARIANTS])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="parameters and inputs of the compared modules (bfloat16: as trained on a GPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: leave as is)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     chosen = [v for v in VARIANTS if v.name in args.variants]
     if not chosen or chosen[0].name != "full":
         raise SystemExit("--variants must include 'full' (the reference)")
-    print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} dims={args.dims} heads={args.heads}")
+    print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch} dims={args.dims} "
+          f"heads={args.heads}")
     rows, ratios = [], {}
     for ctx in args.contexts:
         torch.manual_seed(0)
-        x = torch.randn(args.batch, ctx, args.dims, device=device, requires_grad=True)
+        x = torch.randn(args.batch, ctx, args.dims, device=device, dtype=dtype, requires_grad=True)
         positions = torch.arange(ctx, device=device)
         steps = {}
         for v in chosen:
-            module = v.build(ctx, args.dims, args.heads).to(device).train()
+            module = v.build(ctx, args.dims, args.heads).to(device=device, dtype=dtype).train()
             steps[v.name] = make_step(module, x, positions)
             steps[v.name]()  # warm-up
         memory = {name: peak_memory(step, device) for name, step in steps.items()}

@@ -107,3 +107,24 @@ def test_myelinated_without_a_process_group_may_skip_in_batch_mode():
     mod = MyelinatedLayer(D, H, 3, max_dist=T, skip_compute="batch").train()
     assert mod._may_skip()
     assert not MyelinatedLayer(D, H, 3, max_dist=T).train()._may_skip()  # default "eval": masked in training
+
+
+def test_myelinated_forward_builds_no_index_tensor_and_reads_nothing():
+    """The jump logit uses slices, not ``log_pi[..., [0, 2]]`` (a host list copied to the device each call)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    mod = MyelinatedLayer(D, H, 3, max_dist=T).train()
+    x = torch.randn(2, T, D)
+    with Ops() as ops, HostSyncCatcher() as catcher:
+        mod(x, torch.arange(T)).sum().backward()
+    assert catcher.syncs == 0
+    assert not [n for n in ops.names if n.startswith(("aten.index.Tensor", "aten.lift_fresh"))]
