@@ -123,7 +123,7 @@ def test_compute_smoke_sweep_end_to_end(tmp_path):
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
     summaries = [json.loads((p / "summary.json").read_text()) for p in jobs]
     assert all(s["status"] == "completed" and s["steps"] == 12 for s in summaries)
-    assert all(s["verdict_rule"] and len(s["verdict_rule"]) == 10 for s in summaries)
+    assert all(s["verdict_rule"] and len(s["verdict_rule"]) == 12 for s in summaries)
     proc = subprocess.run([sys.executable, "-m", "famlab.compare", str(sweep), "--out", str(tmp_path / "rep")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -150,7 +150,7 @@ def test_compute_smoke_sweep_end_to_end(tmp_path):
     assert ratio == pytest.approx(sum(span) / sum(base), rel=1e-9)
     # the pre-registered rules reach compare; only two arms ran, so the other variants' rules are inconclusive
     verdicts = {v["rule"]["claim"]: v for v in report["verdicts"]}
-    assert len(verdicts) == 10 and "## Verdicts" in md
+    assert len(verdicts) == 12 and "## Verdicts" in md
     missing = verdicts["integrated is >= 20% faster (tokens/s) than dense attention"]
     assert missing["verdict"] == "inconclusive" and any("missing arm" in r for r in missing["reasons"])
     span_rule = verdicts["adaptive_span reaches a lower val loss than dense attention"]

@@ -116,6 +116,7 @@ def test_post_step_clamps_and_refreshes_extent_and_load_refreshes():
         mod.span_scale.copy_(torch.tensor([1.5, -0.2, 0.5, 0.5]))
     mod.post_step(loss=torch.tensor(1.0))
     assert mod.span_scale.min() == 0 and mod.span_scale.max() == 1
+    mod(*inputs())  # the forward after the step adopts the extent post_step copied to the host
     assert mod.extent == 16 + 4
     other = make(init_span=0.1)
     assert other.extent == 8  # ceil(1.6 + 4) rounded up to a multiple of 4

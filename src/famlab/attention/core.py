@@ -2,8 +2,10 @@
 
 Mixer contract (every ``attention=`` option follows it):
 
-* constructor ``Variant(dims, head, position, **variant_kwargs)``; ``position`` is a position
-  scheme module (see :mod:`famlab.position.base`) applied to queries and keys.
+* constructor ``Variant(dims=, head=, position=, **variant_kwargs)``, called with keywords;
+  ``position`` is a position scheme module (see :mod:`famlab.position.base`) applied to queries
+  and keys. Variants with a seed signature keep its positional order after ``dims, head``
+  (``position`` is keyword-only there).
 * ``forward(x, positions, cache=None) -> Tensor`` with ``x`` ``[B, T, dims]``, ``positions`` a
   LongTensor ``[T]`` of absolute token positions (``arange(T) + offset`` when decoding with a
   cache), ``cache`` a :class:`famlab.attention.cache.KVCache` layer slot or ``None``; returns a

@@ -98,45 +98,59 @@ class IntegratedAttention(AttentionBase):
     ``summary_block`` tokens, None = the local window) or ``"full"`` (causal MHA). ``qkv`` and
     ``proj`` (``dims -> dims``) from :class:`AttentionBase` serve both branches; ``gate`` ``[head]``
     are the combination logits (``sigmoid(gate)`` = weight of the local branch). ``backend``:
-    ``"blocked"`` (default, pure PyTorch), ``"flex"`` (FlexAttention; compiled on CUDA,
-    forward-only on the CPU) or ``"auto"`` (flex on CUDA unless stats are being recorded, blocked
-    otherwise).
+    ``"auto"`` (default: FlexAttention on CUDA unless stats are being recorded, the blocked/fused
+    path otherwise), ``"blocked"`` (pure PyTorch; fused kernel on the CPU) or ``"flex"``
+    (FlexAttention; compiled on CUDA, forward-only on the CPU).
+
+    Positional arguments follow the seed, ``IntegratedAttention(dims, head, max_dist, win_size,
+    max_span, temp_scale)``; the rest are keyword-only. Sizes are cast to ``int`` and must stay
+    positive after the cast. The span ramp passes a gradient to ``span_pred`` only where
+    ``z_i < d < z_i + ramp`` for some visible distance ``d`` (``d < min(window, T)``): with
+    ``max_span`` larger than the context, ``z_i ~ max_span / 2`` at initialisation covers every
+    key and the span cannot learn, so the configs cap ``max_span`` at the context.
     """
 
     def __init__(
         self,
         dims: int,
         head: int,
-        position: nn.Module | None = None,
         max_dist: int = 512,
         win_size: int = 256,
         max_span: int = 384,
         temp_scale: float = 0.01,
+        *,
+        position: nn.Module | None = None,
         refiner: Mapping | None = None,
         focus_iters: int = 1,
         ramp: int = 32,
-        backend: str = "blocked",
+        backend: str = "auto",
         global_branch: str = "summary",
         summary_block: int | None = None,
         gate_init: float = 0.0,
         bias: bool = False,
     ):
         super().__init__(dims, head, position, bias=bias)
-        for key, value in dict(max_dist=max_dist, win_size=win_size, max_span=max_span, ramp=ramp,
+        if isinstance(max_dist, nn.Module):
+            raise TypeError("IntegratedAttention: the third positional argument is max_dist; pass position=... by keyword")
+        sizes = {}
+        for key, value in dict(max_dist=max_dist, win_size=win_size, max_span=max_span,
                                focus_iters=focus_iters).items():
-            if value <= 0:
-                raise ValueError(f"attention.{key} must be positive, got {value}")
+            sizes[key] = int(value)  # validated after the cast: 0.5 tokens truncates to 0
+            if sizes[key] <= 0:
+                raise ValueError(f"attention.{key} must be a positive integer, got {value!r}")
+        if ramp <= 0:
+            raise ValueError(f"attention.ramp must be positive, got {ramp}")
         if temp_scale < 0:
             raise ValueError(f"attention.temp_scale must be >= 0, got {temp_scale}")
         if backend not in _BACKENDS:
             raise ValueError(f"attention.backend must be one of {_BACKENDS}, got {backend!r}")
         if global_branch not in _GLOBAL_BRANCHES:
             raise ValueError(f"attention.global_branch must be one of {_GLOBAL_BRANCHES}, got {global_branch!r}")
-        if summary_block is not None and summary_block <= 0:
-            raise ValueError(f"attention.summary_block must be positive or null, got {summary_block}")
-        self.max_dist, self.win_size, self.max_span = int(max_dist), int(win_size), int(max_span)
+        if summary_block is not None and int(summary_block) <= 0:
+            raise ValueError(f"attention.summary_block must be a positive integer or null, got {summary_block!r}")
+        self.max_dist, self.win_size, self.max_span = sizes["max_dist"], sizes["win_size"], sizes["max_span"]
         self.window = min(self.win_size, self.max_dist)
-        self.temp_scale, self.focus_iters, self.ramp = float(temp_scale), int(focus_iters), float(ramp)
+        self.temp_scale, self.focus_iters, self.ramp = float(temp_scale), sizes["focus_iters"], float(ramp)
         self.backend, self.global_branch = backend, global_branch
         self.summary_block = self.window if summary_block is None else int(summary_block)
         self.span_pred = nn.Linear(dims, 1)
@@ -214,7 +228,8 @@ class IntegratedAttention(AttentionBase):
         return self.position.rotate_qk(k_sum, ends), v_sum
 
     def _span(self, g: torch.Tensor, cache: KVCache | None):
-        """Per-query span ``S`` ``[B, T]`` from the running mean of the global output ``g``.
+        """Per-query span ``S`` ``[B, T]`` (float32 or wider, also under autocast) from the running
+        mean of the global output ``g``.
 
         ``span_pred(mean_{j<=i} g_j) = mean_{j<=i} (w . g_j) + b`` by linearity, so the running
         mean is taken over the per-token scalars ``w . g_j`` (a ``[B, T]`` cumsum, in float32 at
@@ -228,7 +243,7 @@ class IntegratedAttention(AttentionBase):
                 total = total + prev_sum
             count = count + prev_count
             cache.extra["score_sum"], cache.extra["score_count"] = total[:, -1:].detach(), prev_count + g.shape[1]
-        pred = torch.sigmoid(total / count + self.span_pred.bias).to(g.dtype)
+        pred = torch.sigmoid(total / count + self.span_pred.bias.to(total.dtype))  # float32 or wider
         return pred, (pred * self.refine()).clamp(0.0, 1.0)
 
     def slide_win(self, q, k, v, span, temp):

@@ -38,10 +38,14 @@ def _geometry_dtype(q: torch.Tensor) -> torch.dtype:
 
 
 def _per_query(t: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor | None:
-    """Broadcast a scalar/``[B|1, H|1, Tq]`` tensor to a 3-D ``[B', H', Tq']`` tensor."""
+    """Broadcast a scalar/``[B|1, H|1, Tq]`` tensor to a 3-D ``[B', H', Tq']`` tensor.
+
+    Spans and temperatures keep at least float32 (bfloat16 rounds a span of 300 tokens to a
+    multiple of 2 and the temperature ``1 + 0.01 (1 - s)`` to 1.0 or 1.0078)."""
     if t is None:
         return None
-    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    t = torch.as_tensor(t, device=like.device)
+    t = t.to(torch.promote_types(t.dtype, _geometry_dtype(like)))
     while t.dim() < 3:
         t = t.unsqueeze(0)
     return t
@@ -58,7 +62,8 @@ def _attend(q, k, v, dist, valid, span, ramp, temperature, stats: bool, first=No
     Returns ``(out [..., Q, hd], (entropy_rows [..., Q], max_logit) | None)``.
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
-    q = q * (scale / temperature) if temperature is not None else q * scale
+    # the temperature is float32 (or wider); the scaled queries keep q's dtype for the matmul
+    q = (q * (scale / temperature)).to(q.dtype) if temperature is not None else q * scale
     logits = q @ k.transpose(-2, -1)
     if span is None:
         bias = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~valid, _NEG_INF)
@@ -233,7 +238,9 @@ def flex_slide_win(q, k, v, window: int, span=None, ramp: float = 32.0, temperat
     fn = flex_attention
     if compile:
         if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+            # dynamic shapes: one graph for every (B, T); a static compile recompiles per length and
+            # falls back to eager past the recompile limit (eval at several lengths)
+            _compiled_flex = torch.compile(flex_attention, dynamic=True)
         fn = _compiled_flex
     sp = None if span is None else _per_query(span, q).expand(B, H, T)
     tp = None if temperature is None else _per_query(temperature, q).expand(B, H, T)

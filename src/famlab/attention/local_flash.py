@@ -252,5 +252,6 @@ def fused_blocked_attention(q, k, v, *, block, lookback, window=None, span=None,
     ``span``/``temperature``: None or tensors ``[B|1, H|1, T|1]`` (already 3-D).
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
-    q = q * (scale / temperature[..., None]) if temperature is not None else q * scale
+    # temperature in float32 (or wider); the scaled queries keep q's dtype for the kernel
+    q = (q * (scale / temperature[..., None])).to(q.dtype) if temperature is not None else q * scale
     return _BlockedFlash.apply(q, k, v, span, block, lookback, window, float(ramp))

@@ -22,10 +22,12 @@ What differs from the seed (see seed-spec section 5), and why:
 * the jump mix is ``x <- (x + w*x0 + (1-w)*wm) / 2`` (a convex mix, so the norm cannot grow;
   the seed's ``x + w*x0 + (1-w)*wm`` only added).
 
-Compute skipping (``skip_compute``): ``"batch"`` really skips a sub-layer when no token of the
-whole batch runs it (one host read ``bool(active.any())`` per sub-layer) in eval, and in
-training only when not running distributed (world size 1); ``"eval"`` skips only in eval;
-``"never"`` never reads back. Whenever compute is not skipped it is masked, so under DDP every
+Compute skipping (``skip_compute``): ``"eval"`` (default) really skips a sub-layer in eval
+(generation included) when no token of the whole batch runs it, which needs one host read
+``bool(active.any())`` per sub-layer and forward (tensor shapes and kernel launches are decided on
+the host); training forwards mask and never read back. ``"batch"`` also skips in training, only
+when no ``torch.distributed`` process group is initialised (the reads then happen every training
+forward); ``"never"`` never reads back. Whenever compute is not skipped it is masked, so under DDP every
 parameter takes part in every step (skipped deltas are multiplied by 0). Real skipping in
 training drops the straight-through gradient the masked path would give the node predictors of
 that sub-layer for that step.
@@ -77,7 +79,7 @@ def decide_jump(log_pi, jump_weights, i, layerA, x, x0, wm, *, decider, noise=No
     if i >= layerA - 1:
         zeros = torch.zeros_like(decider)
         return x, zeros, torch.zeros_like(log_pi)
-    jump_logit = log_pi[..., 1:2] - torch.logsumexp(log_pi[..., [0, 2]], dim=-1, keepdim=True)
+    jump_logit = log_pi[..., 1:2] - torch.logaddexp(log_pi[..., 0:1], log_pi[..., 2:3])  # slices: no index tensor
     len_logit = log_pi
     if noise is not None:
         u = noise.clamp(1e-6, 1 - 1e-6)
@@ -129,16 +131,19 @@ class MyelinSublayer(AttentionBase):
 class MyelinatedLayer(nn.Module):
     """Mixer ``[B, T, D] -> [B, T, D]`` (the delta); see the module docstring for the design."""
 
-    def __init__(self, dims: int, head: int, position: nn.Module | None = None, layerA: int = 3,
-                 sparsity_threshold: float = 0.1, max_dist: int = 512, tau: float = 1.0,
-                 skip_compute: str = "batch", seed: int = 0):
+    def __init__(self, dims: int, head: int, layerA: int = 3, sparsity_threshold: float = 0.1,
+                 max_dist: int = 512, *, position: nn.Module | None = None, tau: float = 1.0,
+                 skip_compute: str = "eval", seed: int = 0):
         super().__init__()
-        if int(layerA) < 1:
-            raise ValueError(f"attention.layerA must be >= 1, got {layerA}")
+        if isinstance(layerA, nn.Module):
+            raise TypeError("MyelinatedLayer: the third positional argument is layerA; pass position=... by keyword")
+        if int(layerA) < 1:  # validated after the cast: 1.5 sub-layers is 1, 0.5 is refused
+            raise ValueError(f"attention.layerA must be an integer >= 1, got {layerA!r}")
         if not 0.0 < sparsity_threshold < 1.0:
             raise ValueError(f"attention.sparsity_threshold must be in (0, 1), got {sparsity_threshold}")
-        if tau <= 0 or max_dist < 1:
-            raise ValueError(f"attention.tau must be > 0 and attention.max_dist >= 1, got {tau}, {max_dist}")
+        if tau <= 0 or int(max_dist) < 1:
+            raise ValueError(f"attention.tau must be > 0 and attention.max_dist an integer >= 1, got {tau}, {max_dist!r}")
+        max_dist = int(max_dist)
         if skip_compute not in SKIP_COMPUTE:
             raise ValueError(f"attention.skip_compute must be one of {SKIP_COMPUTE}, got {skip_compute!r}")
         self.dims, self.head, self.layerA = dims, head, int(layerA)
@@ -197,12 +202,16 @@ class MyelinatedLayer(nn.Module):
         return full[rank::world]
 
     def _may_skip(self) -> bool:
+        """Whether a sub-layer no token runs may be skipped (one host read) in this forward.
+
+        Never while training under any initialised process group, whatever its size: DDP (even
+        with one process) expects every parameter to receive a gradient at every step."""
         if self.skip_compute == "never":
             return False
         if not self.training:
             return True
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        return self.skip_compute == "batch" and not (distributed and torch.distributed.get_world_size() > 1)
+        return self.skip_compute == "batch" and not distributed
 
     # --- forward ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:

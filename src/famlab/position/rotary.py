@@ -27,6 +27,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from famlab.position import quaternion
 from famlab.position.quaternion import fibonacci_axes, orthonormal_rows, project_and_rotate, rotate_triplets
 from famlab.position.base import check_positions
 
@@ -232,6 +233,29 @@ class RotaryEmbedding(nn.Module):
         if self.use_projection:
             return project_and_rotate(t, self.subspace, lambda z: self._rotate_groups(z, positions)).to(t.dtype)
         return self._rotate_groups(t, positions).to(t.dtype)
+
+    # seed API: thin delegates to the module-level implementations ------------------------
+    def q_rotation(self, x: torch.Tensor, theta, u: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotate 3-vectors ``x`` ``[..., 3]`` by ``theta`` about axis ``u`` (see
+        :func:`famlab.position.quaternion.q_rotation`). ``v`` is in the signature for the seed's
+        callers, which never passed one; a value is refused rather than ignored."""
+        if v is not None:
+            raise ValueError("RotaryEmbedding.q_rotation: v is not supported (rotation is by theta about u)")
+        return quaternion.q_rotation(x, theta, u)
+
+    def project_and_rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """Projection path on ``x`` ``[..., T, dim]`` at positions ``0..T-1``: project onto the learned
+        ``proj_dim``-subspace, rotate there, project back (``x + Aᵀ(R - I)Ax``); needs
+        ``use_projection=True``."""
+        if not self.use_projection:
+            raise ValueError("RotaryEmbedding.project_and_rotate needs use_projection=True")
+        positions = check_positions(x, None, self.head_dim)
+        return project_and_rotate(x, self.subspace, lambda z: self._rotate_groups(z, positions)).to(x.dtype)
+
+    @staticmethod
+    def learned_rotations(rotations, t, start_index: int = 0, freq_ranges=None):
+        """Rotate interleaved pairs of ``t`` by the angles ``rotations`` (see :func:`learned_rotations`)."""
+        return learned_rotations(rotations, t, start_index=start_index, freq_ranges=freq_ranges)
 
     @torch.no_grad()
     def metrics(self) -> dict[str, torch.Tensor]:
