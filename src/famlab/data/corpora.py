@@ -79,6 +79,9 @@ class Corpus:
     def named_splits(self):
         return None
 
+    def check(self) -> None:
+        """Fail now (ConfigError) if the corpus cannot be read; called before the tokenizer is built."""
+
 
 class EmbeddedCorpus(Corpus):
     """CPython's ``pydoc_data.topics`` help texts (~465k characters), one document in sorted topic order."""

@@ -36,14 +36,24 @@ class HubDataset(Corpus):
         self.val_split, self.streaming, self.revision = val_split, bool(streaming), revision
         self.separator, self.cache_dir = separator, cache_dir
         self.name = hub_name.replace("/", "_") + (f"_{config}" if config else "")
+        self._loaded: dict = {}
 
     @property
     def fingerprint(self) -> str:
         return combine(["hub", self.hub_name, self.config, self.split, self.val_split, self.text_field,
                         self.revision or "main", self.separator])
 
+    def _load(self, split: str):
+        if split not in self._loaded:
+            self._loaded[split] = load_hub_dataset(self.hub_name, self.config, split, self.streaming, self.revision,
+                                                   self.cache_dir)
+        return self._loaded[split]
+
+    def check(self) -> None:
+        self._load(self.split)
+
     def _rows(self, split: str) -> Iterator[str]:
-        ds = load_hub_dataset(self.hub_name, self.config, split, self.streaming, self.revision, self.cache_dir)
+        ds = self._load(split)
         columns = ds.column_names
         if columns is not None and self.text_field not in columns:
             raise ConfigError(f"data.corpus.text_field={self.text_field!r} not in {columns}")
@@ -93,11 +103,14 @@ class Enwik8(Corpus):
 
     size_hint = 100_000_000
 
+    def check(self) -> None:
+        if self.path is None and self._hub_bytes is None:
+            ds = load_hub_dataset(self.hub_name, self.config, "train", False, self.revision, self.cache_dir)
+            self._hub_bytes = "".join(ds["text"]).encode("utf-8")
+
     def _open(self):
         if self.path is None:
-            if self._hub_bytes is None:
-                ds = load_hub_dataset(self.hub_name, self.config, "train", False, self.revision, self.cache_dir)
-                self._hub_bytes = "".join(ds["text"]).encode("utf-8")
+            self.check()
             import io
 
             return io.BytesIO(self._hub_bytes)

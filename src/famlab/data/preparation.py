@@ -106,6 +106,8 @@ def prepare_corpus(corpus, tok_cfg: dict, cache_dir: str | None = None, val_frac
                    max_tokens: int | None = None, num_proc: int | None = None, shard_tokens: int = SHARD_TOKENS,
                    progress: bool | None = None) -> Prepared:
     """The prepared directory for (corpus, tokenizer, split, budget): reused if present, else written."""
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
     _positive_or_none("data.max_tokens", max_tokens)
     _positive_or_none("data.num_proc", num_proc)
     _positive_or_none("data.shard_tokens", shard_tokens)
@@ -113,6 +115,7 @@ def prepare_corpus(corpus, tok_cfg: dict, cache_dir: str | None = None, val_frac
     if _ready(final):
         return load_prepared(final)
     settings = tokenizer_settings(tok_cfg)
+    corpus.check()
     tokenizer = build_tokenizer(**{**dict(tok_cfg or {}), **settings})  # before anything is written
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final.parent / f"{final.name}.lock")):

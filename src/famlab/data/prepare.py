@@ -20,19 +20,36 @@ example:
 """
 
 
+def compose(overrides: list[str]):
+    """``conf/train.yaml`` composed with ``overrides`` (Hydra's compose API; imports no torch)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from famlab.paths import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
+
+
 def prepare(overrides: list[str]) -> dict:
     """Compose ``train`` with ``overrides``, prepare its data; returns a summary dict."""
-    from famlab import api
+    from omegaconf import OmegaConf
+
     from famlab.build import instantiate
+    from famlab.data.preparation import SHARD_TOKENS, prepare_corpus
     from famlab.errors import ConfigError
 
-    cfg = api.compose(overrides)
-    if "LMDataModule" not in str(cfg.data.get("_target_", "")):
-        raise ConfigError(f"data={cfg.hydra.runtime.choices.data} is generated on the fly; nothing to prepare")
-    dm = instantiate(cfg.data, "data")
-    dm.prepare()
-    m = dm.prepared.manifest
-    return {"path": str(dm.prepared.path), "reused": dm.prepared.reused, "corpus": m["corpus"],
+    data = compose(overrides).data
+    if not str(data.get("_target_", "")).endswith("LMDataModule"):
+        raise ConfigError(f"data: {data.get('_target_')} is generated on the fly; there is nothing to prepare")
+    corpus = instantiate(data.corpus, "data")
+    tok_cfg = OmegaConf.to_container(data.tokenizer, resolve=True) if data.get("tokenizer") else None
+    p = prepare_corpus(corpus, tok_cfg, data.get("cache_dir"), data.get("val_fraction", 0.1), data.get("max_tokens"),
+                       data.get("num_proc"), data.get("shard_tokens", SHARD_TOKENS), progress=None)
+    m = p.manifest
+    return {"path": str(p.path), "reused": p.reused, "corpus": m["corpus"],
             "tokenizer": m["tokenizer"]["kind"], "vocab_size": m["tokenizer"]["vocab_size"], "dtype": m["dtype"],
             "splits": {k: v["tokens"] for k, v in m["splits"].items()}, "seconds": m["seconds"]}
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -112,10 +111,13 @@ class TokenStore:
             return self.maps()[shard[0]][idx].astype(np.int64)
         return np.stack([self.read(int(s), int(s) + length) for s in starts]).astype(np.int64)
 
-    def __getitem__(self, item: slice) -> torch.Tensor:
+    def __getitem__(self, item: slice):
+        """Tokens of a slice as an int64 tensor."""
+        import torch
+
         a, b, step = item.indices(len(self))
         return torch.from_numpy(self.read(a, b)[::step].astype(np.int64))
 
-    def to_tensor(self) -> torch.Tensor:
+    def to_tensor(self):
         """All tokens as an int64 tensor (for tests and small stores)."""
         return self[:]
