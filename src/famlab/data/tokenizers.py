@@ -106,7 +106,8 @@ class _HFTokenizer:
         return np.asarray(self._tok.encode(_text(doc)).ids, dtype=np.uint32)
 
     def encode_many(self, docs: list) -> np.ndarray:
-        encs = self._tok.encode_batch([_text(d) for d in docs])
+        batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # fast: no character offsets
+        encs = batch([_text(d) for d in docs])
         return np.concatenate([np.asarray(e.ids, dtype=np.uint32) for e in encs]) if encs else np.zeros(0, np.uint32)
 
     def decode(self, ids) -> str:
