@@ -233,16 +233,20 @@ def write_prepared(root: Path, corpus, tokenizer, settings: dict, val_fraction: 
         source = docs if name == first else iter(make())
         budget = max_tokens if name in ("all", "train") else None
         writer = ShardWriter(root, name, dtype, shard_tokens)
-        for ids, n in tokenized(source, tokenizer, num_proc):
-            if budget is not None and writer.total + len(ids) >= budget:
-                ids, truncated = ids[: budget - writer.total], True
-            writer.write(ids)
-            chars += n
-            bar.update(n)
-            if name in ("all", "train"):
-                counts += np.bincount(ids, minlength=vocab)[:vocab]
-            if budget is not None and writer.total >= budget:
-                break
+        batches = tokenized(source, tokenizer, num_proc)
+        try:
+            for ids, n in batches:
+                if budget is not None and writer.total + len(ids) >= budget:
+                    ids, truncated = ids[: budget - writer.total], True
+                writer.write(ids)
+                chars += n
+                bar.update(n)
+                if name in ("all", "train"):
+                    counts += np.bincount(ids, minlength=vocab)[:vocab]
+                if budget is not None and writer.total >= budget:
+                    break
+        finally:
+            batches.close()  # stops the worker pool at once when the budget is reached
         out_streams[name] = {"tokens": writer.total, "shards": writer.close()}
     bar.close()
     total = sum(s["tokens"] for s in out_streams.values())
