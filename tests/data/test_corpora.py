@@ -104,3 +104,25 @@ def test_enwik8_byte_split_from_a_local_file(tmp_path):
         assert dm.prepared.split("test").to_tensor().tolist() == list(raw[10000:])
     with pytest.raises(ConfigError, match="data.corpus.path: .*missing does not exist"):
         Enwik8(str(tmp_path / "missing"))
+
+
+def test_table_file_errors_name_the_file_and_what_is_allowed(tmp_path):
+    txt = tmp_path / "notes.txt"
+    txt.write_text("plain\n")
+    with pytest.raises(ConfigError, match=r"notes.txt has suffix '.txt'; data=table_files reads .jsonl, .json, "
+                                          r".parquet, .csv, .arrow \(plain text: data=text_files\)"):
+        TableFiles(str(txt)).files()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n\n{"text": oops}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl line 3 is not a JSON object \(expected one per line\)"):
+        list(TableFiles(str(bad)).documents())
+    with pytest.raises(ConfigError, match=r"data.corpus.path is required \(a file, directory or glob\)"):
+        TableFiles(None).files()
+
+
+def test_prepare_cli_refuses_generated_data_with_one_line(tmp_path):
+    from famlab.data.prepare import main
+
+    assert main(["prepare", "data=recall"]) == 2
+    assert main(["data=embedded", "data.no_such_key=1"]) == 1  # Hydra's message, no traceback
+    assert main(["--help"]) == 0

@@ -63,11 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in args):
         print(USAGE)
         return 0
+    from hydra.errors import HydraException
+
     try:
         out = prepare(args)
     except ConfigError as e:
         print(f"famlab: error: {e}", file=sys.stderr)
         return 2
+    except HydraException as e:  # unknown option or key: Hydra's own message
+        print(f"famlab data prepare: {e}", file=sys.stderr)
+        return 1
     splits = ", ".join(f"{k} {v:,}" for k, v in out["splits"].items())
     print(f"{'reused' if out['reused'] else 'prepared'} {out['path']}")
     print(f"  {out['corpus']}: {out['tokenizer']} tokenizer (vocab {out['vocab_size']}, {out['dtype']}); "
