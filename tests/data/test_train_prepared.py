@@ -1,5 +1,5 @@
 """Training on prepared shards: a run after ``famlab.data.prepare`` equals a run that prepares its
-data itself, and resume from the memory-mapped path is exact (windows straddling shards)."""
+data itself, and resume from token shards is exact (windows straddling shards)."""
 from __future__ import annotations
 
 import pytest
@@ -37,7 +37,7 @@ def test_prepared_run_equals_a_run_that_prepares_itself(tmp_path, data):
     assert (tmp_path / "ahead" / "tokenizer.json").read_text() == (tmp_path / "own" / "tokenizer.json").read_text()
 
 
-def test_resume_on_memory_mapped_shards_is_exact(tmp_path, data):
+def test_resume_on_token_shards_is_exact(tmp_path, data):
     steps = ["trainer.max_steps=8", "trainer.val_check_interval=4"]
     full = _train(tmp_path, "full", *data, *steps)
     part = _train(tmp_path, "part", *data, *steps, "+callbacks.stop.step=5",

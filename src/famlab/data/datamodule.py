@@ -47,7 +47,7 @@ class StepStreamMixin:
 
 class LMDataModule(StepStreamMixin, pl.LightningDataModule):
     """Next-token prediction on a prepared corpus (``famlab.data.preparation``): training and
-    validation windows are read from memory-mapped token shards. Without a named validation split
+    validation windows are read from its token shards on disk. Without a named validation split
     the last ``val_fraction`` of tokens is validation."""
 
     def __init__(self, corpus, tokenizer: dict | None = None, context: int = 128, batch_size: int = 16,

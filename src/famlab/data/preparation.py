@@ -1,4 +1,4 @@
-"""Prepare once, train many: a corpus tokenized into memory-mapped shards plus a manifest.
+"""Prepare once, train many: a corpus tokenized into token shards on disk plus a manifest.
 
 ``<cache>/<corpus>-<tokenizer>-<key>/`` holds ``manifest.json`` (corpus fingerprint, tokenizer,
 dtype, token counts per split and shard, unigram loss), ``tokenizer.json`` and the shards

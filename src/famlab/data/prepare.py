@@ -11,7 +11,7 @@ import sys
 
 USAGE = """usage: python -m famlab.data.prepare data=<option> [data.<key>=<value> ...]
 
-Tokenizes the corpus of data=<option> into memory-mapped shards under data.cache_dir (or reuses
+Tokenizes the corpus of data=<option> into token shards under data.cache_dir (or reuses
 them) and prints where they are. Options: embedded stdlib text_files table_files saved_dataset hub
 tiny_shakespeare wikitext2 wikitext103 tinystories fineweb_edu openwebtext enwik8.
 

@@ -1,13 +1,15 @@
-"""Token shards on disk: writing them during preparation and reading windows from memory maps.
+"""Token shards on disk: writing them during preparation and reading windows from them.
 
 A stream of token ids is stored as consecutive raw files ``<stream>-00000.bin``, ... of one dtype
 (uint16 when the vocabulary fits, else uint32), each at most ``shard_tokens`` long. A
-:class:`TokenStore` is a range ``[start, stop)`` of such a stream; windows are gathered from
-``numpy.memmap`` views, so only the pages a batch touches are read and memory does not grow with
-the corpus. A store pickles without its maps (``ddp_spawn`` children reopen the files).
+:class:`TokenStore` is a range ``[start, stop)`` of such a stream; windows are read from the files
+on demand (the operating system's page cache keeps hot data in RAM), so the process's memory does
+not grow with the corpus. A store pickles without its file handles (``ddp_spawn`` children reopen).
 """
 from __future__ import annotations
 
+import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +65,25 @@ def read_range(root: Path, shards: list[dict], dtype: np.dtype, start: int, stop
         offset += shard["tokens"]
 
 
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class TokenStore:
-    """Tokens ``[start, stop)`` of a sharded stream, read through memory maps."""
+    """Tokens ``[start, stop)`` of a sharded stream, read with positional reads (``os.preadv``)
+    straight into the output array. Resident memory holds only the windows asked for: pages of a
+    memory map stay mapped once touched (and the kernel maps up to 64 KiB around each fault), so a
+    long run over a memory map would grow towards the corpus size."""
 
     def __init__(self, root: Path, shards: list[dict], dtype, start: int, stop: int):
         self.root, self.shards, self.dtype = Path(root), list(shards), np.dtype(dtype)
         self.start, self.stop = int(start), int(stop)
         self.offsets = np.cumsum([0] + [s["tokens"] for s in self.shards])
-        self._maps: list | None = None
+        self._fds: list | None = None
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -79,37 +92,43 @@ class TokenStore:
         return len(self)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_maps": None}
+        return {**self.__dict__, "_fds": None}
 
-    def maps(self) -> list:
-        if self._maps is None:
-            self._maps = [np.memmap(self.root / s["file"], dtype=self.dtype, mode="r", shape=(s["tokens"],))
-                          if s["tokens"] else np.zeros(0, self.dtype) for s in self.shards]
-        return self._maps
+    def _fd(self, i: int) -> int:
+        if self._fds is None:
+            self._fds = [os.open(self.root / s["file"], os.O_RDONLY) for s in self.shards]
+            weakref.finalize(self, _close_all, list(self._fds))
+        return self._fds[i]
+
+    def _read_into(self, a: int, out: np.ndarray) -> None:
+        """Fill ``out`` (1-D, contiguous) with this store's tokens from offset ``a``."""
+        g, pos, size = a + self.start, 0, self.dtype.itemsize
+        i = int(np.searchsorted(self.offsets, g, side="right")) - 1
+        while pos < len(out):
+            lo = g + pos - int(self.offsets[i])
+            take = min(len(out) - pos, self.shards[i]["tokens"] - lo)
+            view = memoryview(out[pos : pos + take]).cast("B")
+            done = 0
+            while done < len(view):
+                n = os.preadv(self._fd(i), [view[done:]], lo * size + done)
+                if n <= 0:
+                    raise OSError(f"{self.root / self.shards[i]['file']} is shorter than its manifest says")
+                done += n
+            pos += take
+            i += 1
 
     def read(self, a: int, b: int) -> np.ndarray:
-        """Tokens ``[a, b)`` of this store (a copy)."""
-        a, b = a + self.start, b + self.start
-        i = int(np.searchsorted(self.offsets, a, side="right")) - 1
-        parts, maps = [], self.maps()
-        while a < b:
-            lo = a - int(self.offsets[i])
-            take = min(b - a, self.shards[i]["tokens"] - lo)
-            parts.append(maps[i][lo : lo + take])
-            a += take
-            i += 1
-        if not parts:
-            return np.zeros(0, self.dtype)
-        return np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])
+        """Tokens ``[a, b)`` of this store (a new array)."""
+        out = np.empty(max(0, b - a), dtype=self.dtype)
+        self._read_into(a, out)
+        return out
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
         """``[len(starts), length]`` int64 windows beginning at ``starts`` (offsets into this store)."""
-        g = starts.astype(np.int64) + self.start
-        shard = np.searchsorted(self.offsets, g, side="right") - 1
-        if (shard == shard[0]).all() and (g + length <= self.offsets[shard[0] + 1]).all():
-            idx = (g - self.offsets[shard[0]])[:, None] + np.arange(length)[None, :]
-            return self.maps()[shard[0]][idx].astype(np.int64)
-        return np.stack([self.read(int(s), int(s) + length) for s in starts]).astype(np.int64)
+        out = np.empty((len(starts), length), dtype=self.dtype)
+        for row, s in enumerate(starts.tolist()):
+            self._read_into(int(s), out[row])
+        return out.astype(np.int64)
 
     def __getitem__(self, item: slice):
         """Tokens of a slice as an int64 tensor."""

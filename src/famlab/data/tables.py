@@ -3,7 +3,7 @@
 * :class:`TableFiles` - local ``.jsonl`` / ``.json`` (one object per line), ``.parquet``, ``.csv``
   and ``.arrow`` (Arrow IPC file or stream, as ``datasets`` writes) files;
 * :class:`SavedDataset` - a directory written by ``datasets.Dataset.save_to_disk`` (or a
-  ``DatasetDict``'s, choosing ``split``), read memory-mapped.
+  ``DatasetDict``'s, choosing ``split``), its Arrow files read batch by batch.
 
 Each record's text is one document followed by ``separator`` (default a line break).
 """
@@ -28,13 +28,13 @@ def _missing(field: str, columns, where) -> ConfigError:
 def _arrow_batches(path: Path, field: str) -> Iterator[list]:
     import pyarrow as pa
 
-    source = pa.memory_map(str(path))
+    source = pa.OSFile(str(path))  # plain reads: a memory map would keep every page it read resident
     try:
         reader = pa.ipc.open_file(source)
         batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
         schema = reader.schema
     except pa.ArrowInvalid:
-        source = pa.memory_map(str(path))
+        source = pa.OSFile(str(path))
         reader = pa.ipc.open_stream(source)
         batches, schema = iter(reader), reader.schema
     if field not in schema.names:

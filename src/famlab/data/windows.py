@@ -26,7 +26,7 @@ def world() -> tuple[int, int]:
 def sample_windows(tokens, context: int, batch: int, generator: torch.Generator) -> dict:
     """``batch`` random windows of ``context + 1`` tokens -> inputs and next-token targets ``[B, T]``.
 
-    ``tokens`` is a 1-D tensor or a memory-mapped ``TokenStore``; both give the same windows for
+    ``tokens`` is a 1-D tensor or a ``TokenStore`` (token shards on disk); both give the same windows for
     the same generator state (starts drawn by ``torch.randint`` over ``tokens.numel()``).
     """
     starts = torch.randint(0, tokens.numel() - context - 1, (batch,), generator=generator)
