@@ -28,20 +28,20 @@ def test_tokenizers_round_trip_and_reload(tmp_path, kind, extra):
 
 
 def test_embedded_corpus_is_pydoc_topics():
-    docs = EmbeddedCorpus().documents()
+    docs = list(EmbeddedCorpus().documents())  # a stream of documents
     assert 400_000 < len(docs[0]) < 600_000 and "for" in docs[0]
     assert EmbeddedCorpus().fingerprint == EmbeddedCorpus().fingerprint
 
 
-def test_tokenization_is_cached(tmp_path, text_file):
+def test_preparation_is_reused(tmp_path, text_file):
     dm = LMDataModule(TextFiles(str(text_file)), {"kind": "chars"}, context=32, cache_dir=str(tmp_path))
     dm.prepare()
-    files = list(tmp_path.glob("tokens-*.arrow"))
-    assert len(files) == 1
-    mtime = files[0].stat().st_mtime_ns
+    manifests = list(tmp_path.glob("*/manifest.json"))
+    assert len(manifests) == 1 and not dm.prepared.reused
+    mtime = manifests[0].stat().st_mtime_ns
     dm2 = LMDataModule(TextFiles(str(text_file)), {"kind": "chars"}, context=32, cache_dir=str(tmp_path)).prepare()
-    assert files[0].stat().st_mtime_ns == mtime  # reused, not rewritten
-    assert torch.equal(dm.train_tokens, dm2.train_tokens)
+    assert manifests[0].stat().st_mtime_ns == mtime and dm2.prepared.reused  # reused, not rewritten
+    assert torch.equal(dm.train_tokens.to_tensor(), dm2.train_tokens.to_tensor())
     text = text_file.read_text()
     assert dm.tokenizer.decode(dm.train_tokens[:50].tolist()) == text[:50]
     assert dm.meta["unigram_loss"] > 0 and dm.meta["train_tokens"] + dm.meta["val_tokens"] == len(text)

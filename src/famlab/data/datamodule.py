@@ -5,19 +5,16 @@
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import sys
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from famlab.data.preparation import SHARD_TOKENS, prepare_corpus
 from famlab.data.synthetic import RecallTask
-from famlab.data.tokenizers import ByteTokenizer, build_tokenizer
+from famlab.data.tokenizers import ByteTokenizer
 from famlab.data.windows import StepWindows, sample_windows, step_generator
 from famlab.errors import ConfigError
 
@@ -28,25 +25,6 @@ def _positive(key: str, value) -> int:
     if not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     return value
-
-
-def tokenize_cached(docs: list[str], tokenizer, cache_dir: str, fingerprint: str) -> torch.Tensor:
-    """Tokenize documents through ``datasets.Dataset.map`` with an on-disk cache keyed by the
-    corpus and tokenizer fingerprints, so a second run skips tokenization. Returns int32 ids."""
-    import datasets
-
-    tok_fp = hashlib.sha256(json.dumps(tokenizer.state(), sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(os.path.expanduser(cache_dir))
-    root.mkdir(parents=True, exist_ok=True)
-    cache_file = str(root / f"tokens-{fingerprint}-{tok_fp}.arrow")
-    ds = datasets.Dataset.from_dict({"text": docs})
-    chunks = ds.map(
-        lambda b: {"ids": [tokenizer.encode(t) for t in b["text"]]},
-        batched=True, remove_columns=["text"], cache_file_name=cache_file,
-        new_fingerprint=f"{fingerprint}-{tok_fp}", desc="tokenizing",
-    )
-    chunks = chunks.with_format("numpy")
-    return torch.cat([torch.as_tensor(c, dtype=torch.int32) for c in chunks["ids"]])
 
 
 class StepStreamMixin:
@@ -68,11 +46,14 @@ class StepStreamMixin:
 
 
 class LMDataModule(StepStreamMixin, pl.LightningDataModule):
-    """Next-token prediction on a corpus; the last ``val_fraction`` of tokens is validation."""
+    """Next-token prediction on a prepared corpus (``famlab.data.preparation``): training and
+    validation windows are read from its token shards on disk. Without a named validation split
+    the last ``val_fraction`` of tokens is validation."""
 
     def __init__(self, corpus, tokenizer: dict | None = None, context: int = 128, batch_size: int = 16,
                  val_fraction: float = 0.1, val_batches: int = 16, seed: int = 0,
-                 cache_dir: str = "~/.cache/famlab"):
+                 cache_dir: str = "~/.cache/famlab", max_tokens: int | None = None, streaming: bool = False,
+                 num_proc: int | None = None, shard_tokens: int = SHARD_TOKENS):
         super().__init__()
         self.corpus, self.tok_cfg = corpus, dict(tokenizer or {"kind": "bytes"})
         self.context = _positive("model.context", context)
@@ -81,36 +62,35 @@ class LMDataModule(StepStreamMixin, pl.LightningDataModule):
         if not 0 < val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         self.val_fraction, self.seed, self.cache_dir = val_fraction, seed, cache_dir
+        self.max_tokens, self.streaming, self.num_proc, self.shard_tokens = max_tokens, streaming, num_proc, shard_tokens
         self.tokenizer = None
         self.train_tokens = self.val_tokens = None
+        self.prepared = None
         self.meta: dict = {}
 
     def prepare(self) -> "LMDataModule":
-        """Load, fit the tokenizer, tokenize (cached) and split; idempotent. Raises ConfigError."""
+        """Prepare the corpus (or reuse its prepared directory) and open the splits; idempotent.
+        Raises ConfigError."""
         if self.train_tokens is not None:
             return self
-        docs = self.corpus.documents()
-        text_len = sum(len(d) for d in docs)
-        cut = int(text_len * (1 - self.val_fraction))
-        self.tokenizer = build_tokenizer(**self.tok_cfg)
-        self.tokenizer.fit("".join(docs)[:cut])
-        tokens = tokenize_cached(docs, self.tokenizer, self.cache_dir, self.corpus.fingerprint)
-        n_val = int(tokens.numel() * self.val_fraction)
-        self.train_tokens, self.val_tokens = tokens[:-n_val], tokens[-n_val:]
-        for split, t in (("training", self.train_tokens), ("validation", self.val_tokens)):
+        prepared = prepare_corpus(self.corpus, self.tok_cfg, self.cache_dir, self.val_fraction, self.max_tokens,
+                                  self.num_proc, self.shard_tokens)
+        train, val = prepared.split("train"), prepared.split("val")
+        for split, t in (("training", train), ("validation", val)):
             if t.numel() <= self.context + 1:
                 raise ConfigError(
                     f"model.context={self.context} is longer than the {split} split of data "
                     f"{self.corpus.name} ({t.numel()} tokens); lower model.context or add text"
                 )
-        counts = torch.bincount(self.train_tokens.long(), minlength=self.tokenizer.vocab_size).double()
-        p = counts[counts > 0] / counts.sum()
+        self.prepared, self.tokenizer = prepared, prepared.tokenizer
+        self.train_tokens, self.val_tokens = train, val
+        m = prepared.manifest
         self.meta = {
-            "corpus": self.corpus.name, "fingerprint": self.corpus.fingerprint,
-            "python": sys.version.split()[0], "tokenizer": self.tokenizer.kind,
-            "vocab_size": self.tokenizer.vocab_size, "train_tokens": int(self.train_tokens.numel()),
-            "val_tokens": int(self.val_tokens.numel()), "unigram_loss": float(-(p * p.log()).sum()),
-            "chars_per_token": text_len / max(1, tokens.numel()),
+            "corpus": m["corpus"], "fingerprint": m["fingerprint"], "python": m["python"],
+            "tokenizer": self.tokenizer.kind, "vocab_size": self.tokenizer.vocab_size,
+            "train_tokens": train.numel(), "val_tokens": val.numel(), "unigram_loss": m["unigram_loss"],
+            "chars_per_token": m["chars_per_token"], "prepared": str(prepared.path), "dtype": m["dtype"],
+            "max_tokens": m["max_tokens"], "truncated": m["truncated"],
         }
         return self
 

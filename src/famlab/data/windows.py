@@ -23,11 +23,17 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def sample_windows(tokens: torch.Tensor, context: int, batch: int, generator: torch.Generator) -> dict:
-    """``batch`` random windows of ``context + 1`` tokens -> inputs and next-token targets ``[B, T]``."""
+def sample_windows(tokens, context: int, batch: int, generator: torch.Generator) -> dict:
+    """``batch`` random windows of ``context + 1`` tokens -> inputs and next-token targets ``[B, T]``.
+
+    ``tokens`` is a 1-D tensor or a ``TokenStore`` (token shards on disk); both give the same windows for
+    the same generator state (starts drawn by ``torch.randint`` over ``tokens.numel()``).
+    """
     starts = torch.randint(0, tokens.numel() - context - 1, (batch,), generator=generator)
-    idx = starts[:, None] + torch.arange(context + 1)[None, :]
-    w = tokens[idx].long()
+    if isinstance(tokens, torch.Tensor):
+        w = tokens[starts[:, None] + torch.arange(context + 1)[None, :]].long()
+    else:
+        w = torch.from_numpy(tokens.windows(starts.numpy(), context + 1))
     return {"input": w[:, :-1], "target": w[:, 1:]}
 
 
