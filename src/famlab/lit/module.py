@@ -138,11 +138,13 @@ class LitLM(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         n = max(1, getattr(self, "_val_batches", 1))
         val_loss = self._val[0] / n
+        # synced values live on the module's device (NCCL all-reduces device tensors only); the wall
+        # time is per rank and is not synced
         self.log_dict({
             "val/loss": val_loss, "val/bpc": val_loss * self.bpc_factor,
             "val/acc": self._val[1] / self._val[2].clamp_min(1),
-            "perf/elapsed_s": torch.tensor(self.elapsed(), dtype=torch.float32),
         }, prog_bar=False, sync_dist=True)
+        self.log("perf/elapsed_s", float(self.elapsed()), prog_bar=False, sync_dist=False)
         self.log("val", val_loss, prog_bar=True, logger=False)
 
     # --- exact resume: RNG states and wall time travel with the checkpoint -----------------------
