@@ -22,7 +22,7 @@ from famlab.build import build_datamodule, build_model, build_optimization, inst
 from famlab.data.tokenizers import save_tokenizer
 from famlab.errors import ConfigError
 from famlab.lit.checkpoint_io import AtomicCheckpointIO
-from famlab.lit.interrupt import Preempted
+from famlab.lit.interrupt import Preempted, preempted_message
 from famlab.lit.nonfinite import NonFiniteError
 from famlab.lit.module import LitLM
 from famlab.lit.recorder import RunRecorder
@@ -88,8 +88,11 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
         status, error = "diverged", str(e)
         raise
     except BaseException as e:
-        error = f"{type(e).__name__}: {e}"
-        raise
+        if preempted_message(e) is None:
+            error = f"{type(e).__name__}: {e}"
+            raise
+        status, error = "interrupted", preempted_message(e)  # a spawned rank's Preempted
+        log.warning("%s", error)
     finally:
         logging.getLogger().removeHandler(file_log)
         for lg in loggers:
