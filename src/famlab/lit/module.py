@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from famlab.data.synthetic import IGNORE
+from famlab.lit.mfu import device_peak_flops, mfu, model_flops_per_token
 
 
 class LitLM(pl.LightningModule):
@@ -37,6 +38,7 @@ class LitLM(pl.LightningModule):
         self._t_last: float | None = None
         self.train_start_time: float | None = None
         self.elapsed_before = 0.0  # wall time of earlier attempts (restored on resume)
+        self._peak_flops: float | None = None  # the GPU's peak bf16 FLOP/s (None: perf/mfu not logged)
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -90,6 +92,10 @@ class LitLM(pl.LightningModule):
                 logger.truncate(self.global_step)
         self.train_start_time = time.perf_counter()
         self._t_last = time.perf_counter()
+        self._peak_flops = device_peak_flops(self.device)
+        if self._peak_flops:  # per device: the global tokens/s is shared by world_size GPUs
+            self._peak_flops *= self.trainer.world_size
+            self._flops_per_token = model_flops_per_token(self.model)
 
     def optimizer_ms(self) -> float | None:
         """Mean wall time of the parameter update (gradient clipping and ``optimizer.step()``'s own work,
@@ -116,6 +122,8 @@ class LitLM(pl.LightningModule):
             "perf/elapsed_s": self.elapsed(),
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
         }
+        if self._peak_flops:
+            metrics["perf/mfu"] = mfu(self._flops_per_token, metrics["perf/tokens_per_s"], self._peak_flops)
         metrics.update(self.model.metrics())
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
                       prog_bar=False, on_step=True, on_epoch=False)
