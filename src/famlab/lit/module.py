@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from famlab.data.synthetic import IGNORE
+from famlab.lit.fsdp import is_fsdp, record_unsharded_shapes
 from famlab.lit.mfu import device_peak_flops, mfu, model_flops_per_token
 
 
@@ -39,6 +40,8 @@ class LitLM(pl.LightningModule):
         self.train_start_time: float | None = None
         self.elapsed_before = 0.0  # wall time of earlier attempts (restored on resume)
         self._peak_flops: float | None = None  # the GPU's peak bf16 FLOP/s (None: perf/mfu not logged)
+        self._flops_per_token = model_flops_per_token(model)  # on the whole model, before any sharding
+        record_unsharded_shapes(model)  # decay groups under FSDP follow these
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -50,6 +53,13 @@ class LitLM(pl.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping; under FSDP through the root unit's ``clip_grad_norm_`` (the norm over all shards)."""
+        if gradient_clip_val and is_fsdp(self.trainer.strategy):
+            self.trainer.model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean next-token cross-entropy over scored positions, and the logits."""
@@ -95,7 +105,6 @@ class LitLM(pl.LightningModule):
         self._peak_flops = device_peak_flops(self.device)
         if self._peak_flops:  # per device: the global tokens/s is shared by world_size GPUs
             self._peak_flops *= self.trainer.world_size
-            self._flops_per_token = model_flops_per_token(self.model)
 
     def optimizer_ms(self) -> float | None:
         """Mean wall time of the parameter update (gradient clipping and ``optimizer.step()``'s own work,
