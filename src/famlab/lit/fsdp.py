@@ -73,8 +73,7 @@ def refuse_unsupported(cfg: DictConfig, model: torch.nn.Module | None = None) ->
                               f"flattened shards; use trainer=ddp with attention={option}")
     scalars = [n for n, p in (model.named_parameters() if model is not None else []) if p.ndim == 0]
     if scalars:
-        position = str(cfg.position.get("_target_", "")).rsplit(".", 1)[-1]
-        raise ConfigError(f"trainer=fsdp cannot shard the scalar parameter {scalars[0]} (position {position}); "
+        raise ConfigError(f"trainer=fsdp cannot shard the scalar parameter {scalars[0]}; "
                           f"use trainer=ddp, or position=rotary|compact|none with trainer=fsdp")
     if cfg.trainer.get("gradient_clip_algorithm") == "value":
         raise ConfigError("trainer.gradient_clip_algorithm=value is not supported with trainer=fsdp; "
