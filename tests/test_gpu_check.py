@@ -84,3 +84,10 @@ def test_train_judge_reads_summary_and_mfu(tmp_path):
     assert ok and figures["mfu_median"] == 0.25 and figures["tokens_per_s"] == 4e5  # the first row is warm-up
     (tmp_path / "metrics.csv").write_text("step,val/loss\n40,2.0\n")  # no MFU: a GPU the peak table lacks
     assert not step.judge(step, "")[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_throughput_device_cuda_without_cuda_is_a_usage_error():
+    proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--device", "cuda"], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--device cuda: torch sees no CUDA device" in proc.stderr
