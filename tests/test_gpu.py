@@ -66,7 +66,7 @@ def test_fused_adamw_steps_on_cuda():
     assert any(g.get("fused") for g in opt.param_groups), "AdamW on CUDA should use the fused kernel"
     before = [p.detach().clone() for p in model.parameters()]
     losses = _steps(model, opt)
-    assert all(torch.isfinite(l) for l in losses)
+    assert all(torch.isfinite(loss) for loss in losses)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     _state_on_device(opt)
 
@@ -75,7 +75,7 @@ def test_fused_adamw_steps_on_cuda():
 def test_fam_steps_on_cuda(optimizer):
     model, opt = _cuda_model([f"optimizer={optimizer}"])
     losses = _steps(model, opt, steps=8)
-    assert all(torch.isfinite(l) for l in losses)
+    assert all(torch.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]
     _state_on_device(opt)
 
