@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OFFLINE := WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup train test test-fast bench clean
+.PHONY: help setup train test test-fast bench gpu-check clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -26,6 +26,9 @@ test-fast: $(VENV)/.installed  ## the test suite without tests marked slow
 
 bench: $(VENV)/.installed  ## every benchmark script (prints ratios; figures go in benchmarks/README.md)
 	for b in throughput optimizer_step position attention; do $(OFFLINE) $(PY) benchmarks/$$b.py || exit 1; done
+
+gpu-check: $(VENV)/.installed  ## on a CUDA machine: gpu tests, GPU training, benchmarks, a claim sweep (<= 10 min; docs/gpus.md); else prints the plan
+	$(OFFLINE) $(PY) scripts/gpu_check.py $(ARGS)
 
 clean:  ## remove outputs/ (runs, checkpoints) - asks first
 	@read -p "delete outputs/? [y/N] " a && [ "$$a" = y ] && rm -rf outputs

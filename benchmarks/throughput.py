@@ -6,6 +6,11 @@ with the default callbacks and CSV logging). Variants are interleaved and repeat
 the median of steady-state tokens/s (the first ``warmup`` steps are excluded).
 
     python benchmarks/throughput.py [--steps 120] [--repeats 5] [--model small]
+    python benchmarks/throughput.py --device cuda --model base     # trainer=gpu (bf16) vs a bf16-autocast loop
+
+On ``--device cuda`` both sides synchronise the GPU before reading the clock at every step (the
+step's kernels are finished, not just launched), the Lightning side runs ``trainer=gpu`` (bf16
+mixed precision) and the plain loop the same step under ``torch.autocast(bfloat16)``.
 
 Last line: one JSON object ``{"lightning_over_plain": ...}`` (target >= 0.95 on the CPU).
 """
@@ -39,7 +44,14 @@ class StepClock(pl.Callback):
         StepClock.times = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        StepClock.times.append(time.perf_counter())
+        StepClock.times.append(clock(pl_module.device))
+
+
+def clock(device: torch.device | str) -> float:
+    """Wall time after the device's queued work has finished (a no-op wait on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def steady_tokens_per_s(times: list[float], warmup: int, tokens_per_step: int) -> float:
@@ -47,8 +59,9 @@ def steady_tokens_per_s(times: list[float], warmup: int, tokens_per_step: int) -
 
 
 def overrides(args, steps: int) -> list[str]:
+    device = ["trainer=gpu"] if args.device == "cuda" else []
     return [f"model={args.model}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
-            "data.val_batches=1", "logger=csv", "scheduler.warmup_steps=10", f"data.batch_size={args.batch}"]
+            "data.val_batches=1", "logger=csv", "scheduler.warmup_steps=10", f"data.batch_size={args.batch}", *device]
 
 
 def lightning_run(args, root: str, i: int) -> float:
@@ -62,20 +75,23 @@ def plain_run(args, i: int) -> float:
     cfg = api.compose(overrides(args, args.steps))
     pl.seed_everything(0, verbose=False)
     dm = build_datamodule(cfg)
-    model = api.build_model(cfg, vocab_size=dm.vocab_size)
+    model = api.build_model(cfg, vocab_size=dm.vocab_size).to(args.device)
     opt_factory, sched_factory = build_optimization(cfg, model)
     opt = opt_factory(model)
     sched = sched_factory(opt, total_steps=args.steps)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device == "cuda")
     times = []
     for step, batch in zip(range(args.steps), dm.train_dataloader()):
-        logits = model(batch["input"])
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["target"].flatten(), ignore_index=-100)
+        x, y = (batch[k].to(args.device, non_blocking=True) for k in ("input", "target"))
+        with autocast:
+            logits = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        times.append(time.perf_counter())
+        times.append(clock(args.device))
     return steady_tokens_per_s(times, args.warmup, args.batch * cfg.model.context)
 
 
@@ -86,7 +102,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default="small")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: trainer=gpu (bf16) against a bf16-autocast loop, synchronised around every step")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
     results: dict[str, list[float]] = {"plain": [], "lightning": []}
     with tempfile.TemporaryDirectory() as root:
         for i in range(args.repeats):  # interleaved: plain, lightning, plain, lightning, ...
@@ -94,7 +114,7 @@ def main() -> None:
             results["lightning"].append(lightning_run(args, root, i))
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"\nmodel={args.model} batch={args.batch} steps={args.steps} (first {args.warmup} excluded), "
-          f"{args.repeats} interleaved repeats, torch threads={torch.get_num_threads()}", file=sys.stderr)
+          f"{args.repeats} interleaved repeats, device={args.device}, torch threads={torch.get_num_threads()}", file=sys.stderr)
     print(f"{'variant':<12}{'median tok/s':>14}   runs")
     for k, v in results.items():
         print(f"{k:<12}{med[k]:>14.0f}   {', '.join(f'{x:.0f}' for x in v)}")

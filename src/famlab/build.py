@@ -53,11 +53,9 @@ def build_model(cfg: DictConfig, vocab_size: int | None = None):
 
 def build_optimization(cfg: DictConfig, model) -> tuple[Any, Any]:
     """Optimizer and scheduler factories, each tried once on ``model`` so bad values fail now."""
-    strategy = str(cfg.trainer.get("strategy", ""))
-    if "fsdp" in strategy and "fam" in str(cfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1]:
-        raise ConfigError(f"optimizer={cfg.optimizer._target_.rsplit('.', 1)[-1]} needs whole parameter tensors for its "
-                          f"frequency analysis and refuses trainer.strategy={strategy}; use trainer=ddp, or "
-                          f"optimizer=adamw|adam|sgd with trainer=fsdp")
+    from famlab.lit.fsdp import refuse_unsupported
+
+    refuse_unsupported(cfg, model)  # trainer=fsdp: FAM, adaptive_span, scalar parameters, value clipping
     if float(cfg.optimizer.get("lr", 1.0)) <= 0:
         raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
     optimizer = instantiate(cfg.optimizer, "optimizer")

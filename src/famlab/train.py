@@ -22,7 +22,8 @@ from famlab.build import build_datamodule, build_model, build_optimization, inst
 from famlab.data.tokenizers import save_tokenizer
 from famlab.errors import ConfigError
 from famlab.lit.checkpoint_io import AtomicCheckpointIO
-from famlab.lit.interrupt import Preempted
+from famlab.lit.fsdp import fsdp_strategy, is_fsdp
+from famlab.lit.interrupt import Preempted, preempted_message
 from famlab.lit.nonfinite import NonFiniteError
 from famlab.lit.module import LitLM
 from famlab.lit.recorder import RunRecorder
@@ -74,8 +75,9 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
             loggers.append(instantiate(node, "logger", **extra))
             if extra:  # wandb gets the resolved config as a plain dict, plus the group choices to group by
                 loggers[-1].log_hyperparams({"choices": ctx.choices, **OmegaConf.to_container(cfg, resolve=True)})
+    strategy = {"strategy": fsdp_strategy()} if is_fsdp(cfg.trainer.get("strategy", "auto")) else {}
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
-                          default_root_dir=str(ctx.run_dir), enable_checkpointing=True)
+                          default_root_dir=str(ctx.run_dir), enable_checkpointing=True, **strategy)
     status, error = "failed", None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
@@ -88,8 +90,11 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
         status, error = "diverged", str(e)
         raise
     except BaseException as e:
-        error = f"{type(e).__name__}: {e}"
-        raise
+        if preempted_message(e) is None:
+            error = f"{type(e).__name__}: {e}"
+            raise
+        status, error = "interrupted", preempted_message(e)  # a spawned rank's Preempted
+        log.warning("%s", error)
     finally:
         logging.getLogger().removeHandler(file_log)
         for lg in loggers:

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from famlab.data.synthetic import IGNORE
+from famlab.lit.fsdp import is_fsdp, record_unsharded_shapes
+from famlab.lit.mfu import device_peak_flops, mfu, model_flops_per_token
 
 
 class LitLM(pl.LightningModule):
@@ -37,6 +39,9 @@ class LitLM(pl.LightningModule):
         self._t_last: float | None = None
         self.train_start_time: float | None = None
         self.elapsed_before = 0.0  # wall time of earlier attempts (restored on resume)
+        self._peak_flops: float | None = None  # the GPU's peak bf16 FLOP/s (None: perf/mfu not logged)
+        self._flops_per_token = model_flops_per_token(model)  # on the whole model, before any sharding
+        record_unsharded_shapes(model)  # decay groups under FSDP follow these
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -48,6 +53,13 @@ class LitLM(pl.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping; under FSDP through the root unit's ``clip_grad_norm_`` (the norm over all shards)."""
+        if gradient_clip_val and is_fsdp(self.trainer.strategy):
+            self.trainer.model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean next-token cross-entropy over scored positions, and the logits."""
@@ -90,6 +102,9 @@ class LitLM(pl.LightningModule):
                 logger.truncate(self.global_step)
         self.train_start_time = time.perf_counter()
         self._t_last = time.perf_counter()
+        self._peak_flops = device_peak_flops(self.device)
+        if self._peak_flops:  # per device: the global tokens/s is shared by world_size GPUs
+            self._peak_flops *= self.trainer.world_size
 
     def optimizer_ms(self) -> float | None:
         """Mean wall time of the parameter update (gradient clipping and ``optimizer.step()``'s own work,
@@ -116,6 +131,8 @@ class LitLM(pl.LightningModule):
             "perf/elapsed_s": self.elapsed(),
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
         }
+        if self._peak_flops:
+            metrics["perf/mfu"] = mfu(self._flops_per_token, metrics["perf/tokens_per_s"], self._peak_flops)
         metrics.update(self.model.metrics())
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
                       prog_bar=False, on_step=True, on_epoch=False)
@@ -138,11 +155,13 @@ class LitLM(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         n = max(1, getattr(self, "_val_batches", 1))
         val_loss = self._val[0] / n
+        # synced values live on the module's device (NCCL all-reduces device tensors only); the wall
+        # time is per rank and is not synced
         self.log_dict({
             "val/loss": val_loss, "val/bpc": val_loss * self.bpc_factor,
             "val/acc": self._val[1] / self._val[2].clamp_min(1),
-            "perf/elapsed_s": torch.tensor(self.elapsed(), dtype=torch.float32),
         }, prog_bar=False, sync_dist=True)
+        self.log("perf/elapsed_s", float(self.elapsed()), prog_bar=False, sync_dist=False)
         self.log("val", val_loss, prog_bar=True, logger=False)
 
     # --- exact resume: RNG states and wall time travel with the checkpoint -----------------------

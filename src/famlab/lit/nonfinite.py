@@ -1,9 +1,15 @@
 """Detect NaN/Inf losses and gradients without a per-step host sync.
 
-Every step, before the optimizer runs, the guard folds ``isfinite`` of the loss and of each
-gradient's norm into device tensors (the first bad step and the first bad parameter). The host
-reads them only every ``check_every`` steps and before any checkpoint is written, so
-``last.ckpt`` always holds the last good state.
+Every step, before the optimizer runs, the guard takes every gradient's inf-norm in one foreach
+call (a NaN or Inf anywhere makes it non-finite) and folds it with ``isfinite`` of the loss into
+device tensors (the first bad step and the first bad parameter): a fixed handful of ops whatever the
+number of parameters. The host reads them only every ``check_every`` steps and before any checkpoint
+is written, so ``last.ckpt`` always holds the last good state.
+
+With several processes the decision is the same on every rank: the flags are reduced across ranks
+when they are read (``stop``: every rank raises at the same check) or, under ``skip``, every step
+(every rank skips the same steps, so replicas never diverge). A rank's own loss above ``max_loss``
+therefore stops or skips all of them.
 
 ``policy``:
 * ``stop`` (default): raise :class:`NonFiniteError` naming the step and the first parameter
@@ -26,6 +32,12 @@ class NonFiniteError(RuntimeError):
     pass
 
 
+def _distributed(trainer) -> bool:
+    """True when several processes train together (the flags must then be reduced across ranks)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class NonFiniteGuard(pl.Callback):
     def __init__(self, policy: str = "stop", check_every: int = 10, max_loss: float | None = None):
         if policy not in ("stop", "skip"):
@@ -40,18 +52,37 @@ class NonFiniteGuard(pl.Callback):
         self.first_param = torch.full((), -1, dtype=torch.long, device=device)
         self.skipped = torch.zeros((), dtype=torch.long, device=device)
         self.names = [n for n, p in pl_module.named_parameters() if p.requires_grad]
+        self._index_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
+
+    def _indices(self, with_grad: tuple[int, ...], device) -> torch.Tensor:
+        """Parameter indices of the gradients present this step (a device tensor, rebuilt only when
+        the set of parameters with gradients changes)."""
+        if self._index_cache is None or self._index_cache[0] != with_grad:
+            self._index_cache = (with_grad, torch.tensor(with_grad, dtype=torch.long, device=device))
+        return self._index_cache[1]
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         params = [p for p in pl_module.parameters() if p.requires_grad]
         loss = getattr(pl_module, "_last_loss", None)
+        device = self.first_step.device
         with torch.no_grad():
-            finite = torch.stack([g.isfinite().all() if g is not None else torch.ones((), dtype=torch.bool,
-                                  device=self.first_step.device) for g in (p.grad for p in params)])
-            loss_ok = torch.ones((), dtype=torch.bool, device=finite.device) if loss is None else loss.isfinite()
+            with_grad = tuple(i for i, p in enumerate(params) if p.grad is not None)
+            grads = [params[i].grad for i in with_grad]
+            if grads:  # one inf-norm per gradient in one foreach call: NaN and Inf survive the max
+                finite = torch.stack(torch._foreach_norm(grads, float("inf"), dtype=torch.float32)).isfinite()
+                grads_ok = finite.all()
+                first_bad = torch.where(grads_ok, torch.full_like(self.first_param, -1),
+                                        self._indices(with_grad, device)[(~finite).int().argmax()])
+            else:
+                grads_ok, first_bad = torch.ones((), dtype=torch.bool, device=device), torch.full_like(self.first_param, -1)
+            loss_ok = torch.ones((), dtype=torch.bool, device=device) if loss is None else loss.isfinite()
             if loss is not None and self.max_loss is not None:
                 loss_ok = loss_ok & (loss <= self.max_loss)
-            bad = ~(finite.all() & loss_ok)
-            first_bad = torch.where(finite.all(), torch.full_like(self.first_param, -1), (~finite).int().argmax())
+            bad = ~(grads_ok & loss_ok)
+            if self.policy == "skip" and _distributed(trainer):  # every rank skips the same steps
+                bad = bad.to(torch.int32)
+                torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+                bad = bad.bool()
             new = bad & (self.first_step < 0)
             self.first_step.copy_(torch.where(new, torch.full_like(self.first_step, trainer.global_step), self.first_step))
             self.first_param.copy_(torch.where(new, first_bad, self.first_param))
@@ -62,13 +93,26 @@ class NonFiniteGuard(pl.Callback):
                 self.skipped += 1
                 self.first_step.fill_(-1)
 
+    def _reduced(self, trainer) -> tuple[int, int]:
+        """(first bad step, first bad parameter) over all ranks: the earliest step any rank flagged,
+        and the parameter a rank flagged at that step (-1: only a loss was bad)."""
+        step, param = self.first_step, self.first_param
+        if _distributed(trainer):
+            dist = torch.distributed
+            never = torch.iinfo(torch.long).max
+            step = torch.where(step < 0, torch.full_like(step, never), step)
+            dist.all_reduce(step, op=dist.ReduceOp.MIN)
+            param = torch.where(self.first_step == step, param, torch.full_like(param, -1))
+            dist.all_reduce(param, op=dist.ReduceOp.MAX)
+            step = torch.where(step == never, torch.full_like(step, -1), step)
+        return int(step), int(param)
+
     def check(self, trainer) -> None:
-        """Host read of the device flags; raises NonFiniteError under policy=stop."""
+        """Host read of the device flags (reduced over ranks); raises NonFiniteError under policy=stop."""
         if self.first_step is None or self.policy != "stop":
             return
-        step = int(self.first_step)
+        step, idx = self._reduced(trainer)
         if step >= 0:
-            idx = int(self.first_param)
             where = f"first parameter with a non-finite gradient: {self.names[idx]}" if idx >= 0 else \
                 "the loss was not finite (gradients were)" if self.max_loss is None else \
                 f"the loss was not finite or above callbacks.nonfinite.max_loss={self.max_loss:g}"

@@ -17,6 +17,7 @@ restored step on are dropped first (they are recorded again), so each step appea
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -44,6 +45,17 @@ def position_metrics(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _full_parameters(trainer):
+    """Context in which every parameter is whole: FSDP's ``summon_full_params`` under FSDP, else nothing."""
+    from famlab.lit.fsdp import is_fsdp
+
+    if not is_fsdp(getattr(trainer, "strategy", None)):
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(trainer.model, writeback=False)
+
+
 class PositionMonitor(Callback):
     """Record every layer's position-scheme values every ``every_n_steps`` optimizer steps."""
 
@@ -64,10 +76,11 @@ class PositionMonitor(Callback):
         if step == self._last_step:
             return None
         self._last_step = step
-        values = position_metrics(pl_module.model)
-        if not values:
-            return None
-        flat = torch.cat([v.to(next(iter(values.values())).device) for v in values.values()]).tolist()
+        with _full_parameters(trainer):  # FSDP: gather the shards (a collective on every rank)
+            values = position_metrics(pl_module.model)
+            if not values:
+                return None
+            flat = torch.cat([v.to(next(iter(values.values())).device) for v in values.values()]).tolist()
         row = {"step": step, **dict(zip(values, flat))}
         self.history.append(row)
         if trainer.is_global_zero:

@@ -58,7 +58,8 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        target = decay if p.ndim >= 2 and id(p) not in norm_params else no_decay
+        ndim = getattr(p, "_famlab_ndim", p.ndim)  # the shape before FSDP flattened it (famlab.lit.fsdp)
+        target = decay if ndim >= 2 and id(p) not in norm_params else no_decay
         target["params"].append(p)
         target["names"].append(name)
     return [g for g in (decay, no_decay) if g["params"]]
