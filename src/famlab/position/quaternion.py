@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
 
 
 def q_rotation(x: torch.Tensor, theta: torch.Tensor | float, u: torch.Tensor) -> torch.Tensor:
@@ -79,49 +78,114 @@ def fibonacci_axes(n: int) -> torch.Tensor:
     return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1).float()
 
 
-def _rotate3(r, xs):
-    """``[R x]_i = sum_j r[i][j] * x_j`` over component tensors (fused multiply-adds)."""
-    return [torch.addcmul(torch.addcmul(r[i][0] * xs[0], r[i][1], xs[1]), r[i][2], xs[2]) for i in range(3)]
+# Band layout of a per-token block-diagonal map with blocks of at most 3 features: entry
+# ``bands[o + 2, t, p]`` multiplies feature ``p + o`` into output feature ``p`` (``o`` in -2..2).
+# ``_BAND_INDEX[o + 2, i]`` is the flat index of ``M[i, i + o]`` in a 3x3 block, or 9 (a zero
+# slot) where ``i + o`` leaves the block.
+_BAND_INDEX = torch.tensor([[3 * i + i + o if 0 <= i + o < 3 else 9 for i in range(3)] for o in range(-2, 3)])
 
 
-class _TripletRotation(torch.autograd.Function):
-    """``y[..., t, k, :] = R[t, k] @ x[..., t, k, :]`` with a hand-written backward.
+def _band_blocks(m: torch.Tensor) -> torch.Tensor:
+    """``[..., n, 3, 3]`` blocks -> band coefficients ``[..., 5, n, 3]`` (zeros outside each block)."""
+    flat = torch.cat([m.flatten(-2), m.new_zeros(m.shape[:-2] + (1,))], -1)
+    return flat[..., _BAND_INDEX.to(m.device)].transpose(-3, -2)
 
-    Autograd of the component form spends 9 multiplies + 9 reductions on the gradient of ``R``;
-    here it is one broadcast product reduced over the leading (batch, head) dims.
+
+def rotation_bands(angles: torch.Tensor, axes: torch.Tensor, width: int, pair: torch.Tensor | None = None) -> torch.Tensor:
+    """Band coefficients ``[5, T, width]`` of the per-token rotation of :func:`rotate_triplets`.
+
+    Triplet ``k`` (features ``3k..3k+2``) turns by ``angles[t, k]`` (``[T, n]``) about ``axes[k]``
+    (``[n, 3]``, normalised here): ``R = cos θ (I - uuᵀ) + sin θ [u]× + uuᵀ`` (Rodrigues), built
+    from three ``[5, n, 3]`` tables of the axes and the ``[T, n]`` cosines and sines. With ``pair``
+    (``[T]``) the next two features turn as a 2-D pair (same map as ``rotate_pairs``); the remaining
+    features up to ``width`` pass unchanged (coefficient 1 on the main band).
+    """
+    u = axes / axes.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    n, T = u.shape[0], angles.shape[0]
+    zero = torch.zeros_like(u[:, 0])
+    ux, uy, uz = u.unbind(-1)
+    cross = torch.stack([zero, -uz, uy, uz, zero, -ux, -uy, ux, zero], -1).view(n, 3, 3)
+    outer = u[:, :, None] * u[:, None, :]
+    eye = torch.eye(3, dtype=u.dtype, device=u.device)
+    tables = _band_blocks(torch.stack([eye - outer, cross, outer]))  # [3, 5, n, 3]: cos, sin, const
+    cos, sin = (f(angles).to(u.dtype)[None, :, :, None] for f in (torch.cos, torch.sin))
+    parts = [(tables[2, :, None] + cos * tables[0, :, None] + sin * tables[1, :, None]).flatten(-2)]
+    if pair is not None:
+        c, s = pair.cos().to(u.dtype), pair.sin().to(u.dtype)
+        z = torch.zeros_like(c)
+        parts.append(torch.stack([z, z, z, s, c, c, -s, z, z, z], -1).view(T, 5, 2).transpose(0, 1))
+    rest = width - 3 * n - (2 if pair is not None else 0)
+    if rest < 0:
+        raise ValueError(f"rotation_bands: {n} triplets{' and a pair' if pair is not None else ''} exceed width {width}")
+    if rest:
+        ident = u.new_zeros(5, T, rest)
+        ident[2] = 1.0
+        parts.append(ident)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+
+class _BandedMap(torch.autograd.Function):
+    """``y[..., t, p] = sum_o bands[o + 2, t, p] * x[..., t, p + o]`` with a hand-written backward.
+
+    ``x`` ``[..., T, w]`` is flattened to ``[N, T*w]`` so each offset is one contiguous
+    multiply-add over every row (out-of-token terms have zero coefficients); the backward is the
+    transposed band for ``x`` and batch-summed shifted products for ``bands``, through one buffer.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        rr = rearrange(r, "t n i j -> i j t n").contiguous()
-        xc = rearrange(x, "... t (n c) -> c ... t n", c=3).contiguous()  # dense components: fast muls
-        ctx.save_for_backward(xc, rr)
-        return rearrange(torch.stack(_rotate3(rr, xc), dim=-1), "... t n c -> ... t (n c)")
+    def forward(ctx, x: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
+        length = x.shape[-2] * x.shape[-1]
+        xf, cf = x.reshape(-1, length), bands.reshape(5, length)
+        y = xf * cf[2]
+        for o in (1, 2)[: max(length - 1, 0)]:
+            y[:, :-o].addcmul_(xf[:, o:], cf[2 + o, :-o])
+            y[:, o:].addcmul_(xf[:, :-o], cf[2 - o, o:])
+        ctx.save_for_backward(xf, bands)
+        ctx.x_shape = x.shape
+        return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        xc, rr = ctx.saved_tensors
-        gc = rearrange(grad, "... t (n c) -> c ... t n", c=3).contiguous()
-        grad_x = grad_r = None
-        if ctx.needs_input_grad[0]:  # R^T g
-            grad_x = rearrange(torch.stack(_rotate3(rr.transpose(0, 1), gc), dim=-1), "... t n c -> ... t (n c)")
-        if ctx.needs_input_grad[1]:  # sum over batch dims of g_i x_j
-            batch_dims = tuple(range(2, xc.ndim - 1))
-            grad_r = rearrange((gc[:, None] * xc[None]).sum(dim=batch_dims), "i j t n -> t n i j")
-        return grad_x, grad_r
+        xf, bands = ctx.saved_tensors
+        length = xf.shape[-1]
+        cf, gf = bands.reshape(5, length), grad.reshape(-1, length)
+        offsets = (1, 2)[: max(length - 1, 0)]
+        grad_x = grad_bands = None
+        if ctx.needs_input_grad[0]:
+            gx = gf * cf[2]
+            for o in offsets:
+                gx[:, o:].addcmul_(gf[:, :-o], cf[2 + o, :-o])
+                gx[:, :-o].addcmul_(gf[:, o:], cf[2 - o, o:])
+            grad_x = gx.view(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            gb = xf.new_zeros(5, length)
+            buf = torch.mul(gf, xf)
+            torch.sum(buf, 0, out=gb[2])
+            for o in offsets:
+                torch.sum(torch.mul(gf[:, :-o], xf[:, o:], out=buf[:, :-o]), 0, out=gb[2 + o, :-o])
+                torch.sum(torch.mul(gf[:, o:], xf[:, :-o], out=buf[:, o:]), 0, out=gb[2 - o, o:])
+            grad_bands = gb.view(bands.shape)
+        return grad_x, grad_bands
+
+
+def apply_bands(x: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
+    """Apply band coefficients ``[5, T, w]`` (see :func:`rotation_bands`) to ``x`` ``[..., T, w]``.
+
+    Computes in at least fp32 and returns ``x``'s dtype and shape (a contiguous tensor).
+    """
+    dtype = torch.promote_types(torch.promote_types(x.dtype, bands.dtype), torch.float32)
+    return _BandedMap.apply(x.to(dtype), bands.to(dtype)).to(x.dtype)
 
 
 def rotate_triplets(x: torch.Tensor, angles: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive feature triplets of ``x`` ``[..., T, 3n]`` by ``angles`` ``[T, n]`` about ``axes`` ``[n, 3]``.
+    """Rotate consecutive feature triplets of ``x`` ``[..., T, w]`` by ``angles`` ``[T, n]`` about ``axes`` ``[n, 3]``.
 
     Triplet ``k`` of the token at row ``t`` turns by ``angles[t, k]`` about ``axes[k]``: the same
-    map as :func:`q_rotation`, evaluated as the ``[T, n, 3, 3]`` Rodrigues matrices (built once per
-    call from the angles) applied to contiguous components with a fused backward, several times
-    cheaper than two cross products on ``[B, H, T, n, 3]`` tensors. Computes in at least fp32.
+    map as :func:`q_rotation`, evaluated as the per-token Rodrigues matrices in band form
+    (:func:`rotation_bands`, built once per call) applied by five shifted multiply-adds over the
+    whole tensor. Features past ``3n`` pass unchanged. Computes in at least fp32.
     """
-    r = rotation_matrix(axes, angles)
-    dtype = torch.promote_types(x.dtype, r.dtype)
-    return _TripletRotation.apply(x.to(dtype), r.to(dtype)).to(x.dtype)
+    return apply_bands(x, rotation_bands(angles, axes, x.shape[-1]))
 
 
 def orthonormal_rows(weight: torch.Tensor) -> torch.Tensor:
