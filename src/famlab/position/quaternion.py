@@ -10,7 +10,9 @@ Corrections to the seed (spec section 2.4), all deliberate:
   group and ``q·k`` depends only on the offset; the seed applied one position-independent
   rotation to every token, which an orthogonal map cannot turn into position information.
 * Triplets are rotated elementwise for all positions at once (no per-pair Python loops, no dense
-  ``d×d`` matrices, no ``.item()``).
+  ``d×d`` matrices, no ``.item()``): the per-token Rodrigues matrices, a leftover pair and the
+  passing features form one band map (:func:`rotation_bands`, :func:`apply_bands`) applied as five
+  shifted multiply-adds over the flattened tensor.
 * ``project_and_rotate`` rotates a learned orthonormal ``proj_dim``-dimensional subspace and leaves
   its complement unchanged, ``y = x + Aᵀ(R - I)Ax`` (exactly orthogonal). The seed's lazily built
   ``0.9·up(rotations(down(x))) + 0.1·x`` shrank vectors about 10x and missed the optimizer.
@@ -23,6 +25,7 @@ per triplet; the learned axes reparametrise it rather than add expressiveness.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -80,48 +83,66 @@ def fibonacci_axes(n: int) -> torch.Tensor:
 
 # Band layout of a per-token block-diagonal map with blocks of at most 3 features: entry
 # ``bands[o + 2, t, p]`` multiplies feature ``p + o`` into output feature ``p`` (``o`` in -2..2).
-# ``_BAND_INDEX[o + 2, i]`` is the flat index of ``M[i, i + o]`` in a 3x3 block, or 9 (a zero
-# slot) where ``i + o`` leaves the block.
-_BAND_INDEX = torch.tensor([[3 * i + i + o if 0 <= i + o < 3 else 9 for i in range(3)] for o in range(-2, 3)])
 
 
-def _band_blocks(m: torch.Tensor) -> torch.Tensor:
-    """``[..., n, 3, 3]`` blocks -> band coefficients ``[..., 5, n, 3]`` (zeros outside each block)."""
-    flat = torch.cat([m.flatten(-2), m.new_zeros(m.shape[:-2] + (1,))], -1)
-    return flat[..., _BAND_INDEX.to(m.device)].transpose(-3, -2)
+@functools.lru_cache(maxsize=None)
+def _triplet_table_map() -> torch.Tensor:
+    """``[13, 3 * 5 * 3]`` map from ``(1, u, vec(uuᵀ))`` to one triplet's band tables.
 
-
-def rotation_bands(angles: torch.Tensor, axes: torch.Tensor, width: int, pair: torch.Tensor | None = None) -> torch.Tensor:
-    """Band coefficients ``[5, T, width]`` of the per-token rotation of :func:`rotate_triplets`.
-
-    Triplet ``k`` (features ``3k..3k+2``) turns by ``angles[t, k]`` (``[T, n]``) about ``axes[k]``
-    (``[n, 3]``, normalised here): ``R = cos θ (I - uuᵀ) + sin θ [u]× + uuᵀ`` (Rodrigues), built
-    from three ``[5, n, 3]`` tables of the axes and the ``[T, n]`` cosines and sines. With ``pair``
-    (``[T]``) the next two features turn as a 2-D pair (same map as ``rotate_pairs``); the remaining
-    features up to ``width`` pass unchanged (coefficient 1 on the main band).
+    Tables ``m`` = 0, 1, 2 are the band forms of ``I - uuᵀ`` (times ``cos θ``), ``[u]×`` (times
+    ``sin θ``) and ``uuᵀ`` (constant); entry ``[m, o + 2, i]`` is the matrix entry ``(i, i + o)``.
     """
+    levi = {(0, 1, 2): 1, (1, 2, 0): 1, (2, 0, 1): 1, (0, 2, 1): -1, (2, 1, 0): -1, (1, 0, 2): -1}
+    w = torch.zeros(13, 3, 5, 3, dtype=torch.float64)
+    for o in range(-2, 3):
+        for i in range(3):
+            j = i + o
+            if not 0 <= j < 3:
+                continue
+            w[0, 0, o + 2, i] = float(i == j)
+            w[4 + 3 * i + j, 0, o + 2, i] = -1.0
+            w[4 + 3 * i + j, 2, o + 2, i] = 1.0
+            for k in range(3):  # [u]x[i, j] = -eps_ijk u_k
+                w[1 + k, 1, o + 2, i] = -levi.get((i, j, k), 0)
+    return w.reshape(13, 45)
+
+
+@functools.lru_cache(maxsize=None)
+def _band_layout(n: int, width: int, pair: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature -> angle column ``[width]`` and the tables ``[3, 5, width - 3n]`` of the pair and passing features."""
+    rest = width - 3 * n
+    column = [p // 3 for p in range(3 * n)] + [n] * (2 * pair) + [0] * (rest - 2 * pair)
+    tables = torch.zeros(3, 5, rest, dtype=torch.float64)
+    if pair:  # y0 = cos x0 - sin x1, y1 = sin x0 + cos x1
+        tables[0, 2, :2] = 1.0
+        tables[1, 3, 0], tables[1, 1, 1] = -1.0, 1.0
+    tables[2, 2, 2 * pair :] = 1.0
+    return torch.tensor(column), tables
+
+
+def rotation_bands(angles: torch.Tensor, axes: torch.Tensor, width: int) -> torch.Tensor:
+    """Band coefficients ``[5, T, width]`` of per-token rotations of feature triplets (and one pair).
+
+    Triplet ``k`` (features ``3k..3k+2``) turns by ``angles[t, k]`` about ``axes[k]`` (``[n, 3]``,
+    normalised here): ``R = cos θ (I - uuᵀ) + sin θ [u]× + uuᵀ`` (Rodrigues). ``angles`` is
+    ``[T, n]``, or ``[T, n + 1]`` when its last column turns the next two features as a 2-D pair
+    (the map of ``rotate_pairs``); the remaining features up to ``width`` pass unchanged. Built as
+    ``C + cos θ_p A + sin θ_p B`` from per-feature tables ``A, B, C`` ``[5, width]`` (one small
+    matmul of the axes) and per-feature angles ``θ_p`` ``[T, width]``.
+    """
+    n = axes.shape[0]
+    pair = angles.shape[-1] == n + 1
+    if angles.shape[-1] not in (n, n + 1) or width < 3 * n + 2 * pair:
+        raise ValueError(f"rotation_bands: angles {tuple(angles.shape)} for {n} axes do not fit width {width}")
     u = axes / axes.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    n, T = u.shape[0], angles.shape[0]
-    zero = torch.zeros_like(u[:, 0])
-    ux, uy, uz = u.unbind(-1)
-    cross = torch.stack([zero, -uz, uy, uz, zero, -ux, -uy, ux, zero], -1).view(n, 3, 3)
-    outer = u[:, :, None] * u[:, None, :]
-    eye = torch.eye(3, dtype=u.dtype, device=u.device)
-    tables = _band_blocks(torch.stack([eye - outer, cross, outer]))  # [3, 5, n, 3]: cos, sin, const
-    cos, sin = (f(angles).to(u.dtype)[None, :, :, None] for f in (torch.cos, torch.sin))
-    parts = [(tables[2, :, None] + cos * tables[0, :, None] + sin * tables[1, :, None]).flatten(-2)]
-    if pair is not None:
-        c, s = pair.cos().to(u.dtype), pair.sin().to(u.dtype)
-        z = torch.zeros_like(c)
-        parts.append(torch.stack([z, z, z, s, c, c, -s, z, z, z], -1).view(T, 5, 2).transpose(0, 1))
-    rest = width - 3 * n - (2 if pair is not None else 0)
-    if rest < 0:
-        raise ValueError(f"rotation_bands: {n} triplets{' and a pair' if pair is not None else ''} exceed width {width}")
-    if rest:
-        ident = u.new_zeros(5, T, rest)
-        ident[2] = 1.0
-        parts.append(ident)
-    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+    feats = torch.cat([u.new_ones(n, 1), u, (u[:, :, None] * u[:, None, :]).flatten(1)], 1)  # [n, 13]
+    tables = (feats @ _triplet_table_map().to(u)).view(n, 3, 5, 3).permute(1, 2, 0, 3).reshape(3, 5, 3 * n)
+    column, tail = _band_layout(n, width, pair)
+    if width > 3 * n:
+        tables = torch.cat([tables, tail.to(u)], -1)
+    per_feature = angles.to(u.dtype).index_select(-1, column.to(angles.device))  # [T, width]
+    cos, sin = per_feature.cos(), per_feature.sin()
+    return torch.addcmul(torch.addcmul(tables[2, :, None], cos, tables[0, :, None]), sin, tables[1, :, None])
 
 
 class _BandedMap(torch.autograd.Function):
@@ -135,7 +156,7 @@ class _BandedMap(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
         length = x.shape[-2] * x.shape[-1]
-        xf, cf = x.reshape(-1, length), bands.reshape(5, length)
+        xf, cf = x.reshape(math.prod(x.shape[:-2]), length), bands.reshape(5, length)
         y = xf * cf[2]
         for o in (1, 2)[: max(length - 1, 0)]:
             y[:, :-o].addcmul_(xf[:, o:], cf[2 + o, :-o])
@@ -148,16 +169,11 @@ class _BandedMap(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         xf, bands = ctx.saved_tensors
         length = xf.shape[-1]
-        cf, gf = bands.reshape(5, length), grad.reshape(-1, length)
+        cf, gf = bands.reshape(5, length), grad.reshape(xf.shape)
         offsets = (1, 2)[: max(length - 1, 0)]
         grad_x = grad_bands = None
-        if ctx.needs_input_grad[0]:
-            gx = gf * cf[2]
-            for o in offsets:
-                gx[:, o:].addcmul_(gf[:, :-o], cf[2 + o, :-o])
-                gx[:, :-o].addcmul_(gf[:, o:], cf[2 - o, o:])
-            grad_x = gx.view(ctx.x_shape)
-        if ctx.needs_input_grad[1]:
+        buf = None
+        if ctx.needs_input_grad[1]:  # first, so its scratch buffer can then hold grad_x
             gb = xf.new_zeros(5, length)
             buf = torch.mul(gf, xf)
             torch.sum(buf, 0, out=gb[2])
@@ -165,6 +181,12 @@ class _BandedMap(torch.autograd.Function):
                 torch.sum(torch.mul(gf[:, :-o], xf[:, o:], out=buf[:, :-o]), 0, out=gb[2 + o, :-o])
                 torch.sum(torch.mul(gf[:, o:], xf[:, :-o], out=buf[:, o:]), 0, out=gb[2 - o, o:])
             grad_bands = gb.view(bands.shape)
+        if ctx.needs_input_grad[0]:
+            gx = torch.mul(gf, cf[2], out=buf) if buf is not None else gf * cf[2]
+            for o in offsets:
+                gx[:, o:].addcmul_(gf[:, :-o], cf[2 + o, :-o])
+                gx[:, :-o].addcmul_(gf[:, o:], cf[2 - o, o:])
+            grad_x = gx.view(ctx.x_shape)
         return grad_x, grad_bands
 
 

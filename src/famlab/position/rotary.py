@@ -218,8 +218,7 @@ class RotaryEmbedding(nn.Module):
         k = self.num_triplets
         if k == 0:
             return rotate_pairs(x, ang)
-        pair = ang[:, k] if self.num_pairs else None  # one band map for triplets, pair and passing features
-        return apply_bands(x, rotation_bands(ang[:, :k], self.axis_vectors, x.shape[-1], pair))
+        return apply_bands(x, rotation_bands(ang, self.axis_vectors, x.shape[-1]))  # triplets, pair, rest
 
     def rotate_qk(self, t: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Rotate queries or keys ``t`` ``[B, H, T, dim]`` at absolute ``positions`` ``[T]`` (default ``arange(T)``)."""
