@@ -4,7 +4,7 @@
 ``torch.autocast("cpu", torch.bfloat16)``, backward outside it, fp32 weights and optimizer state.
 This script runs exactly that step (famlab's model and optimizer built from the config, gradient
 clipping at 1.0) on two copies of each model with the same initial weights and the same random
-batches, one per precision, in interleaved blocks of ``--steps`` steps (order alternating each
+batches (the data module's stream, ``data=embedded`` by default), one per precision, in interleaved blocks of ``--steps`` steps (order alternating each
 round), and reports median tokens/s per precision, their ratio, and each copy's last training loss
 (bf16 should track fp32). bf16 pays where the matrices are large enough for the CPU's bf16 units
 (``avx512_bf16`` / ``amx_tile``) to outweigh the casts.
@@ -31,54 +31,55 @@ import torch.nn.functional as F  # noqa: E402
 from machine import record  # noqa: E402
 
 from famlab import api  # noqa: E402
-from famlab.build import build_optimization  # noqa: E402
+from famlab.build import build_datamodule, build_optimization  # noqa: E402
 
 STEPS = {"tiny": 12, "small": 6, "base": 2}  # steps per timed block (base: ~1-3 s per step on one core)
-VOCAB = 65  # character-level Shakespeare
 
 
 class Runner:
     """One model copy, its optimizer and a precision; ``block(batches)`` trains on them and returns seconds."""
 
-    def __init__(self, cfg, bf16: bool, clock):
+    def __init__(self, cfg, vocab: int, bf16: bool, clock):
         torch.manual_seed(cfg.seed)
-        self.model = api.build_model(cfg, vocab_size=VOCAB)
+        self.model = api.build_model(cfg, vocab_size=vocab)
         self.model.train()
         factory, _ = build_optimization(cfg, self.model)
         self.opt = factory(self.model)
         self.bf16, self.clock, self.loss = bf16, clock, float("nan")
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+    def step(self, batch: dict) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.model(tokens[:, :-1])
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+            logits = self.model(batch["input"])
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["target"].flatten(), ignore_index=-100)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         return loss.detach()
 
-    def block(self, batches: list[torch.Tensor]) -> float:
+    def block(self, batches: list[dict]) -> float:
         start = self.clock()
-        for tokens in batches:
-            loss = self.step(tokens)
+        for batch in batches:
+            loss = self.step(batch)
         elapsed = self.clock() - start
         self.loss = float(loss)  # host read after the clock stops
         return elapsed
 
 
 def measure(size: str, args, clock) -> dict:
-    cfg = api.compose([f"model={size}", f"seed={args.seed}"] + ([f"data.batch_size={args.batch}"] if args.batch else []))
+    cfg = api.compose([f"model={size}", f"seed={args.seed}", f"data={args.data}"]
+                      + ([f"data.batch_size={args.batch}"] if args.batch else []))
     batch, context = cfg.data.batch_size, cfg.model.context
     steps = args.steps or STEPS.get(size, 4)
-    gen = torch.Generator().manual_seed(args.seed)
-    runners = {"fp32": Runner(cfg, False, clock), "bf16": Runner(cfg, True, clock)}
-    warm = [torch.randint(0, VOCAB, (batch, context + 1), generator=gen) for _ in range(args.warmup)]
+    dm = build_datamodule(cfg)
+    stream = iter(dm.train_dataloader())
+    runners = {"fp32": Runner(cfg, dm.vocab_size, False, clock), "bf16": Runner(cfg, dm.vocab_size, True, clock)}
+    warm = [next(stream) for _ in range(args.warmup)]
     for runner in runners.values():
         runner.block(warm)
     rates: dict[str, list[float]] = {name: [] for name in runners}
     for r in range(args.rounds):
-        batches = [torch.randint(0, VOCAB, (batch, context + 1), generator=gen) for _ in range(steps)]
+        batches = [next(stream) for _ in range(steps)]
         for name in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
             rates[name].append(batch * context * steps / runners[name].block(batches))
     med = {name: statistics.median(v) for name, v in rates.items()}
@@ -101,6 +102,7 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--clock", default="cpu", choices=["wall", "cpu"],
                         help="cpu: this process's CPU time (steadier on a shared machine); wall: perf_counter")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default="embedded", help="conf/data option the batches come from")
     parser.add_argument("--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)")
     args = parser.parse_args(argv)
     if args.threads > 0:
