@@ -1,6 +1,7 @@
 """The banded per-token map behind the quaternion path: same map as the reference rotations, exact gradients."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from famlab.position.quaternion import apply_bands, fibonacci_axes, q_rotation, rotation_bands
@@ -64,3 +65,21 @@ def test_band_map_keeps_norms_and_low_precision_dtype():
     torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1))
     assert torch.equal(out[..., 63], x[..., 63])
     assert apply_bands(x.bfloat16(), rotation_bands(angles, axes, 64)).dtype == torch.bfloat16
+
+
+@pytest.mark.slow  # ~15 s of dynamo tracing on a CPU
+def test_quaternion_path_traces_under_torch_compile_without_graph_breaks():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    scheme = RotaryEmbedding(17, use_quaternion=True)  # 5 triplets + a pair
+    x = torch.randn(2, 3, 7, 17, generator=G, requires_grad=True)
+    pos = torch.arange(7)
+    compiled = torch.compile(lambda t: scheme.rotate_qk(t, pos), backend="aot_eager")
+    out, ref = compiled(x), scheme.rotate_qk(x, pos)
+    torch.testing.assert_close(out, ref)
+    params = [x, scheme.axes, scheme.freqs, scheme.rscale]
+    for a, b in zip(torch.autograd.grad(out.square().sum(), params), torch.autograd.grad(ref.square().sum(), params)):
+        torch.testing.assert_close(a, b)
+    assert not torch._dynamo.utils.counters["graph_break"]

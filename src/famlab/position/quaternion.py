@@ -85,7 +85,6 @@ def fibonacci_axes(n: int) -> torch.Tensor:
 # ``bands[o + 2, t, p]`` multiplies feature ``p + o`` into output feature ``p`` (``o`` in -2..2).
 
 
-@functools.lru_cache(maxsize=None)
 def _triplet_table_map() -> torch.Tensor:
     """``[13, 3 * 5 * 3]`` map from ``(1, u, vec(uuᵀ))`` to one triplet's band tables.
 
@@ -105,6 +104,9 @@ def _triplet_table_map() -> torch.Tensor:
             for k in range(3):  # [u]x[i, j] = -eps_ijk u_k
                 w[1 + k, 1, o + 2, i] = -levi.get((i, j, k), 0)
     return w.reshape(13, 45)
+
+
+_TRIPLET_TABLES = _triplet_table_map()
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,8 +138,9 @@ def rotation_bands(angles: torch.Tensor, axes: torch.Tensor, width: int) -> torc
         raise ValueError(f"rotation_bands: angles {tuple(angles.shape)} for {n} axes do not fit width {width}")
     u = axes / axes.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     feats = torch.cat([u.new_ones(n, 1), u, (u[:, :, None] * u[:, None, :]).flatten(1)], 1)  # [n, 13]
-    tables = (feats @ _triplet_table_map().to(u)).view(n, 3, 5, 3).permute(1, 2, 0, 3).reshape(3, 5, 3 * n)
-    column, tail = _band_layout(n, width, pair)
+    tables = (feats @ _TRIPLET_TABLES.to(u)).view(n, 3, 5, 3).permute(1, 2, 0, 3).reshape(3, 5, 3 * n)
+    layout = _band_layout.__wrapped__ if torch.compiler.is_compiling() else _band_layout  # dynamo skips caches
+    column, tail = layout(n, width, pair)
     if width > 3 * n:
         tables = torch.cat([tables, tail.to(u)], -1)
     per_feature = angles.to(u.dtype).index_select(-1, column.to(angles.device))  # [T, width]
@@ -177,9 +180,11 @@ class _BandedMap(torch.autograd.Function):
             gb = xf.new_zeros(5, length)
             buf = torch.mul(gf, xf)
             torch.sum(buf, 0, out=gb[2])
+            # products into slices of one buffer; under torch.compile (no strided out=) plain products
+            mul = (lambda a, b, out: a * b) if torch.compiler.is_compiling() else torch.mul
             for o in offsets:
-                torch.sum(torch.mul(gf[:, :-o], xf[:, o:], out=buf[:, :-o]), 0, out=gb[2 + o, :-o])
-                torch.sum(torch.mul(gf[:, o:], xf[:, :-o], out=buf[:, o:]), 0, out=gb[2 - o, o:])
+                gb[2 + o, :-o] = mul(gf[:, :-o], xf[:, o:], out=buf[:, :-o]).sum(0)
+                gb[2 - o, o:] = mul(gf[:, o:], xf[:, :-o], out=buf[:, o:]).sum(0)
             grad_bands = gb.view(bands.shape)
         if ctx.needs_input_grad[0]:
             gx = torch.mul(gf, cf[2], out=buf) if buf is not None else gf * cf[2]
