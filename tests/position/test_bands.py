@@ -83,3 +83,12 @@ def test_quaternion_path_traces_under_torch_compile_without_graph_breaks():
     for a, b in zip(torch.autograd.grad(out.square().sum(), params), torch.autograd.grad(ref.square().sum(), params)):
         torch.testing.assert_close(a, b)
     assert not torch._dynamo.utils.counters["graph_break"]
+
+
+def test_bands_of_low_precision_axes_are_computed_in_fp32():
+    """Angles grow with position: bf16 axes (e.g. under a bf16 parameter policy) must not round them to bf16."""
+    axes = fibonacci_axes(2)
+    angles = torch.arange(300.0)[:, None] * torch.tensor([0.37, 1.1])
+    bands = rotation_bands(angles, axes.bfloat16(), 6)
+    assert bands.dtype == torch.float32
+    torch.testing.assert_close(bands, rotation_bands(angles, axes.bfloat16().float(), 6))

@@ -130,20 +130,22 @@ def rotation_bands(angles: torch.Tensor, axes: torch.Tensor, width: int) -> torc
     ``[T, n]``, or ``[T, n + 1]`` when its last column turns the next two features as a 2-D pair
     (the map of ``rotate_pairs``); the remaining features up to ``width`` pass unchanged. Built as
     ``C + cos θ_p A + sin θ_p B`` from per-feature tables ``A, B, C`` ``[5, width]`` (one small
-    matmul of the axes) and per-feature angles ``θ_p`` ``[T, width]``.
+    matmul of the axes) and per-feature angles ``θ_p`` ``[T, width]``, in at least fp32.
     """
     n = axes.shape[0]
     pair = angles.shape[-1] == n + 1
     if angles.shape[-1] not in (n, n + 1) or width < 3 * n + 2 * pair:
         raise ValueError(f"rotation_bands: angles {tuple(angles.shape)} for {n} axes do not fit width {width}")
-    u = axes / axes.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    dtype = torch.promote_types(torch.promote_types(axes.dtype, angles.dtype), torch.float32)  # fp32 angles
+    u = axes.to(dtype)
+    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     feats = torch.cat([u.new_ones(n, 1), u, (u[:, :, None] * u[:, None, :]).flatten(1)], 1)  # [n, 13]
     tables = (feats @ _TRIPLET_TABLES.to(u)).view(n, 3, 5, 3).permute(1, 2, 0, 3).reshape(3, 5, 3 * n)
     layout = _band_layout.__wrapped__ if torch.compiler.is_compiling() else _band_layout  # dynamo skips caches
     column, tail = layout(n, width, pair)
     if width > 3 * n:
         tables = torch.cat([tables, tail.to(u)], -1)
-    per_feature = angles.to(u.dtype).index_select(-1, column.to(angles.device))  # [T, width]
+    per_feature = angles.to(dtype).index_select(-1, column.to(angles.device))  # [T, width]
     cos, sin = per_feature.cos(), per_feature.sin()
     return torch.addcmul(torch.addcmul(tables[2, :, None], cos, tables[0, :, None]), sin, tables[1, :, None])
 
