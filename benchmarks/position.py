@@ -1,8 +1,10 @@
 """Cost of each position scheme inside attention: rotate q and k, causal SDPA, backward.
 
 Every scheme runs the same shapes; rounds interleave the schemes (order rotated each round) so
-drift in machine load hits all of them alike; the table reports medians. The last line printed is
-one JSON object of ``<scheme>_over_rotary`` median-time ratios.
+drift in machine load hits all of them alike; the table reports medians. It prints the machine
+(CPU model, cores, ISA flags; ``machine.py``), writes the medians, ratios and machine to
+``benchmarks/results/<date>-<cpu>-position.json`` and, as its last line, prints one JSON object of
+``<scheme>_over_rotary`` median-time ratios.
 
     python benchmarks/position.py                      # B=8 H=6 T=256 hd=64 on CPU
     python benchmarks/position.py --device cuda --dtype bfloat16 --rounds 50
@@ -16,6 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from machine import record
 
 from famlab.position.compact import CompactRotations
 from famlab.position.none import NoPosition
@@ -67,6 +70,7 @@ def main(argv=None) -> dict[str, float]:
                         help="wall: perf_counter; cpu: this process's CPU time (steadier on a shared CPU box)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--schemes", default=",".join(SCHEMES), help="comma list; rotary is always included")
+    parser.add_argument("--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)")
     args = parser.parse_args(argv)
 
     if args.threads > 0:
@@ -104,6 +108,9 @@ def main(argv=None) -> dict[str, float]:
     for name in names:
         print(f"| {name} | {1e3 * medians[name]:.2f} | {medians[name] / base:.2f}x |")
     ratios = {f"{name}_over_rotary": round(medians[name] / base, 3) for name in names if name != "rotary"}
+    setup = {k: v for k, v in vars(args).items() if k != "results_dir"}
+    record("position", {"ratios": ratios, "median_ms": {n: round(1e3 * m, 3) for n, m in medians.items()},
+                        "setup": setup, "torch_threads": torch.get_num_threads()}, args.results_dir)
     print(json.dumps(ratios))
     return ratios
 

@@ -28,7 +28,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from famlab.position import quaternion
-from famlab.position.quaternion import fibonacci_axes, orthonormal_rows, project_and_rotate, rotate_triplets
+from famlab.position.quaternion import apply_bands, fibonacci_axes, orthonormal_rows, project_and_rotate, rotation_bands
 from famlab.position.base import check_positions
 
 FREQ_LAYOUTS = ("lang", "legacy_linear")
@@ -219,13 +219,7 @@ class RotaryEmbedding(nn.Module):
         k = self.num_triplets
         if k == 0:
             return rotate_pairs(x, ang)
-        if 3 * k == x.shape[-1]:
-            return rotate_triplets(x, ang, self.axis_vectors)
-        tri, rest = x.split([3 * k, x.shape[-1] - 3 * k], dim=-1)  # split: no zero-filled slice backward
-        tri = rotate_triplets(tri, ang[:, :k], self.axis_vectors)
-        if self.num_pairs:
-            rest = rotate_pairs(rest, ang[:, k:])
-        return torch.cat((tri, rest), dim=-1)
+        return apply_bands(x, rotation_bands(ang, self.axis_vectors, x.shape[-1]))  # triplets, pair, rest
 
     def rotate_qk(self, t: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Rotate queries or keys ``t`` ``[B, H, T, dim]`` at absolute ``positions`` ``[T]`` (default ``arange(T)``)."""
