@@ -37,6 +37,7 @@ from famlab.attention.local import slide_win
 from famlab.attention.myelinated import MyelinatedLayer
 from famlab.attention.standard import StandardAttention
 from famlab.model.transformer import Block
+from machine import record  # benchmarks/machine.py: CPU model, cores and ISA flags with every result
 
 
 class SlidingWindowOnly(AttentionBase):
@@ -250,6 +251,7 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds per context (0: 15/9/5 by size)")
     parser.add_argument("--variants", nargs="+", default=[v.name for v in VARIANTS])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="parameters and inputs of the compared modules (bfloat16: as trained on a GPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: leave as is)")
@@ -300,6 +302,7 @@ def main(argv=None) -> dict[str, float]:
         ratios["myelinated_half_skipped_over_all"] = round(myelinated_half_skipped_over_all(
             args.contexts[-1], args.dims, args.heads, args.batch, device), 3)
         ratios.update(myelinated_cost(args.contexts[-1], args.dims, args.heads, args.batch, device))
+    record("attention", {"ratios": ratios, "args": vars(args)}, args.results_dir)
     print(json.dumps(ratios))
     return ratios
 

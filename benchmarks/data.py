@@ -163,6 +163,12 @@ def main() -> None:
     lo, hi = results[min(sizes)], results[max(sizes)]
     ratio = {"prepare": round(hi["prepare_rss_mb"] / lo["prepare_rss_mb"], 3),
              "train": round(hi["train_rss_mb"] / lo["train_rss_mb"], 3)}
+    summary = {"rss_1g_over_20m": ratio, "rss_target_met": max(ratio.values()) <= 1.5, "num_proc": args.num_proc,
+               "tokenize_mb_per_s_per_process": rates, "per_size": results}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import record  # noqa: E402  (benchmarks/machine.py)
+
+    record("data", summary)
     print(json.dumps({"rss_1g_over_20m": ratio, "rss_target_met": max(ratio.values()) <= 1.5,
                       "sizes_mb": [min(sizes), max(sizes)], "tokenize_mb_per_s_per_process": rates,
                       "num_proc": args.num_proc, "per_size": results, "cpu": cpu_info()}))
