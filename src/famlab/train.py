@@ -64,9 +64,7 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
                    config=OmegaConf.to_container(cfg, resolve=True))
     recorder = RunRecorder(ctx.run_dir, target=target, tokens_per_step=tokens_per_step)
     callbacks = [cb for cb in (instantiate(c, "callbacks") for c in (cfg.callbacks or {}).values() if c) if cb]
-    callbacks += [recorder, pl.callbacks.ModelCheckpoint(
-        dirpath=ctx.run_dir / "checkpoints", filename="best-{step}", monitor="val/loss", mode="min",
-        save_top_k=1, save_last=True, auto_insert_metric_name=True)]
+    callbacks.append(recorder)  # checkpoints: callbacks.model_checkpoint (conf/callbacks/model_checkpoint.yaml)
     loggers = []
     for name, node in (cfg.logger or {}).items():
         if node:
@@ -75,7 +73,8 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
             if extra:  # wandb gets the resolved config as a plain dict, plus the group choices to group by
                 loggers[-1].log_hyperparams({"choices": ctx.choices, **OmegaConf.to_container(cfg, resolve=True)})
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
-                          default_root_dir=str(ctx.run_dir), enable_checkpointing=True)
+                          default_root_dir=str(ctx.run_dir),
+                          enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks))
     status, error = "failed", None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)

@@ -13,7 +13,7 @@ from famlab.report.runs import Run
 
 SEED_KEYS = {"seed"}
 # where and under which name a run was written, and how it was resumed: never a compared setting
-BOOKKEEPING_KEYS = {"out_root", "run_name", "sweep_name", "run_dir", "resume", "tags"}
+BOOKKEEPING_KEYS = {"out_root", "run_name", "sweep_name", "run_dir", "resume", "tags", "paths"}
 IGNORED_KEYS = SEED_KEYS | BOOKKEEPING_KEYS
 
 
@@ -31,7 +31,7 @@ def run_settings(run: Run) -> dict[str, str]:
     settings: dict[str, str] = {}
     for item in run.overrides:
         parsed = parse_override(item)
-        if parsed and parsed[0] not in IGNORED_KEYS and not parsed[0].startswith("hydra"):
+        if parsed and parsed[0].split(".")[0] not in IGNORED_KEYS and not parsed[0].startswith("hydra"):
             settings[parsed[0]] = parsed[1]
     for key, value in run.choices.items():
         if key not in settings and key not in IGNORED_KEYS and not key.startswith("hydra"):
