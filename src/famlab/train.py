@@ -28,6 +28,7 @@ from famlab.lit.module import LitLM
 from famlab.lit.recorder import RunRecorder
 from famlab.lit.summary import hardware, update_summary
 from famlab.paths import CONF_DIR
+from famlab.preflight import check_seed
 from famlab.run_dir import RunContext, prepare_run, wandb_kwargs
 
 log = logging.getLogger("famlab")
@@ -39,7 +40,7 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
     ctx.refuse_bad_launch(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    pl.seed_everything(check_seed(cfg.seed), workers=True, verbose=False)
     dm = build_datamodule(cfg)
     model = build_model(cfg, vocab_size=dm.vocab_size)
     optimizer, scheduler = build_optimization(cfg, model)
