@@ -78,7 +78,7 @@ def test_sample_takes_config_groups_and_keeps_the_prompt_verbatim(run_dir, capsy
     assert a == b and a.startswith("The it's ") and len(a) == len("The it's ") + 5
     odd = "  a 'b' \\ ${c} \""
     assert compose_cli("sample", [quote_value(f"prompt={odd}", "prompt")], "famlab sample").prompt == odd
-    assert cli.main(["sample", f"run={run_dir}", "--cfg", "job", "sampling=greedy"]) == 0
+    assert cli.main(["sample", f"run={run_dir}", "sampling=greedy", "--cfg", "job"]) == 0
     assert "temperature: 0" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown option --bogus"):
         sample.main([f"run={run_dir}", "--bogus"])
