@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from famlab.build import build_datamodule, build_model, build_optimization, instantiate
+from famlab.console import quiet_third_party
 from famlab.data.tokenizers import save_tokenizer
 from famlab.errors import ConfigError
 from famlab.lit.checkpoint_io import AtomicCheckpointIO
@@ -38,6 +39,7 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
     """Train one configuration; returns the final summary. Raises ConfigError on bad input."""
     ctx = ctx or RunContext.from_hydra(cfg)
     ctx.refuse_bad_launch(cfg)
+    quiet_third_party(bool(cfg.get("verbose", False)))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(check_seed(cfg.seed), workers=True, verbose=False)
@@ -75,7 +77,8 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
                 loggers[-1].log_hyperparams({"choices": ctx.choices, **OmegaConf.to_container(cfg, resolve=True)})
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
                           default_root_dir=str(ctx.run_dir),
-                          enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks))
+                          enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+                          enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks))
     status, error = "failed", None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
