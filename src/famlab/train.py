@@ -83,7 +83,7 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         finish_on_last_step(trainer, module, dm, recorder, ctx)
-        status = "completed"
+        status = "pruned" if any(getattr(cb, "pruned", False) for cb in callbacks) else "completed"
     except Preempted as e:
         status, error = "interrupted", str(e)
         log.warning("%s", e)
@@ -149,7 +149,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     print(f"run directory: {ctx.run_dir}")
     print(f"final val/loss: {summary.get('final_val_loss')}  (best {summary.get('best_val_loss')} "
           f"at step {summary.get('best_val_step')}, {summary.get('wall_time_s', 0):.0f} s)")
-    return summary.get("final_val_loss")
+    return summary.get(str(cfg.get("optimized_metric") or "final_val_loss"))
 
 
 def main() -> None:

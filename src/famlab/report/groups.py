@@ -13,7 +13,7 @@ from famlab.report.runs import Run
 
 SEED_KEYS = {"seed"}
 # where and under which name a run was written, and how it was resumed: never a compared setting
-BOOKKEEPING_KEYS = {"out_root", "run_name", "sweep_name", "run_dir", "resume", "tags", "paths", "verbose"}
+BOOKKEEPING_KEYS = {"out_root", "run_name", "sweep_name", "run_dir", "resume", "tags", "paths", "verbose", "optuna"}
 IGNORED_KEYS = SEED_KEYS | BOOKKEEPING_KEYS
 
 
@@ -53,8 +53,8 @@ class Group:
 
     @property
     def finished(self) -> list[Run]:
-        """Runs that ran to their end (completed or flagged diverged)."""
-        return self.with_status("completed", "diverged")
+        """Runs that ran to their end: completed, flagged diverged, or pruned by a search (censored, like diverged)."""
+        return self.with_status("completed", "diverged", "pruned")
 
     @property
     def completed(self) -> list[Run]:
