@@ -39,9 +39,11 @@ def test_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FAMLAB_CONF")}
-    where = subprocess.run([str(py), "-c", "import famlab.paths as p; print(p.__file__); print(p.CONF_DIR)"],
+    where = subprocess.run([str(py), "-c", "import famlab.paths as p; print(p.__file__); print(p.CONF_DIR); "
+                            "import hydra_plugins.famlab_optuna_sweeper.optuna_sweeper as s; print(s.__file__)"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert where[0].startswith(site) and where[1] == os.path.join(site, "famlab", "conf"), where
+    assert where[2].startswith(site), where  # the sweeper plugin is in the wheel
     out = subprocess.run([str(venv / "bin" / "famlab-train"), "debug=tiny", "out_root=runs", "run_name=w",
                           f"paths.cache_dir={tmp_path / 'cache'}"], cwd=elsewhere, env=env, capture_output=True,
                          text=True, timeout=600)
@@ -49,3 +51,24 @@ def test_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     summary = json.loads((elsewhere / "runs/train/runs/w/summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 6
     assert not (src / "runs").exists() and not (REPO / "runs").exists()
+
+
+@pytest.mark.slow
+def test_editable_install_finds_the_checkout_conf_and_the_sweeper_plugin(tmp_path):
+    src = tmp_path / "src-copy"
+    shutil.copytree(REPO, src, ignore=SKIP)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with open(os.path.join(site, "famlab-deps.pth"), "w") as f:  # setuptools and famlab's dependencies
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
+                    "--no-build-isolation", "-e", str(src)], check=True, timeout=300, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FAMLAB_CONF")}
+    code = ("import famlab.paths as p; print(p.CONF_DIR); from hydra.core.plugins import Plugins; "
+            "from hydra.plugins.sweeper import Sweeper; print([c.__name__ for c in Plugins.instance().discover(Sweeper)])")
+    out = subprocess.run([str(py), "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    conf, sweepers = out.stdout.splitlines()
+    assert conf == str(src / "conf") and "FamlabOptunaSweeper" in sweepers
