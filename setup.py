@@ -9,6 +9,7 @@
 
 Everything else is in pyproject.toml.
 """
+
 import shutil
 from pathlib import Path
 
@@ -34,8 +35,12 @@ class BuildWithConf(build_py):
     def _ignore(directory, names):
         local = Path(directory).name == "local"  # a user's own conf/local/default.yaml stays home
         keep = {".gitkeep", "example.yaml.txt"} if local else None
-        return [n for n in names if (keep is not None and n not in keep)
-                or (not (Path(directory) / n).is_dir() and not n.endswith(".yaml") and keep is None)]
+        return [
+            n
+            for n in names
+            if (keep is not None and n not in keep)
+            or (not (Path(directory) / n).is_dir() and not n.endswith(".yaml") and keep is None)
+        ]
 
 
 setup(

@@ -1,5 +1,6 @@
 """One command line: ``famlab train | evaluate | sample | compare | data``, each with --help and an example;
 evaluate and sample are composed by Hydra (config groups, --cfg job)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,9 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
 
 def _famlab(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "famlab.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "famlab.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=ENV
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +39,13 @@ def test_usage_lists_every_subcommand_with_examples(capsys):
     assert "examples:" in out and "famlab train debug=tiny" in out
 
 
-@pytest.mark.parametrize("name,needles", [
-    ("evaluate", ["eval=default | quick | long", "context_lengths: null", "Examples:", "famlab evaluate run="]),
-    ("sample", ["sampling=default | greedy", "max_new_tokens: 200", "Examples:", "famlab sample run="]),
-])
+@pytest.mark.parametrize(
+    "name,needles",
+    [
+        ("evaluate", ["eval=default | quick | long", "context_lengths: null", "Examples:", "famlab evaluate run="]),
+        ("sample", ["sampling=default | greedy", "max_new_tokens: 200", "Examples:", "famlab sample run="]),
+    ],
+)
 def test_hydra_subcommand_help_lists_options_and_an_example(name, needles, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([name, "--help"])

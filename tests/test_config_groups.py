@@ -1,7 +1,7 @@
 """The debug, paths, callbacks/model_checkpoint and local config groups: each key reaches the code."""
+
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -37,8 +37,18 @@ def test_debug_fdr_runs_one_step(tmp_path):
 
 
 def test_debug_overfit_repeats_one_batch(tmp_path):
-    _, summary = _train(tmp_path, "of", "debug=overfit", "model=tiny", "logger=csv", "callbacks.progress_bar=null",
-                        "trainer.max_steps=60", "optimizer.lr=0.01", "data.batch_size=2", "model.context=32")
+    _, summary = _train(
+        tmp_path,
+        "of",
+        "debug=overfit",
+        "model=tiny",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        "trainer.max_steps=60",
+        "optimizer.lr=0.01",
+        "data.batch_size=2",
+        "model.context=32",
+    )
     rows = [r for r in (tmp_path / "of/metrics.csv").read_text().splitlines()[1:]]
     header = (tmp_path / "of/metrics.csv").read_text().splitlines()[0].split(",")
     col = header.index("train/loss")
@@ -48,8 +58,16 @@ def test_debug_overfit_repeats_one_batch(tmp_path):
 
 
 def test_debug_profiler_writes_into_the_run_dir(tmp_path):
-    _, summary = _train(tmp_path, "prof", "debug=profiler", "model=tiny", "logger=csv", "callbacks.progress_bar=null",
-                        "trainer.max_steps=4", "trainer.val_check_interval=2")
+    _, summary = _train(
+        tmp_path,
+        "prof",
+        "debug=profiler",
+        "model=tiny",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+    )
     assert summary["status"] == "completed"
     profiles = list((tmp_path / "prof").glob("*profile*.txt"))
     assert profiles and "run_training_epoch" in profiles[0].read_text()
@@ -57,8 +75,16 @@ def test_debug_profiler_writes_into_the_run_dir(tmp_path):
 
 def test_paths_reach_the_code(tmp_path):
     cache, data = tmp_path / "cache", tmp_path / "hub"
-    cfg = api.compose(["debug=tiny", "data=tiny_shakespeare", f"paths.cache_dir={cache}", f"paths.data_dir={data}",
-                       f"out_root={tmp_path}"], run_dir=tmp_path / "p")
+    cfg = api.compose(
+        [
+            "debug=tiny",
+            "data=tiny_shakespeare",
+            f"paths.cache_dir={cache}",
+            f"paths.data_dir={data}",
+            f"out_root={tmp_path}",
+        ],
+        run_dir=tmp_path / "p",
+    )
     assert cfg.data.cache_dir == str(cache) and cfg.data.corpus.cache_dir == str(data)
     assert cfg.logger.csv.save_dir == str(tmp_path / "p")
     assert cfg.callbacks.model_checkpoint.dirpath == str(tmp_path / "p" / "checkpoints")
@@ -68,8 +94,14 @@ def test_paths_reach_the_code(tmp_path):
 
 
 def test_model_checkpoint_keys_reach_the_callback(tmp_path):
-    _train(tmp_path, "ck", "callbacks.model_checkpoint.save_top_k=2", "callbacks.model_checkpoint.every_n_train_steps=2",
-           "callbacks.model_checkpoint.monitor=train/loss", "callbacks.model_checkpoint.filename='top-{step}'")
+    _train(
+        tmp_path,
+        "ck",
+        "callbacks.model_checkpoint.save_top_k=2",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "callbacks.model_checkpoint.monitor=train/loss",
+        "callbacks.model_checkpoint.filename='top-{step}'",
+    )
     state = torch.load(tmp_path / "ck/checkpoints/last.ckpt", weights_only=True)
     (key,) = [k for k in state["callbacks"] if k.startswith("ModelCheckpoint")]
     assert "'monitor': 'train/loss'" in key and "'every_n_train_steps': 2" in key
@@ -92,7 +124,12 @@ def test_local_group_ships_a_gitkeep_and_an_example_that_composes(tmp_path):
     subprocess.run(["cp", "-r", str(REPO / "conf"), str(conf)], check=True)
     body = (local / "example.yaml.txt").read_text().replace("# threads: 4", "threads: 3")
     (conf / "local" / "default.yaml").write_text(body)
-    out = subprocess.run([sys.executable, "train.py", "--cfg", "job", "--config-dir", str(conf)], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "train.py", "--cfg", "job", "--config-dir", str(conf)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "threads: 3" in out.stdout

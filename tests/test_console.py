@@ -1,4 +1,5 @@
 """A quiet console: third-party tips and deprecation noise only with verbose=true; famlab's own lines stay."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,9 +14,22 @@ NOISE = ("💡 Tip", "LeafSpec", "anonymous setting")
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_third_party_noise_only_when_verbose(tmp_path, verbose):
-    out = subprocess.run([sys.executable, "train.py", *TINY, "logger=default", f"verbose={str(verbose).lower()}",
-                          "++callbacks.progress_bar._target_=famlab.lit.progress.StepProgressBar",
-                          f"out_root={tmp_path}", "run_name=q"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *TINY,
+            "logger=default",
+            f"verbose={str(verbose).lower()}",
+            "++callbacks.progress_bar._target_=famlab.lit.progress.StepProgressBar",
+            f"out_root={tmp_path}",
+            "run_name=q",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout + out.stderr
     assert "run directory:" in text and "step 6/6 [" in text  # famlab's own output stays

@@ -1,4 +1,5 @@
 """launcher=slurm_multigpu (N nodes x G GPUs, one task per GPU) and a sweep through submitit's local executor."""
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,22 @@ def test_slurm_multigpu_shape_follows_the_trainer():
 
 @pytest.mark.slow
 def test_two_job_sweep_through_submitit_local(tmp_path):
-    out = subprocess.run([sys.executable, "train.py", "-m", "launcher=submitit_local", *TINY, "seed=0,1",
-                          f"out_root={tmp_path}", "sweep_name=s"], cwd=REPO, capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "launcher=submitit_local",
+            *TINY,
+            "seed=0,1",
+            f"out_root={tmp_path}",
+            "sweep_name=s",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     sweep = tmp_path / "train" / "multiruns" / "s"
     summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in (0, 1)]

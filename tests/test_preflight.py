@@ -1,4 +1,5 @@
 """An out_root that cannot be created and a non-integer seed: one line, exit status 2, nothing written."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,9 @@ from famlab_testing import REPO, TINY
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_line(out, needle: str) -> None:

@@ -1,5 +1,6 @@
 """hparams_search: famlab's Optuna sweeper (ask/tell, SQLite study in the sweep dir, resume after a kill)
 and pruning from inside the training job."""
+
 from __future__ import annotations
 
 import json
@@ -46,13 +47,18 @@ def test_search_space_grammar():
 def test_search_completes_is_killed_and_resumes_without_repeating_trials(tmp_path):
     args = [*SEARCH, f"out_root={tmp_path}", "sweep_name=s"]
     sweep = tmp_path / "train" / "multiruns" / "s"
-    proc = subprocess.Popen(_cmd(*args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(*args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
             try:
-                states = [t.state for t in _study(sweep).get_trials(deepcopy=False)] if (sweep / "optuna.db").exists() else []
+                states = (
+                    [t.state for t in _study(sweep).get_trials(deepcopy=False)]
+                    if (sweep / "optuna.db").exists()
+                    else []
+                )
             except KeyError:  # the database exists, the study is not created yet
                 states = []
             if states.count(optuna.trial.TrialState.COMPLETE) >= 2:
@@ -85,11 +91,24 @@ def test_search_completes_is_killed_and_resumes_without_repeating_trials(tmp_pat
 
 @pytest.mark.slow
 def test_pruner_stops_a_bad_learning_rate_before_its_last_step(tmp_path):
-    out = subprocess.run(_cmd(
-        "-m", "hparams_search=optuna_pruned", *TINY, "trainer.max_steps=12", "trainer.val_check_interval=3",
-        "hydra.sweeper.n_trials=3", "hydra.sweeper.params={optimizer.lr:'interval(1e-4, 1.0)'}",
-        "hydra.sweeper.enqueue=[{optimizer.lr:0.003},{optimizer.lr:0.3}]", f"out_root={tmp_path}", "sweep_name=p"),
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        _cmd(
+            "-m",
+            "hparams_search=optuna_pruned",
+            *TINY,
+            "trainer.max_steps=12",
+            "trainer.val_check_interval=3",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.params={optimizer.lr:'interval(1e-4, 1.0)'}",
+            "hydra.sweeper.enqueue=[{optimizer.lr:0.003},{optimizer.lr:0.3}]",
+            f"out_root={tmp_path}",
+            "sweep_name=p",
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     sweep = tmp_path / "train" / "multiruns" / "p"
     trials = _study(sweep).get_trials()

@@ -5,6 +5,7 @@ Each subcommand is a module entry point ``"module:function"`` imported only when
 clear message. The entry point sees ``sys.argv = ["famlab <subcommand>", *args]`` (what Hydra mains
 and argparse mains both read) and its return value becomes the exit status.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -51,8 +52,7 @@ def resolve(name: str):
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
-        raise SystemExit(f"famlab {name}: not available in this installation "
-                         f"(module {module_name} not found)") from exc
+        raise SystemExit(f"famlab {name}: not available in this installation (module {module_name} not found)") from exc
     return getattr(module, func_name)
 
 

@@ -5,6 +5,7 @@ deprecated ``anonymous`` setting (Lightning's ``WandbLogger`` always passes it),
 ``LeafSpec`` deprecation warning that Lightning triggers on every run. Each filter matches that one
 message only, so every other warning, from famlab or from a library, still prints.
 """
+
 from __future__ import annotations
 
 import logging

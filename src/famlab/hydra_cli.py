@@ -6,6 +6,7 @@ the process with one line naming it. Hydra's own flags (``--help``, ``--cfg job`
 ``--resolve``, ``--package``, ``--hydra-help``) are answered by Hydra itself (a ``hydra.main``
 that runs in the current directory and writes nothing), and ``compose_cli`` returns None.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,10 @@ def compose_cli(config_name: str, argv: list[str], prog: str) -> DictConfig | No
     if flags:
         unknown = [a for a in flags if a.split("=")[0] not in HYDRA_FLAGS]
         if unknown:
-            raise SystemExit(f"{prog}: error: unknown option {unknown[0]} (allowed: --help, --cfg job, --info, "
-                             f"--resolve; settings are key=value overrides)")
+            raise SystemExit(
+                f"{prog}: error: unknown option {unknown[0]} (allowed: --help, --cfg job, --info, "
+                f"--resolve; settings are key=value overrides)"
+            )
         _hydra_flags(config_name, argv, prog)
         return None
     from hydra import compose, initialize_config_dir
@@ -63,7 +66,7 @@ def quote_value(arg: str, key: str) -> str:
     prefix = f"{key}="
     if not arg.startswith(prefix):
         return arg
-    value = arg[len(prefix):]
+    value = arg[len(prefix) :]
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         return arg  # already a Hydra quoted string
     # Hydra's quoted strings: backslashes are literal except before a quote (and before the closing one)

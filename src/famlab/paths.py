@@ -5,6 +5,7 @@ or ``PYTHONPATH=src``); the copy shipped inside the installed package (``famlab/
 ``pip install .`` or ``pip install git+<url>`` wheel contains). Add your own groups without
 editing either with Hydra's search path (``hydra.searchpath=[file:///my/conf]``).
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ process cannot create would end in a ``FileNotFoundError`` / ``NotADirectoryErro
 (``conf/hydra/default.yaml``) that runs at the start of a run or sweep, checks the directory it
 will create and the ``seed``, and ends the process with one line and exit status 2.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,11 +36,11 @@ def check_creatable(path: str | Path, key: str = "out_root") -> Path:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise ConfigError(f"{key}: cannot create {target}: {probe} is a file, not a directory; "
-                          f"choose another {key}")
+        raise ConfigError(f"{key}: cannot create {target}: {probe} is a file, not a directory; choose another {key}")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: cannot create {target}: {probe} is not writable by this user; "
-                          f"choose a writable {key}")
+        raise ConfigError(
+            f"{key}: cannot create {target}: {probe} is not writable by this user; choose a writable {key}"
+        )
     return target
 
 

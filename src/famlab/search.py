@@ -7,6 +7,7 @@ Search spaces use Hydra's override grammar, as in ``hydra.sweeper.params``:
 The study lives in ``sqlite:///<sweep dir>/optuna.db`` unless a storage URL is given, so a search
 that is killed and started again with the same ``sweep_name`` continues the same study.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,10 @@ def distribution(key: str, expression: str):
     try:
         (override,) = OverridesParser.create().parse_overrides([f"{key}={expression}"])
     except Exception as e:  # noqa: BLE001 - the grammar's message is long; one line is enough
-        raise ConfigError(f"hydra.sweeper.params.{key}: cannot parse {expression!r} "
-                          f"({str(e).splitlines()[0]}); use choice(...), range(...), interval(...)") from None
+        raise ConfigError(
+            f"hydra.sweeper.params.{key}: cannot parse {expression!r} "
+            f"({str(e).splitlines()[0]}); use choice(...), range(...), interval(...)"
+        ) from None
     value = override.value()
     log = "log" in getattr(value, "tags", set())
     if isinstance(value, ChoiceSweep):
@@ -39,8 +42,10 @@ def distribution(key: str, expression: str):
         if "int" in value.tags:  # Hydra reads interval ends as floats: tag(int, interval(1, 8)) asks for integers
             return IntDistribution(int(value.start), int(value.end), log=log)
         return FloatDistribution(float(value.start), float(value.end), log=log)
-    raise ConfigError(f"hydra.sweeper.params.{key}={expression!r} is not a search space; "
-                      f"use choice(...), range(...) or interval(...) (tag(log, ...) for log scale)")
+    raise ConfigError(
+        f"hydra.sweeper.params.{key}={expression!r} is not a search space; "
+        f"use choice(...), range(...) or interval(...) (tag(log, ...) for log scale)"
+    )
 
 
 def search_space(params: dict[str, Any] | None) -> dict:
@@ -64,7 +69,8 @@ def reopen_trial(storage: str, study_name: str, number: int, pruner=None):
     ``pruner`` (an Optuna pruner; None never prunes), decide whether to prune."""
     import optuna
 
-    study = optuna.load_study(study_name=study_name, storage=storage,
-                              pruner=pruner if pruner is not None else optuna.pruners.NopPruner())
+    study = optuna.load_study(
+        study_name=study_name, storage=storage, pruner=pruner if pruner is not None else optuna.pruners.NopPruner()
+    )
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(number))
     return optuna.trial.Trial(study, trial_id)

@@ -1,5 +1,6 @@
 """The console line counts optimizer steps in 80 columns, and the Lightning loop reads no device value
 on steps that neither log nor validate (issue: prog-bar metrics were .item()-ed after every batch)."""
+
 from __future__ import annotations
 
 import io
@@ -21,7 +22,7 @@ class FakeTTY(io.StringIO):
 class TTYProgressBar(StepProgressBar):
     """The real bar, drawing into a fake terminal so its redraw path runs every step."""
 
-    last: "TTYProgressBar | None" = None
+    last: TTYProgressBar | None = None
 
     def __init__(self, **kwargs):
         super().__init__(stream=FakeTTY(), **kwargs)
@@ -62,10 +63,19 @@ def test_no_item_on_steps_that_neither_log_nor_validate(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "item", counting_item)
     CountItems.items, CountItems.per_step = 0, {}
-    cfg = api.compose([*TINY, "trainer.max_steps=9", "trainer.val_check_interval=4", "log_every_n_steps=4",
-                       "++callbacks.progress_bar._target_=test_progress.TTYProgressBar",
-                       "++callbacks.progress_bar.refresh_rate=1", "+callbacks.count._target_=test_progress.CountItems",
-                       "logger=csv"], run_dir=tmp_path / "r")
+    cfg = api.compose(
+        [
+            *TINY,
+            "trainer.max_steps=9",
+            "trainer.val_check_interval=4",
+            "log_every_n_steps=4",
+            "++callbacks.progress_bar._target_=test_progress.TTYProgressBar",
+            "++callbacks.progress_bar.refresh_rate=1",
+            "+callbacks.count._target_=test_progress.CountItems",
+            "logger=csv",
+        ],
+        run_dir=tmp_path / "r",
+    )
     summary = api.train(cfg, tmp_path / "r")
     assert summary["status"] == "completed"
     quiet = {s: c for s, c in CountItems.per_step.items() if s % 4}

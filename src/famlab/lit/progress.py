@@ -8,6 +8,7 @@ on its logging steps and after each validation (``loss``, ``tok/s``, ``val``), n
 is at most ``max_width`` (80) columns and never wraps. Without a terminal (a log file, a SLURM
 job) it prints one plain line per validation instead of redrawing.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -81,7 +82,7 @@ class StepProgressBar(ProgressBar):
             filled = int(room * step / total) if total > 0 else 0
             text = f"{head}[{'#' * filled}{'-' * (room - filled)}]{tail}"
         else:
-            text = (head + tail.lstrip())
+            text = head + tail.lstrip()
         return text[: self.width() - 1]
 
     def _draw(self, trainer, pl_module, final: bool = False) -> None:

@@ -6,6 +6,7 @@ from the shared storage with that pruner, reports the validation loss at each va
 study's pruner says so, stops training. ``train.run`` then records the run as ``pruned`` in
 ``summary.json`` and the sweeper tells the study so. Without a trial (a plain run) it does nothing.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,14 @@ import lightning.pytorch as pl
 
 
 class OptunaPruning(pl.Callback):
-    def __init__(self, storage: str | None = None, study_name: str | None = None, trial: int | None = None,
-                 pruner=None, monitor: str = "val/loss"):
+    def __init__(
+        self,
+        storage: str | None = None,
+        study_name: str | None = None,
+        trial: int | None = None,
+        pruner=None,
+        monitor: str = "val/loss",
+    ):
         self.storage, self.study_name, self.trial_number, self.monitor = storage, study_name, trial, monitor
         self.pruner = pruner  # an optuna pruner (the sweeper's); None: never prune
         self.pruned = False

@@ -10,6 +10,7 @@ and only the missing ``n_trials`` are run. Every job gets ``optuna.storage``, ``
 and ``optuna.trial`` so it can reopen its trial and report intermediate losses for pruning
 (``famlab.lit.pruning.OptunaPruning``). The best trial is written to ``<sweep dir>/optuna_best.yaml``.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,18 @@ ConfigStore.instance().store(group="hydra/sweeper", name="famlab_optuna", node=S
 
 
 class FamlabOptunaSweeper(Sweeper):
-    def __init__(self, direction: str = "minimize", study_name: str | None = None, storage: str | None = None,
-                 n_trials: int = 20, n_jobs: int = 1, sampler: Any = None, pruner: Any = None,
-                 params: Any = None, enqueue: Any = None):
+    def __init__(
+        self,
+        direction: str = "minimize",
+        study_name: str | None = None,
+        storage: str | None = None,
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        sampler: Any = None,
+        pruner: Any = None,
+        params: Any = None,
+        enqueue: Any = None,
+    ):
         from famlab.errors import ConfigError
 
         if direction not in ("minimize", "maximize"):
@@ -58,16 +68,21 @@ class FamlabOptunaSweeper(Sweeper):
         self.direction, self.study_name, self.storage = direction, study_name or "famlab", storage
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
-        self.params = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) else dict(params or {})
-        self.enqueue = OmegaConf.to_container(enqueue, resolve=True) if OmegaConf.is_config(enqueue) else list(enqueue or [])
+        self.params = (
+            OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) else dict(params or {})
+        )
+        self.enqueue = (
+            OmegaConf.to_container(enqueue, resolve=True) if OmegaConf.is_config(enqueue) else list(enqueue or [])
+        )
         self.config: DictConfig | None = None
         self.launcher = None
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
-                                                                task_function=task_function, config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     # --- the study ------------------------------------------------------------------------------
     def _instantiate(self, node: Any, **extra):
@@ -82,15 +97,18 @@ class FamlabOptunaSweeper(Sweeper):
         import optuna
 
         storage = self.storage or f"sqlite:///{sweep_dir.resolve() / 'optuna.db'}"
-        probe = optuna.create_study(study_name=self.study_name, storage=storage, direction=self.direction,
-                                    load_if_exists=True)
+        probe = optuna.create_study(
+            study_name=self.study_name, storage=storage, direction=self.direction, load_if_exists=True
+        )
         earlier = probe.get_trials(deepcopy=False)
         for t in earlier:  # running when the previous search was killed: never finished, never reran
             if t.state == optuna.trial.TrialState.RUNNING:
                 probe._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
                 log.warning("trial %d was running when the search stopped: marked failed", t.number)
         sampler_cfg = self.sampler_cfg or {"_target_": "optuna.samplers.TPESampler", "seed": 0}
-        base_seed = (OmegaConf.to_container(sampler_cfg) if OmegaConf.is_config(sampler_cfg) else sampler_cfg).get("seed")
+        base_seed = (OmegaConf.to_container(sampler_cfg) if OmegaConf.is_config(sampler_cfg) else sampler_cfg).get(
+            "seed"
+        )
         # a resumed search draws new points, not the first ones again
         sampler = self._instantiate(sampler_cfg, seed=None if base_seed is None else int(base_seed) + len(earlier))
         pruner = self._instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner()
@@ -115,8 +133,10 @@ class FamlabOptunaSweeper(Sweeper):
         if swept:
             from famlab.errors import ConfigError
 
-            raise ConfigError(f"hydra/sweeper=famlab_optuna: put search spaces in hydra.sweeper.params, "
-                              f"not on the command line ({swept[0]})")
+            raise ConfigError(
+                f"hydra/sweeper=famlab_optuna: put search spaces in hydra.sweeper.params, "
+                f"not on the command line ({swept[0]})"
+            )
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -127,9 +147,16 @@ class FamlabOptunaSweeper(Sweeper):
         results = []
         while done < self.n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
-            batch = [fixed + [override(k, v) for k, v in t.params.items()]
-                     + [override("optuna.storage", storage), override("optuna.study_name", self.study_name),
-                        f"optuna.trial={t.number}"] for t in trials]
+            batch = [
+                fixed
+                + [override(k, v) for k, v in t.params.items()]
+                + [
+                    override("optuna.storage", storage),
+                    override("optuna.study_name", self.study_name),
+                    f"optuna.trial={t.number}",
+                ]
+                for t in trials
+            ]
             self.validate_batch_is_legal(batch)
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for trial, ret in zip(trials, returns):
@@ -172,9 +199,14 @@ class FamlabOptunaSweeper(Sweeper):
         except ValueError:  # no completed trial
             log.warning("no trial of study %r completed", self.study_name)
             return
-        report = {"name": self.study_name, "direction": self.direction, "best_trial": best.number,
-                  "best_value": best.value, "best_params": best.params,
-                  "trials": {s.name.lower(): n for s, n in _counts(study).items()}}
+        report = {
+            "name": self.study_name,
+            "direction": self.direction,
+            "best_trial": best.number,
+            "best_value": best.value,
+            "best_params": best.params,
+            "trials": {s.name.lower(): n for s, n in _counts(study).items()},
+        }
         OmegaConf.save(OmegaConf.create(report), sweep_dir / "optuna_best.yaml")
         log.info("best trial %d: value %s, params %s", best.number, best.value, best.params)
         print(f"best trial {best.number}: {best.value} with {best.params} ({sweep_dir / 'optuna_best.yaml'})")
