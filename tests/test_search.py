@@ -123,3 +123,24 @@ def test_pruner_stops_a_bad_learning_rate_before_its_last_step(tmp_path):
     (pruned_group,) = [g for g in groups if any(r.path.name == "1" for r in g.runs)]
     assert pruned_group.finished and not pruned_group.completed
     assert group_stats(pruned_group).estimates["final"].n == 0
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("optimizer.lr=0.1,0.01", "put search spaces in hydra.sweeper.params, not on the command line"),
+        ("hydra.sweeper.params={optimizer.lr:0.1}", "hydra.sweeper.params.optimizer.lr='0.1' is not a search space"),
+    ],
+)
+def test_bad_search_settings_are_one_line(tmp_path, bad, message):
+    out = subprocess.run(
+        _cmd("-m", "hparams_search=optuna", *TINY, bad, f"out_root={tmp_path}/o"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"famlab: error: {out.stderr.split(': error: ')[1].strip()}"
+    ]
+    assert message in out.stderr and not (tmp_path / "o").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +60,8 @@ class FamlabOptunaSweeper(Sweeper):
         params: Any = None,
         enqueue: Any = None,
     ):
-        from famlab.errors import ConfigError
-
-        if direction not in ("minimize", "maximize"):
-            raise ConfigError(f"hydra.sweeper.direction must be minimize or maximize, got {direction!r}")
-        if int(n_trials) < 1 or int(n_jobs) < 1:
-            raise ConfigError(f"hydra.sweeper.n_trials and n_jobs must be >= 1, got {n_trials}, {n_jobs}")
         self.direction, self.study_name, self.storage = direction, study_name or "famlab", storage
-        self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
+        self.n_trials, self.n_jobs = n_trials, n_jobs
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.params = (
             OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) else dict(params or {})
@@ -120,6 +115,27 @@ class FamlabOptunaSweeper(Sweeper):
 
     # --- the sweep ------------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> Any:
+        """Run the search; bad sweeper settings end the process with one line and exit status 2."""
+        from famlab.errors import ConfigError
+
+        try:
+            self.check()
+            return self._sweep(arguments)
+        except ConfigError as e:
+            print(f"famlab: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    def check(self) -> None:
+        from famlab.errors import ConfigError
+
+        if self.direction not in ("minimize", "maximize"):
+            raise ConfigError(f"hydra.sweeper.direction must be minimize or maximize, got {self.direction!r}")
+        if not all(isinstance(n, int) and n >= 1 for n in (self.n_trials, self.n_jobs)):
+            raise ConfigError(
+                f"hydra.sweeper.n_trials and n_jobs must be integers >= 1, got {self.n_trials}, {self.n_jobs}"
+            )
+
+    def _sweep(self, arguments: list[str]) -> Any:
         import optuna
 
         from famlab.search import override, search_space
