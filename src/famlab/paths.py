@@ -21,7 +21,7 @@ def find_conf_dir() -> Path:
     if os.environ.get("FAMLAB_CONF"):
         return Path(os.environ["FAMLAB_CONF"]).expanduser().resolve()
     checkout = REPO_ROOT / "conf"
-    if (checkout / "train.yaml").is_file() and (REPO_ROOT / "pyproject.toml").is_file():
+    if (checkout / "train.yaml").is_file():
         return checkout
     return PACKAGED_CONF
 

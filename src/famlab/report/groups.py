@@ -13,7 +13,7 @@ from famlab.report.runs import Run
 
 SEED_KEYS = {"seed"}
 # where and under which name a run was written, and how it was resumed: never a compared setting
-BOOKKEEPING_KEYS = {"out_root", "run_name", "sweep_name", "run_dir", "resume", "tags", "paths", "verbose", "optuna"}
+BOOKKEEPING_KEYS = {"out_root", "run_name", "sweep_name", "run_dir", "resume", "tags", "paths", "verbose", "optuna", "optimized_metric"}
 IGNORED_KEYS = SEED_KEYS | BOOKKEEPING_KEYS
 
 
