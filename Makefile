@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OFFLINE := WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup train test test-fast bench gpu-check clean
+.PHONY: help setup train test test-fast lint format bench gpu-check clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -23,6 +23,14 @@ test: $(VENV)/.installed  ## the whole test suite, slow tests included (what CI 
 
 test-fast: $(VENV)/.installed  ## the test suite without tests marked slow
 	$(OFFLINE) $(PY) -m pytest -q -m "not slow" -p no:cacheprovider $(ARGS)
+
+lint: $(VENV)/.installed  ## ruff lint + format check (pyproject.toml [tool.ruff]); CI runs it before the tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed  ## apply ruff's safe fixes and format the code
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(VENV)/.installed  ## every benchmark script (prints ratios; figures go in benchmarks/README.md)
 	for b in throughput optimizer_step position attention; do $(OFFLINE) $(PY) benchmarks/$$b.py || exit 1; done

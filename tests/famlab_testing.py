@@ -23,11 +23,9 @@ CONF = REPO / "conf"
 SHARED = REPO.parent / "shared"
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 
-# a run that takes seconds: tiny model, few steps, small batches, CSV logging only
-TINY = [
-    "model=tiny", "trainer.max_steps=6", "trainer.val_check_interval=3", "scheduler=constant",
-    "data.batch_size=4", "data.val_batches=2", "logger=csv", "callbacks.progress_bar=null", "log_every_n_steps=2",
-]
+# a run that takes seconds (tiny model, 6 steps, small batches, CSV logging only): conf/debug/tiny.yaml,
+# the same config users run with `python train.py debug=tiny`
+TINY = ["debug=tiny"]
 
 
 def options(group: str) -> list[str]:

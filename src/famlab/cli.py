@@ -5,28 +5,41 @@ Each subcommand is a module entry point ``"module:function"`` imported only when
 clear message. The entry point sees ``sys.argv = ["famlab <subcommand>", *args]`` (what Hydra mains
 and argparse mains both read) and its return value becomes the exit status.
 """
+
 from __future__ import annotations
 
 import importlib
 import sys
 
 SUBCOMMANDS: dict[str, str] = {
-    "compare": "famlab.compare:main",
+    "train": "famlab.train:main",
     "evaluate": "famlab.evaluate:main",
     "sample": "famlab.sample:main",
+    "compare": "famlab.compare:main",
+    "data": "famlab.data.prepare:main",
 }
 HELP = {
+    "train": "train a configuration or a sweep (-m); Hydra: conf/train.yaml (= python train.py)",
+    "evaluate": "score a run at several context lengths; Hydra: conf/evaluate.yaml",
+    "sample": "generate text from a run's checkpoint; Hydra: conf/sample.yaml",
     "compare": "tables, CIs, plots and verdicts from run directories (docs/compare.md)",
-    "evaluate": "evaluate a checkpoint (python -m famlab.evaluate)",
-    "sample": "generate text from a checkpoint (python -m famlab.sample)",
+    "data": "download / tokenize a data option ahead of training",
 }
+EXAMPLES = """examples:
+  famlab train debug=tiny
+  famlab train -m optimizer=adamw,fam seed=0,1,2
+  famlab evaluate run=outputs/train/runs/<run> eval.context_lengths=[256,512]
+  famlab sample run=outputs/train/runs/<run> prompt="The "
+  famlab compare outputs/train/multiruns/<sweep> --baseline optimizer=adamw
+
+`famlab <subcommand> --help` lists the subcommand's options."""
 
 
 def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
     lines = ["usage: famlab <subcommand> [args...]", "", "subcommands:"]
     lines += [f"  {name.ljust(width)}  {HELP.get(name, '')}" for name in SUBCOMMANDS]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", EXAMPLES])
 
 
 def resolve(name: str):
@@ -39,8 +52,7 @@ def resolve(name: str):
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
-        raise SystemExit(f"famlab {name}: not available in this installation "
-                         f"(module {module_name} not found)") from exc
+        raise SystemExit(f"famlab {name}: not available in this installation (module {module_name} not found)") from exc
     return getattr(module, func_name)
 
 

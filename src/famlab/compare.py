@@ -169,7 +169,9 @@ def print_summary(data: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="famlab compare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  famlab compare outputs/claim_convergence_smoke/multiruns/<sweep> "
+                                       "--baseline optimizer=adam")
     p.add_argument("paths", nargs="+", help="sweep directories and/or run directories")
     p.add_argument("--baseline", help="baseline group: its label or key=value[,key=value]")
     p.add_argument("--target", type=float, help="target value of --metric (default: the experiment's)")

@@ -2,6 +2,7 @@
 
     python -m famlab.evaluate run=<run dir> eval.context_lengths=[256,512,1024]
     famlab evaluate run=<run dir> eval.batches=8 eval.batch_size=8 eval.checkpoint=last eval.device=cuda
+    famlab evaluate run=<run dir> eval=long          # a preset of conf/eval/; --help lists them
 
 For every length it scores ``eval.batches`` fixed validation batches (the data module's
 ``eval_batches``: held-out windows of the run's corpus, or fresh MQAR sequences for
@@ -30,6 +31,7 @@ from omegaconf import OmegaConf
 from famlab.data.synthetic import IGNORE  # unscored target positions
 from famlab.errors import ConfigError
 
+# the keys of conf/evaluate.yaml and conf/eval/default.yaml
 DEFAULTS = {"run": None, "eval": {"context_lengths": None, "batches": None, "batch_size": None,
                                   "checkpoint": "best", "device": "auto"}}
 
@@ -159,12 +161,19 @@ def plot(report: dict, path: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_cli(sys.argv[1:] if argv is None else argv))
+    """``famlab evaluate`` / ``python -m famlab.evaluate``: compose ``conf/evaluate.yaml`` with the overrides."""
+    from famlab.hydra_cli import compose_cli
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    unknown = sorted({a.split("=")[0].lstrip("+~").split(".")[1] for a in args
+                      if a.lstrip("+~").startswith("eval.") and "=" in a} - set(DEFAULTS["eval"]))
+    if unknown:
+        raise SystemExit(f"famlab.evaluate: unknown eval keys {unknown}; allowed {sorted(DEFAULTS['eval'])}")
+    cfg = compose_cli("evaluate", args, "famlab evaluate")
+    if cfg is None:  # Hydra answered --help / --cfg
+        return 0
     if not cfg.run:
         raise SystemExit("famlab.evaluate: run=<run dir> is required (a directory written by famlab train)")
-    unknown = set(cfg.eval) - set(DEFAULTS["eval"])
-    if unknown:
-        raise SystemExit(f"famlab.evaluate: unknown eval keys {sorted(unknown)}; allowed {sorted(DEFAULTS['eval'])}")
     e = cfg.eval
     try:
         report = evaluate_run(cfg.run, OmegaConf.to_object(e.context_lengths) if OmegaConf.is_list(e.context_lengths)

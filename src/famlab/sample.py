@@ -1,8 +1,8 @@
 """Text generation from a trained run, with a KV cache.
 
 ``python -m famlab.sample run=<run dir> prompt="..." max_new_tokens=200 temperature=0.8 top_k=50
-seed=0 [device=cpu] [use_cache=true]`` (a dotlist read with ``OmegaConf.from_cli``) prints the
-continuation and, when the run's attention has update gates (``attention=update_gated``), how
+seed=0 [device=cpu] [use_cache=true] [sampling=greedy]`` (Hydra overrides of ``conf/sample.yaml``;
+``prompt`` is taken verbatim, spaces included) prints the continuation and, when the run's attention has update gates (``attention=update_gated``), how
 many key/value cache updates were skipped.
 """
 from __future__ import annotations
@@ -10,10 +10,7 @@ from __future__ import annotations
 import sys
 
 import torch
-from omegaconf import OmegaConf
 
-DEFAULTS = dict(run=None, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=50, seed=0, device="cpu",
-                use_cache=True)
 
 
 def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
@@ -65,8 +62,14 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     return out
 
 
-def main(argv: list[str] | None = None) -> str:
-    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_cli(sys.argv[1:] if argv is None else argv))
+def main(argv: list[str] | None = None) -> str | None:
+    """``famlab sample`` / ``python -m famlab.sample``: compose ``conf/sample.yaml``, print the text, return it."""
+    from famlab.hydra_cli import compose_cli, quote_value
+
+    args = [quote_value(a, "prompt") for a in (sys.argv[1:] if argv is None else argv)]
+    cfg = compose_cli("sample", args, "famlab sample")
+    if cfg is None:  # Hydra answered --help / --cfg
+        return None
     if not cfg.run:
         raise SystemExit("famlab.sample: run=<run dir> is required (a directory written by famlab train)")
     from famlab.api import load_run

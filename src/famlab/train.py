@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from famlab.build import build_datamodule, build_model, build_optimization, instantiate
+from famlab.console import quiet_third_party
 from famlab.data.tokenizers import save_tokenizer
 from famlab.errors import ConfigError
 from famlab.lit.checkpoint_io import AtomicCheckpointIO
@@ -29,6 +30,7 @@ from famlab.lit.module import LitLM
 from famlab.lit.recorder import RunRecorder
 from famlab.lit.summary import hardware, update_summary
 from famlab.paths import CONF_DIR
+from famlab.preflight import check_seed
 from famlab.run_dir import RunContext, prepare_run, wandb_kwargs
 
 log = logging.getLogger("famlab")
@@ -38,9 +40,10 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
     """Train one configuration; returns the final summary. Raises ConfigError on bad input."""
     ctx = ctx or RunContext.from_hydra(cfg)
     ctx.refuse_bad_launch(cfg)
+    quiet_third_party(bool(cfg.get("verbose", False)))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    pl.seed_everything(check_seed(cfg.seed), workers=True, verbose=False)
     dm = build_datamodule(cfg)
     model = build_model(cfg, vocab_size=dm.vocab_size)
     optimizer, scheduler = build_optimization(cfg, model)
@@ -65,9 +68,7 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
                    config=OmegaConf.to_container(cfg, resolve=True))
     recorder = RunRecorder(ctx.run_dir, target=target, tokens_per_step=tokens_per_step)
     callbacks = [cb for cb in (instantiate(c, "callbacks") for c in (cfg.callbacks or {}).values() if c) if cb]
-    callbacks += [recorder, pl.callbacks.ModelCheckpoint(
-        dirpath=ctx.run_dir / "checkpoints", filename="best-{step}", monitor="val/loss", mode="min",
-        save_top_k=1, save_last=True, auto_insert_metric_name=True)]
+    callbacks.append(recorder)  # checkpoints: callbacks.model_checkpoint (conf/callbacks/model_checkpoint.yaml)
     loggers = []
     for name, node in (cfg.logger or {}).items():
         if node:
@@ -77,12 +78,14 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
                 loggers[-1].log_hyperparams({"choices": ctx.choices, **OmegaConf.to_container(cfg, resolve=True)})
     strategy = {"strategy": fsdp_strategy()} if is_fsdp(cfg.trainer.get("strategy", "auto")) else {}
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
-                          default_root_dir=str(ctx.run_dir), enable_checkpointing=True, **strategy)
+                          default_root_dir=str(ctx.run_dir),
+                          enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+                          enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks), **strategy)
     status, error = "failed", None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         finish_on_last_step(trainer, module, dm, recorder, ctx)
-        status = "completed"
+        status = "pruned" if any(getattr(cb, "pruned", False) for cb in callbacks) else "completed"
     except Preempted as e:
         status, error = "interrupted", str(e)
         log.warning("%s", e)
@@ -151,7 +154,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     print(f"run directory: {ctx.run_dir}")
     print(f"final val/loss: {summary.get('final_val_loss')}  (best {summary.get('best_val_loss')} "
           f"at step {summary.get('best_val_step')}, {summary.get('wall_time_s', 0):.0f} s)")
-    return summary.get("final_val_loss")
+    return summary.get(str(cfg.get("optimized_metric") or "final_val_loss"))
 
 
 def main() -> None:

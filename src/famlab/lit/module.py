@@ -42,6 +42,7 @@ class LitLM(pl.LightningModule):
         self._peak_flops: float | None = None  # the GPU's peak bf16 FLOP/s (None: perf/mfu not logged)
         self._flops_per_token = model_flops_per_token(model)  # on the whole model, before any sharding
         record_unsharded_shapes(model)  # decay groups under FSDP follow these
+        self.progress: dict[str, float] = {}  # CPU numbers for the progress bar (famlab.lit.progress)
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -136,8 +137,9 @@ class LitLM(pl.LightningModule):
         metrics.update(self.model.metrics())
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
                       prog_bar=False, on_step=True, on_epoch=False)
-        self.log("loss", metrics["train/loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        self.log("tok/s", float(metrics["perf/tokens_per_s"]), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        # the progress bar's numbers: read once here (one host sync per log step), never logged with prog_bar=True
+        # (Lightning would .item() those device tensors after every batch for the rest of the epoch)
+        self.progress.update({"loss": float(metrics["train/loss"]), "tok/s": float(metrics["perf/tokens_per_s"])})
         self._loss_sum.zero_()
         self._loss_count, self._opt_time, self._opt_steps, self._t_last = 0, 0.0, 0, now
 
@@ -162,7 +164,7 @@ class LitLM(pl.LightningModule):
             "val/acc": self._val[1] / self._val[2].clamp_min(1),
         }, prog_bar=False, sync_dist=True)
         self.log("perf/elapsed_s", float(self.elapsed()), prog_bar=False, sync_dist=False)
-        self.log("val", val_loss, prog_bar=True, logger=False)
+        self.progress["val"] = float(val_loss)  # validation ends in a sync anyway
 
     # --- exact resume: RNG states and wall time travel with the checkpoint -----------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -13,7 +13,7 @@ from famlab.report.runs import Run
 
 SEED_KEYS = {"seed"}
 # where and under which name a run was written, and how it was resumed: never a compared setting
-BOOKKEEPING_KEYS = {"out_root", "run_name", "sweep_name", "run_dir", "resume", "tags"}
+BOOKKEEPING_KEYS = {"out_root", "run_name", "sweep_name", "run_dir", "resume", "tags", "paths", "verbose", "optuna", "optimized_metric"}
 IGNORED_KEYS = SEED_KEYS | BOOKKEEPING_KEYS
 
 
@@ -31,7 +31,7 @@ def run_settings(run: Run) -> dict[str, str]:
     settings: dict[str, str] = {}
     for item in run.overrides:
         parsed = parse_override(item)
-        if parsed and parsed[0] not in IGNORED_KEYS and not parsed[0].startswith("hydra"):
+        if parsed and parsed[0].split(".")[0] not in IGNORED_KEYS and not parsed[0].startswith("hydra"):
             settings[parsed[0]] = parsed[1]
     for key, value in run.choices.items():
         if key not in settings and key not in IGNORED_KEYS and not key.startswith("hydra"):
@@ -53,8 +53,8 @@ class Group:
 
     @property
     def finished(self) -> list[Run]:
-        """Runs that ran to their end (completed or flagged diverged)."""
-        return self.with_status("completed", "diverged")
+        """Runs that ran to their end: completed, flagged diverged, or pruned by a search (censored, like diverged)."""
+        return self.with_status("completed", "diverged", "pruned")
 
     @property
     def completed(self) -> list[Run]:

@@ -13,7 +13,7 @@ from famlab.report.verdict import format_verdict
 COLUMNS = {"final": "final {m}", "best": "best {m}", "steps_to_target": "steps to target",
            "time_to_target": "time to target (s)", "tokens_per_s": "tokens/s",
            "optimizer_ms": "optimizer ms/step"}
-PROBLEM_STATUSES = ("failed", "missing", "running", "interrupted", "diverged")
+PROBLEM_STATUSES = ("failed", "missing", "running", "interrupted", "diverged", "pruned")
 
 
 def num(x: float | None) -> str:

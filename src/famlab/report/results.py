@@ -173,7 +173,7 @@ class GroupStats:
 
 def group_stats(group: Group, metric: str = "val/loss", target: float | None = None,
                 maximize: bool = False, confidence: float = 0.95) -> GroupStats:
-    """Stats over the group's finished runs (completed + diverged; losses over completed only)."""
+    """Stats over the group's finished runs (completed + diverged + pruned; losses over completed only)."""
     results = [run_result(r, metric, target, maximize) for r in group.finished]
     completed = [r for r in results if r.run.status == "completed"]
     lengths = sorted({k for r in completed for k in r.eval_loss})
@@ -208,7 +208,7 @@ def add_ratios(stats: list[GroupStats], baseline: GroupStats, confidence: float 
 
 def describe_scale(runs: list[Run]) -> dict:
     """Parameters, tokens per run, hardware and run counts of ``runs`` (the verdicts' scale)."""
-    done = [r for r in runs if r.status in ("completed", "diverged")]
+    done = [r for r in runs if r.status in ("completed", "diverged", "pruned")]
     params = sorted({int(p) for p in (finite(r.summary.get("n_parameters")) for r in done) if p})
     tokens = [t for t in (finite(r.summary.get("tokens_seen")) for r in done) if t]
     hardware = sorted({str(r.summary["hardware"]) for r in done if r.summary.get("hardware")})

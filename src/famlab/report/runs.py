@@ -2,7 +2,7 @@
 
 A run directory is any directory holding ``config.yaml`` or ``summary.json`` (found at any depth
 below the given paths; ``.hydra``, ``checkpoints``, ``plots``, ``wandb`` and ``report`` are never
-runs). Status: the summary's ``status`` (completed, diverged, failed, interrupted, running) when it
+runs). Status: the summary's ``status`` (completed, diverged, pruned, failed, interrupted, running) when it
 exists; ``running`` when only ``metrics.csv`` exists (still running, or killed before its first
 summary); ``missing`` when neither exists; ``failed`` when the summary cannot be read. A Hydra
 ``multirun.yaml`` at a sweep root also yields one ``missing`` entry for every numbered job
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-STATUSES = ("completed", "diverged", "failed", "interrupted", "running", "missing")
+STATUSES = ("completed", "diverged", "pruned", "failed", "interrupted", "running", "missing")
 NOT_RUNS = {".hydra", "checkpoints", "plots", "wandb", "report", "__pycache__"}
 
 
