@@ -164,7 +164,7 @@ class LitLM(pl.LightningModule):
             "val/acc": self._val[1] / self._val[2].clamp_min(1),
         }, prog_bar=False, sync_dist=True)
         self.log("perf/elapsed_s", float(self.elapsed()), prog_bar=False, sync_dist=False)
-        self.progress["val"] = float(val_loss)  # validation ends in a sync anyway
+        self.progress["val"] = val_loss.detach()  # read by the progress bar once per validation
 
     # --- exact resume: RNG states and wall time travel with the checkpoint -----------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 
 
@@ -113,6 +114,9 @@ class StepProgressBar(ProgressBar):
             self._draw(trainer, pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        progress = getattr(pl_module, "progress", None)
+        if progress and torch.is_tensor(progress.get("val")):  # one host read per validation, not per draw
+            progress["val"] = float(progress["val"])
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._draw(trainer, pl_module)
 
