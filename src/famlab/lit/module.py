@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from famlab.data.synthetic import IGNORE
+from famlab.lit import rng_state
 
 
 class LitLM(pl.LightningModule):
@@ -147,10 +148,9 @@ class LitLM(pl.LightningModule):
 
     # --- exact resume: RNG states and wall time travel with the checkpoint -----------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["famlab"] = {"torch_rng": torch.get_rng_state(), "elapsed_s": self.elapsed()}
+        checkpoint["famlab"] = {**rng_state.capture(), "elapsed_s": self.elapsed()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("famlab", {})
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
+        rng_state.restore(state)
         self.elapsed_before = float(state.get("elapsed_s", 0.0))

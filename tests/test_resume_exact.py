@@ -1,0 +1,99 @@
+"""Exact resume in the cases the plain resume test does not reach: dropout (the global torch RNG),
+gradient accumulation (the stream position), FAM's sampling generator, CUDA generator states."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from famlab_testing import TINY
+
+from famlab import api
+
+STOP = ["+callbacks.stop._target_=famlab.lit.interrupt.StopAtStep", "+callbacks.stop.step=5"]
+SHORT = ["trainer.max_steps=8", "trainer.val_check_interval=4"]
+
+
+def _train(tmp_path, name, *overrides):
+    cfg = api.compose([*TINY, *SHORT, f"run_name={name}", f"out_root={tmp_path}", *overrides], run_dir=tmp_path / name)
+    return api.train(cfg)
+
+
+def _state(run_dir: Path) -> dict:
+    """Weights, buffers and every optimizer state tensor (FAM's sampling generator included)."""
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    flat = dict(state["state_dict"])
+    for i, opt in enumerate(state["optimizer_states"]):
+        for p, s in opt["state"].items():
+            flat.update({f"optimizer{i}.{p}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
+        rng = opt.get("fam_rng")
+        for k, v in (rng.items() if isinstance(rng, dict) else [("", rng)] if rng is not None else []):
+            flat[f"optimizer{i}.fam_rng.{k}"] = v
+    return flat
+
+
+def _stop_resume_compare(tmp_path, *overrides) -> tuple[dict, dict]:
+    full = _train(tmp_path, "full", *overrides)
+    part = _train(tmp_path, "part", *overrides, *STOP)
+    assert part["status"] == "interrupted" and part["steps"] == 5
+    resumed = _train(tmp_path, "part", *overrides, "resume=auto")
+    assert resumed["status"] == "completed" and resumed["steps"] == 8
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert resumed["final_val_loss"] == full["final_val_loss"]
+    return full, resumed
+
+
+# dropout on every model size's shape, kept cheap: tiny's dims with the other sizes' depth/heads/MLP
+SIZES = {"tiny": [], "small-shape": ["model.layers=4", "model.heads=4"], "base-shape": ["model.layers=3", "model.heads=2", "model.mlp_ratio=2"]}
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_exact_resume_with_dropout(tmp_path, size):
+    _stop_resume_compare(tmp_path, "model.dropout=0.1", *SIZES[size])
+
+
+def test_exact_resume_with_gradient_accumulation(tmp_path):
+    """Two batches per optimizer step: the stream must resume at batch 2 * step, not at batch step."""
+    _stop_resume_compare(tmp_path, "trainer.accumulate_grad_batches=2")
+
+
+def test_exact_resume_of_fam_sampling_generator_on_a_large_weight(tmp_path):
+    """FAM samples weights above 10,000 elements with its own generator (the MLP weights of model=tiny,
+    64 x 256 = 16,384): the generator's saved state must be the one a resumed run continues from."""
+    _stop_resume_compare(tmp_path, "optimizer=fam", "optimizer.fam_start_step=2", "optimizer.lr=0.05")
+    rng = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["fam_rng"]
+    assert isinstance(rng, dict) and "cpu" in rng  # the generator was used (and saved) by the sampling
+    ckpt = _state(tmp_path / "part")
+    assert any(v.numel() > 10_000 for k, v in ckpt.items() if k.startswith("model.") and k.endswith("weight"))
+
+
+def test_checkpoint_carries_cuda_generator_states_when_cuda_is_in_use(monkeypatch):
+    """With CUDA in use, every device's generator state is saved and restored (mocked on a CPU machine)."""
+    from famlab.lit import rng_state
+
+    saved = [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 9, dtype=torch.uint8)]
+    calls: dict = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: calls.setdefault("all", states))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: calls.setdefault("one", (s, device)))
+    from famlab.lit.module import LitLM
+
+    module = LitLM(torch.nn.Linear(2, 2), None, None, total_steps=1)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["famlab"]["cuda_rng"] is saved and checkpoint["famlab"]["cuda_device"] == 1
+    assert torch.equal(checkpoint["famlab"]["torch_rng"], torch.get_rng_state())
+    module.on_load_checkpoint(checkpoint)
+    assert calls["all"] is saved
+    assert torch.equal(calls["one"][0], saved[1]) and calls["one"][1] == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CUDA checkpoint resumed on a CPU
+    calls.clear()
+    module.on_load_checkpoint(checkpoint)
+    assert not calls
