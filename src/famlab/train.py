@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from famlab import allowlist
 from famlab.build import build_datamodule, build_model, build_optimization, instantiate
 from famlab.data.tokenizers import save_tokenizer
 from famlab.errors import ConfigError
@@ -37,6 +38,7 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
     """Train one configuration; returns the final summary. Raises ConfigError on bad input."""
     ctx = ctx or RunContext.from_hydra(cfg)
     ctx.refuse_bad_launch(cfg)
+    allowlist.check(cfg, allowlist.extra_prefixes(cfg))  # before anything is instantiated
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
