@@ -86,8 +86,10 @@ class Reserve:
 
     def __init__(self, folder: str | Path, size: int = 1 << 20, name: str = ".famlab.reserve"):
         self.path, self.size = Path(folder) / name, size
+        self.created = False  # only the process that created the file removes it
 
     def create(self) -> None:
+        self.created = True
         try:
             with open(self.path, "wb") as f:
                 f.write(b"\0" * self.size)
@@ -97,6 +99,9 @@ class Reserve:
             self.release()
 
     def release(self) -> None:
+        if not self.created:
+            return
+        self.created = False
         try:
             self.path.unlink()
         except OSError:
