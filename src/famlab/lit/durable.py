@@ -32,8 +32,14 @@ def _free_bytes(folder: str) -> int | None:
 
 
 def is_disk_full(error: BaseException, folder: str | Path) -> bool:
-    if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
-        return True
+    """ENOSPC/EDQUOT anywhere in the exception chain (``torch.save`` raises a RuntimeError whose
+    context is the OSError), or a failed write while ``folder``'s filesystem is (nearly) full."""
+    seen, e = set(), error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
     free = _free_bytes(str(folder))
     return isinstance(error, (OSError, RuntimeError)) and free is not None and free < NEARLY_FULL
 
