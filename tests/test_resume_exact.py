@@ -97,3 +97,25 @@ def test_checkpoint_carries_cuda_generator_states_when_cuda_is_in_use(monkeypatc
     calls.clear()
     module.on_load_checkpoint(checkpoint)
     assert not calls
+
+
+def test_every_checkpoint_load_is_weights_only_and_every_save_says_what_it_saves(tmp_path, caplog, monkeypatch):
+    """Lightning logs "`weights_only` was not set, defaulting to `False`" when a save leaves it unset;
+    every torch.load of a stop / off-interval save / resume / load_run cycle passes weights_only=True."""
+    import logging
+
+    loads = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    caplog.set_level(logging.INFO)
+    odd = ["trainer.max_steps=7", "trainer.val_check_interval=3"]  # the last step is off the interval
+    assert _train(tmp_path, "w", *odd, *STOP)["status"] == "interrupted"
+    assert _train(tmp_path, "w", *odd, "resume=auto")["steps"] == 7
+    api.load_run(tmp_path / "w", which="last")
+    assert loads and all(w is True for w in loads), loads
+    assert not [r for r in caplog.records if "weights_only" in r.getMessage()]
