@@ -3,6 +3,9 @@
 Nothing is written until the configuration has been validated (``prepare_run`` is called after
 the data, model and optimizer were built), and an existing run's checkpoints are never
 overwritten by a fresh run: that needs ``resume=auto`` or another ``run_name``.
+``prepare_run`` also takes the run directory's lock (:mod:`famlab.run_lock`) before its first
+write and writes Hydra's ``.hydra/`` records itself, so a second process started into a directory
+that a live process holds is refused having written nothing.
 """
 from __future__ import annotations
 

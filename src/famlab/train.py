@@ -2,7 +2,7 @@
 
 Run directory (``outputs/<task>/runs/<run_name>`` or ``.../multiruns/<sweep>/<job>``)::
 
-    config.yaml  overrides.yaml  summary.json  metrics.csv  tokenizer.json  train.log
+    config.yaml  overrides.yaml  summary.json  metrics.csv  tokenizer.json  train.log  famlab.lock
     checkpoints/last.ckpt  checkpoints/best-step=N.ckpt  plots/  wandb/
 """
 from __future__ import annotations
