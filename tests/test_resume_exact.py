@@ -79,7 +79,8 @@ def test_exact_resume_of_fam_sampling_generator_on_a_large_weight(tmp_path):
     """FAM samples weights above 10,000 elements with its own generator (the MLP weights of model=tiny,
     64 x 256 = 16,384): the generator's saved state must be the one a resumed run continues from."""
     _stop_resume_compare(tmp_path, "optimizer=fam", "optimizer.fam_start_step=2", "optimizer.lr=0.05")
-    rng = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["fam_rng"]
+    ckpt = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=True)
+    rng = ckpt["optimizer_states"][0]["fam_rng"]
     assert isinstance(rng, dict) and "cpu" in rng  # the generator was used (and saved) by the sampling
     ckpt = _state(tmp_path / "part")
     assert any(v.numel() > 10_000 for k, v in ckpt.items() if k.startswith("model.") and k.endswith("weight"))
@@ -87,8 +88,6 @@ def test_exact_resume_of_fam_sampling_generator_on_a_large_weight(tmp_path):
 
 def test_checkpoint_carries_cuda_generator_states_when_cuda_is_in_use(monkeypatch):
     """With CUDA in use, every device's generator state is saved and restored (mocked on a CPU machine)."""
-    from famlab.lit import rng_state
-
     saved = [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 9, dtype=torch.uint8)]
     calls: dict = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

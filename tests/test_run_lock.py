@@ -38,7 +38,7 @@ def _assert_one_clean_run(run_dir: Path, steps: int) -> None:
 
 
 def test_lock_in_process(tmp_path):
-    with RunLock(tmp_path / "r") as lock:
+    with RunLock(tmp_path / "r"):
         assert lock_state(tmp_path / "r") == "held" and str(os.getpid()) in (tmp_path / "r" / LOCK_NAME).read_text()
         with pytest.raises(RunLocked, match=rf"^run directory {tmp_path / 'r'} is in use by another famlab process "
                                             rf"\(host .+, pid {os.getpid()}, since .+\); wait for it to finish or stop "

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl

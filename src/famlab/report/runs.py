@@ -169,7 +169,8 @@ def load_run(path: str | Path) -> Run:
     else:
         run.status, run.error = "missing", "no summary.json and no metrics.csv"
     if run.status == "running" and lock_state(path) == "free":
-        run.status, run.error = "interrupted", "died while running (no process holds its lock); continue with resume=auto"
+        run.status = "interrupted"
+        run.error = "died while running (no process holds its lock); continue with resume=auto"
     if run.status not in STATUSES:
         problems.append(f"unknown status {run.status!r}")
         run.status = "failed"
