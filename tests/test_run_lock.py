@@ -47,6 +47,22 @@ def test_lock_in_process(tmp_path):
     assert lock_state(tmp_path / "r") == "free" and lock_state(tmp_path / "none") == "none"
 
 
+def test_lock_wait_takes_a_lock_released_within_the_wait(tmp_path, monkeypatch):
+    """FAMLAB_LOCK_WAIT_S: a requeued job retries while an NFS lease still holds a dead client's lock."""
+    import threading
+    import time
+
+    held = RunLock(tmp_path).acquire()
+    threading.Timer(1.5, held.release).start()
+    monkeypatch.setenv("FAMLAB_LOCK_WAIT_S", "20")
+    t0 = time.monotonic()
+    waiter = RunLock(tmp_path)
+    waiter.refuse_if_held()
+    waiter.acquire()
+    assert 1.0 < time.monotonic() - t0 < 15 and lock_state(tmp_path) == "held"
+    waiter.release()
+
+
 def test_second_writer_is_refused_and_writes_nothing(tmp_path):
     args = [*LONG, f"out_root={tmp_path}", "run_name=c", "resume=auto"]
     run_dir = tmp_path / "train" / "runs" / "c"
