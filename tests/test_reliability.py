@@ -94,8 +94,9 @@ def _weights(run_dir: Path) -> dict:
     for i, opt in enumerate(state["optimizer_states"]):
         for p, s in opt["state"].items():
             flat.update({f"optimizer{i}.{p}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
-        if torch.is_tensor(opt.get("fam_rng")):
-            flat[f"optimizer{i}.fam_rng"] = opt["fam_rng"]
+        rng = opt.get("fam_rng")  # FAM: {device: generator state}
+        for key, value in (rng.items() if isinstance(rng, dict) else [("", rng)] if torch.is_tensor(rng) else []):
+            flat[f"optimizer{i}.fam_rng.{key}"] = value
     return flat
 
 

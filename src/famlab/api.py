@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from famlab import build
+from famlab import allowlist, build
 from famlab.errors import ConfigError
 from famlab.paths import CONF_DIR
 
@@ -81,9 +81,13 @@ class LoadedRun:
     checkpoint: Path
 
 
-def load_run(path: str | Path, which: str = "best", map_location: str = "cpu") -> LoadedRun:
+def load_run(path: str | Path, which: str = "best", map_location: str = "cpu", allow: Sequence[str] = ()) -> LoadedRun:
     """Rebuild a run's data module and model from its ``config.yaml`` and load its weights
-    (``which`` = best | last, or a checkpoint path) with ``weights_only=True``. Eval mode."""
+    (``which`` = best | last, or a checkpoint path) with ``weights_only=True``. Eval mode.
+
+    Every ``_target_`` in ``config.yaml`` is checked against :mod:`famlab.allowlist` before anything
+    is built; ``allow`` (and ``FAMLAB_ALLOW_TARGETS``) adds trusted module prefixes, the
+    directory's own ``allow_targets`` is ignored."""
     from famlab.lit.summary import read_summary
 
     run_dir = Path(path)
@@ -93,6 +97,13 @@ def load_run(path: str | Path, which: str = "best", map_location: str = "cpu") -
     if not cfg_file.is_file():
         raise ConfigError(f"run={run_dir}: no config.yaml (not a famlab run directory)")
     cfg = OmegaConf.load(cfg_file)
+    # the directory's own allow_targets is not trusted: only the caller's and FAMLAB_ALLOW_TARGETS
+    with open_dict(cfg):
+        cfg[allowlist.CONFIG_KEY] = list(allow)
+    try:
+        allowlist.check(cfg, allowlist.extra_prefixes(cfg))
+    except ConfigError as e:
+        raise ConfigError(f"run={run_dir}: config.yaml: {e}") from None
     ckpt_dir = run_dir / "checkpoints"
     if Path(which).is_file():
         ckpt = Path(which)

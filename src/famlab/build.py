@@ -1,8 +1,9 @@
 """From a composed config to live objects: data module, model, optimizer and scheduler factories.
 
-Every ``instantiate`` goes through :func:`instantiate`, which turns a failure into a one-line
-:class:`ConfigError` naming the config group (and is the one place to add Hydra 1.4's
-instantiation whitelist).
+Every ``instantiate`` goes through :func:`instantiate`, which first checks every ``_target_`` in
+the node against :mod:`famlab.allowlist` (extended by the root config's ``allow_targets`` and
+``FAMLAB_ALLOW_TARGETS``), then turns a failure into a one-line :class:`ConfigError` naming the
+config group.
 """
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ import hydra.utils
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from famlab import allowlist
 from famlab.errors import ConfigError
 
 GROUPS = ("data", "model", "optimizer", "scheduler", "position", "attention", "trainer")
 
 
 def instantiate(node: Any, group: str, **kwargs) -> Any:
+    root = node._get_root() if isinstance(node, DictConfig) else None
+    where = node._get_full_key(None) if isinstance(node, DictConfig) and node._get_parent() is not None else group
+    allowlist.check(node, allowlist.extra_prefixes(root), where=where or group)
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except ConfigError:

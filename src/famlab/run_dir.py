@@ -3,6 +3,9 @@
 Nothing is written until the configuration has been validated (``prepare_run`` is called after
 the data, model and optimizer were built), and an existing run's checkpoints are never
 overwritten by a fresh run: that needs ``resume=auto`` or another ``run_name``.
+``prepare_run`` also takes the run directory's lock (:mod:`famlab.run_lock`) before its first
+write and writes Hydra's ``.hydra/`` records itself, so a second process started into a directory
+that a live process holds is refused having written nothing.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from famlab.errors import ConfigError
 from famlab.lit.summary import update_summary
+from famlab.run_lock import LOCK_NAME, RunLock, RunLocked
 
 SPAWNING_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp", "deepspeed")
 
@@ -29,6 +33,9 @@ class RunContext:
     overrides: list = field(default_factory=list)
     launcher: str = ""
     existed: bool = False
+    hydra_files: bool = False  # write Hydra's .hydra/ records (Hydra itself writes none: output_subdir null)
+    locked_out: bool = False   # another process holds the run directory: never touch it
+    resumed_step: int | None = None  # global step of the checkpoint resumed from
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> "RunContext":
@@ -42,7 +49,7 @@ class RunContext:
         run_dir = Path(hc.runtime.output_dir)
         choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and k != "local" and v is not None}
         ctx = cls(run_dir=run_dir, multirun=hc.mode == RunMode.MULTIRUN, choices=choices,
-                  overrides=list(hc.overrides.task), launcher=str(hc.launcher.get("_target_", "")))
+                  overrides=list(hc.overrides.task), launcher=str(hc.launcher.get("_target_", "")), hydra_files=True)
         ctx.existed = any(p.name != ".hydra" for p in run_dir.iterdir()) if run_dir.exists() else False
         return ctx
 
@@ -64,9 +71,9 @@ class RunContext:
 
     def discard_if_empty(self) -> None:
         """Remove a run directory this invocation created but never wrote to."""
-        if self.existed or not self.run_dir.exists():
+        if self.existed or self.locked_out or not self.run_dir.exists():
             return
-        if all(p.name == ".hydra" for p in self.run_dir.iterdir()):
+        if all(p.name in (".hydra", LOCK_NAME) for p in self.run_dir.iterdir()):
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def record_failure(self, error: BaseException) -> None:
@@ -137,9 +144,16 @@ def _check_fits(path: Path, saved: dict, model) -> None:
                           f"the config it was trained with, or start a fresh run; nothing was written")
 
 
-def prepare_run(cfg: DictConfig, ctx: RunContext, model=None) -> str | None:
-    """Decide what to resume from (the checkpoint must load safely and fit ``model``) and write
-    the config records. Returns the checkpoint path or None."""
+def prepare_run(cfg: DictConfig, ctx: RunContext, model=None, lock: RunLock | None = None) -> str | None:
+    """Decide what to resume from (the checkpoint must load safely and fit ``model``), take
+    ``lock`` on the run directory, then write the config records. Returns the checkpoint path or
+    None. Raises :class:`RunLocked` (nothing written) when another live process holds the directory."""
+    if lock is not None:
+        try:
+            lock.refuse_if_held()  # before any other check, so the message names the live owner
+        except RunLocked:
+            ctx.locked_out = True
+            raise
     last = ctx.run_dir / "checkpoints" / "last.ckpt"
     resume = cfg.get("resume")
     if resume in (None, "", "null", "none"):
@@ -149,20 +163,42 @@ def prepare_run(cfg: DictConfig, ctx: RunContext, model=None) -> str | None:
         ckpt = None
     elif resume == "auto":
         ckpt = str(last) if last.exists() else None
-        for stray in last.parent.glob("*.tmp"):  # half-written by a process killed while saving
-            stray.unlink(missing_ok=True)
     else:
         ckpt = str(_find_checkpoint(Path(str(resume)).expanduser()))
-    if ckpt is not None:
-        state = check_checkpoint(Path(ckpt), model)
-        if Path(ckpt).resolve() == last.resolve():
-            _drop_stale_best(last.parent, state)
+    state = check_checkpoint(Path(ckpt), model) if ckpt is not None else None
+    ctx.resumed_step = int(state.get("global_step", 0)) if state is not None else None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except RunLocked:
+            ctx.locked_out = True
+            raise
+    if resume == "auto":
+        for stray in last.parent.glob("*.tmp"):  # half-written by a process killed while saving
+            stray.unlink(missing_ok=True)
+    if state is not None and Path(ckpt).resolve() == last.resolve():
+        _drop_stale_best(last.parent, state)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.hydra_files:
+        _write_hydra_records(cfg, ctx)
     (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (ctx.run_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(ctx.overrides)))
     (ctx.run_dir / "config_tree.txt").write_text(_print_tree(cfg))
     (ctx.run_dir / "git.txt").write_text(_git_state())
     return ckpt
+
+
+def _write_hydra_records(cfg: DictConfig, ctx: RunContext) -> None:
+    """``.hydra/{config,hydra,overrides}.yaml`` as Hydra would write them, but only once this process
+    holds the run directory (Hydra's own copy is off: it would be written before any lock)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out = ctx.run_dir / ".hydra"
+    out.mkdir(exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    if HydraConfig.initialized():
+        (out / "hydra.yaml").write_text(OmegaConf.to_yaml(HydraConfig.instance().cfg))
+    (out / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(ctx.overrides)))
 
 
 def wandb_kwargs(cfg: DictConfig, ctx: RunContext) -> dict:

@@ -2,7 +2,7 @@
 
 Run directory (``outputs/<task>/runs/<run_name>`` or ``.../multiruns/<sweep>/<job>``)::
 
-    config.yaml  overrides.yaml  summary.json  metrics.csv  tokenizer.json  train.log
+    config.yaml  overrides.yaml  summary.json  metrics.csv  tokenizer.json  train.log  famlab.lock
     checkpoints/last.ckpt  checkpoints/best-step=N.ckpt  plots/  wandb/
 """
 from __future__ import annotations
@@ -10,19 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from famlab import allowlist
 from famlab.build import build_datamodule, build_model, build_optimization, instantiate
 from famlab.console import quiet_third_party
 from famlab.data.tokenizers import save_tokenizer
 from famlab.errors import ConfigError
 from famlab.lit.checkpoint_io import AtomicCheckpointIO
+from famlab.lit.durable import FULL_ERRNOS, DiskFull, Reserve
 from famlab.lit.fsdp import fsdp_strategy, is_fsdp
 from famlab.lit.interrupt import Preempted, preempted_message
 from famlab.lit.nonfinite import NonFiniteError
@@ -32,6 +32,7 @@ from famlab.lit.summary import hardware, update_summary
 from famlab.paths import CONF_DIR
 from famlab.preflight import check_seed
 from famlab.run_dir import RunContext, prepare_run, wandb_kwargs
+from famlab.run_lock import RunLock, RunLocked, is_rank_zero
 
 log = logging.getLogger("famlab")
 
@@ -41,13 +42,51 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
     ctx = ctx or RunContext.from_hydra(cfg)
     ctx.refuse_bad_launch(cfg)
     quiet_third_party(bool(cfg.get("verbose", False)))
+    allowlist.check(cfg, allowlist.extra_prefixes(cfg))  # before anything is instantiated
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(check_seed(cfg.seed), workers=True, verbose=False)
     dm = build_datamodule(cfg)
     model = build_model(cfg, vocab_size=dm.vocab_size)
     optimizer, scheduler = build_optimization(cfg, model)
-    ckpt_path = prepare_run(cfg, ctx, model)  # validated: from here on files are written
+    lock = RunLock(ctx.run_dir) if is_rank_zero() else None  # global rank 0 owns the run directory
+    checkpoint_io, reserve = AtomicCheckpointIO(), Reserve(ctx.run_dir)
+    try:
+        ckpt_path = prepare_run(cfg, ctx, model, lock)  # validated and locked: from here on files are written
+        if lock is not None:
+            reserve.create()
+        return _train(cfg, ctx, dm, model, optimizer, scheduler, ckpt_path, checkpoint_io)
+    except BaseException as e:
+        if isinstance(e, RunLocked) or not is_disk_full(e):
+            raise
+        reserve.release()  # gives the summary room
+        step = checkpoint_io.last_step if checkpoint_io.last_step is not None else ctx.resumed_step
+        where = getattr(e, "filename", None) or f"a file in {ctx.run_dir}"
+        message = (f"no space left on device while writing {where}; "
+                   + (f"the last good checkpoint is step {step}" if step is not None else "no checkpoint was written yet")
+                   + "; free space and rerun with resume=auto")
+        if lock is not None:
+            try:
+                update_summary(ctx.run_dir, status="failed", error=message)
+            except OSError as again:
+                log.error("summary.json could not be updated either: %s", again)
+        raise RunFailed(message) from e
+    finally:
+        reserve.release()
+        if lock is not None:
+            lock.release()
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, DiskFull) or (isinstance(error, OSError) and error.errno in FULL_ERRNOS)
+
+
+class RunFailed(RuntimeError):
+    """The run stopped on its environment (a full disk); ``summary.json`` says ``failed`` with this message."""
+
+
+def _train(cfg: DictConfig, ctx: RunContext, dm, model, optimizer, scheduler, ckpt_path: str | None,
+           checkpoint_io: AtomicCheckpointIO) -> dict:
     save_tokenizer(dm.tokenizer, ctx.run_dir / "tokenizer.json")
     file_log = logging.FileHandler(ctx.run_dir / "train.log")
     logging.getLogger().addHandler(file_log)
@@ -77,7 +116,7 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
             if extra:  # wandb gets the resolved config as a plain dict, plus the group choices to group by
                 loggers[-1].log_hyperparams({"choices": ctx.choices, **OmegaConf.to_container(cfg, resolve=True)})
     strategy = {"strategy": fsdp_strategy()} if is_fsdp(cfg.trainer.get("strategy", "auto")) else {}
-    trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
+    trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[checkpoint_io],
                           default_root_dir=str(ctx.run_dir),
                           enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
                           enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks), **strategy)
@@ -110,8 +149,13 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
             spawned = "spawn" in str(cfg.trainer.get("strategy", ""))
             fields = recorder.fields(trainer, module) if recorder.history or not spawned else {}
             last = ctx.run_dir / "checkpoints" / "last.ckpt"
-            summary = update_summary(ctx.run_dir, status=status, error=error, **fields,
-                                     last_checkpoint=str(last) if last.exists() else None)
+            try:
+                summary = update_summary(ctx.run_dir, status=status, error=error, **fields,
+                                         last_checkpoint=str(last) if last.exists() else None)
+            except OSError as write_error:
+                if status in ("completed", "interrupted"):
+                    raise
+                log.error("summary.json could not be written (%s); the run's own error follows", write_error)
     return summary
 
 
@@ -123,7 +167,7 @@ def finish_on_last_step(trainer, module, dm, recorder: RunRecorder, ctx: RunCont
     if recorder.history and recorder.history[-1]["step"] == trainer.global_step:
         return
     trainer.validate(module, datamodule=dm, verbose=False)
-    trainer.save_checkpoint(ctx.run_dir / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(ctx.run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # the full state
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
@@ -131,6 +175,18 @@ def hydra_main(cfg: DictConfig) -> float | None:
     ctx = RunContext.from_hydra(cfg)
     try:
         summary = run(cfg, ctx)
+    except RunLocked as e:  # another process owns the run directory: write nothing into it
+        if ctx.multirun:
+            log.error("job %s skipped: %s", ctx.run_dir, e)
+            return None
+        print(f"famlab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except RunFailed as e:  # summary.json already says "failed" with this message
+        log.error("run %s failed: %s", ctx.run_dir, e)
+        if ctx.multirun:
+            return None
+        print(f"famlab: error: {e}", file=sys.stderr)
+        sys.exit(1)
     except ConfigError as e:
         ctx.discard_if_empty()
         if ctx.multirun:  # record the failure, let the other jobs of the sweep finish

@@ -27,6 +27,12 @@ def _positive(key: str, value) -> int:
     return value
 
 
+def loader_generator(seed: int) -> torch.Generator:
+    """A DataLoader's own generator: creating its iterator draws a base seed from it, not from the
+    global torch RNG (which a resumed run has just restored and dropout draws from next)."""
+    return torch.Generator().manual_seed(int(seed))
+
+
 class StepStreamMixin:
     """Checkpoints the position of the training stream (batches consumed) so resume continues it."""
 
@@ -42,7 +48,7 @@ class StepStreamMixin:
     def _stream(self, make_batch) -> DataLoader:
         self.train_windows = StepWindows(make_batch, self.batch_size, self.seed)
         self.train_windows.start_step = self.start_batch
-        return DataLoader(self.train_windows, batch_size=None, num_workers=0)
+        return DataLoader(self.train_windows, batch_size=None, num_workers=0, generator=loader_generator(self.seed))
 
 
 class LMDataModule(StepStreamMixin, pl.LightningDataModule):
@@ -117,7 +123,8 @@ class LMDataModule(StepStreamMixin, pl.LightningDataModule):
         return [sample_windows(self.val_tokens, context, batch_size or self.batch_size, g) for _ in range(n)]
 
     def val_dataloader(self):
-        return DataLoader(self.eval_batches(self.context, self.val_batches), batch_size=None, num_workers=0)
+        return DataLoader(self.eval_batches(self.context, self.val_batches), batch_size=None, num_workers=0,
+                          generator=loader_generator(self.seed))
 
 
 class RecallDataModule(StepStreamMixin, pl.LightningDataModule):
@@ -156,7 +163,8 @@ class RecallDataModule(StepStreamMixin, pl.LightningDataModule):
         return [self.task.batch(context, batch_size or self.batch_size, g) for _ in range(n)]
 
     def val_dataloader(self):
-        return DataLoader(self.eval_batches(self.context, self.val_batches), batch_size=None, num_workers=0)
+        return DataLoader(self.eval_batches(self.context, self.val_batches), batch_size=None, num_workers=0,
+                          generator=loader_generator(self.seed))
 
 
 class _RecallTokenizer(ByteTokenizer):

@@ -31,7 +31,7 @@ class Preempted(Exception):
 
 
 def _save_and_stop(trainer, why: str) -> None:
-    trainer.save_checkpoint(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     raise Preempted(f"{why} at step {trainer.global_step}; continue with resume=auto")
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from famlab.data.synthetic import IGNORE
 from famlab.lit.fsdp import is_fsdp, record_unsharded_shapes
 from famlab.lit.mfu import device_peak_flops, mfu, model_flops_per_token
+from famlab.lit import rng_state
 
 
 class LitLM(pl.LightningModule):
@@ -168,10 +169,9 @@ class LitLM(pl.LightningModule):
 
     # --- exact resume: RNG states and wall time travel with the checkpoint -----------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["famlab"] = {"torch_rng": torch.get_rng_state(), "elapsed_s": self.elapsed()}
+        checkpoint["famlab"] = {**rng_state.capture(), "elapsed_s": self.elapsed()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("famlab", {})
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
+        rng_state.restore(state)
         self.elapsed_before = float(state.get("elapsed_s", 0.0))

@@ -1,7 +1,7 @@
 """The run directory's ``summary.json``: what ``famlab compare`` and ``load_run`` read.
 
 Written at the start (status ``running``), at the end (``completed``), and on failure
-(``failed`` or ``diverged`` with the error), always atomically.
+(``failed`` or ``diverged`` with the error), always atomically (fsynced before the rename).
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from famlab.lit.durable import atomic_write
+
 
 def hardware() -> str:
     if torch.cuda.is_available():
@@ -20,9 +22,9 @@ def hardware() -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    """Write ``data`` as JSON through a flushed, fsynced temporary file and a rename."""
+    text = json.dumps(data, indent=2, default=str).encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def read_summary(run_dir: Path) -> dict:

@@ -3,7 +3,8 @@
 A run directory is any directory holding ``config.yaml`` or ``summary.json`` (found at any depth
 below the given paths; ``.hydra``, ``checkpoints``, ``plots``, ``wandb`` and ``report`` are never
 runs). Status: the summary's ``status`` (completed, diverged, pruned, failed, interrupted, running) when it
-exists; ``running`` when only ``metrics.csv`` exists (still running, or killed before its first
+exists, except that a ``running`` run whose ``famlab.lock`` no process holds died while running and
+is reported ``interrupted``; ``running`` when only ``metrics.csv`` exists (still running, or killed before its first
 summary); ``missing`` when neither exists; ``failed`` when the summary cannot be read. A Hydra
 ``multirun.yaml`` at a sweep root also yields one ``missing`` entry for every numbered job
 directory the sweep should have made but did not.
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from famlab.run_lock import lock_state
 
 STATUSES = ("completed", "diverged", "pruned", "failed", "interrupted", "running", "missing")
 NOT_RUNS = {".hydra", "checkpoints", "plots", "wandb", "report", "__pycache__"}
@@ -165,6 +168,9 @@ def load_run(path: str | Path) -> Run:
         run.status, run.error = "running", "no summary.json yet (still running, or killed)"
     else:
         run.status, run.error = "missing", "no summary.json and no metrics.csv"
+    if run.status == "running" and lock_state(path) == "free":
+        run.status = "interrupted"
+        run.error = "died while running (no process holds its lock); continue with resume=auto"
     if run.status not in STATUSES:
         problems.append(f"unknown status {run.status!r}")
         run.status = "failed"
