@@ -33,6 +33,17 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def group_option(group: str, name: str):
+    """conf/<group>/<name>.yaml with its defaults list applied (a derived option such as
+    attention=local_global includes its parent), interpolations left unresolved."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF / group), version_base="1.3"):
+        return compose(config_name=name)
+
+
 def quick_steps(model: torch.nn.Module, optimizer, steps: int = 2, vocab: int | None = None, seq: int = 16,
                 batch: int = 2, seed: int = 0) -> list[float]:
     """A few plain training steps on random tokens; returns the losses (used to sweep options fast)."""

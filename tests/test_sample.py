@@ -79,7 +79,7 @@ def test_cli_generates_from_a_loaded_run(monkeypatch, capsys, tmp_path):
 def test_cli_reports_skipped_updates_for_update_gated_runs(monkeypatch, capsys, tmp_path):
     from functools import partial
 
-    from famlab.attention.update_gates import UpdateGatedAttention
+    from famlab.attention.update_gated import UpdateGatedAttention
 
     torch.manual_seed(0)
     gated = TransformerLM(VOCAB, 16, 2, 2, 32, attention=partial(UpdateGatedAttention, update_threshold=1.0))

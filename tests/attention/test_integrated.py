@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from famlab_testing import HostSyncCatcher
+from famlab_testing import HostSyncCatcher, group_option
 
 from famlab.attention.cache import KVCache
 from famlab.attention.core import merge_heads, split_heads
@@ -254,7 +254,7 @@ def test_flex_backend_forward_matches_blocked():
 
 @pytest.mark.parametrize("name,has_refiner", [("integrated", True), ("local_global", False)])
 def test_configs_instantiate(name, has_refiner):
-    node = OmegaConf.load(f"conf/attention/{name}.yaml")
+    node = group_option("attention", name)
     cfg = OmegaConf.merge({"model": {"context": 64}, "seed": 3}, {"attention": node})
     mod = instantiate(cfg.attention)(dims=D, head=HEADS, position=None)
     assert isinstance(mod, IntegratedAttention)

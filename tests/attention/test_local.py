@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from famlab.attention.local import blocked_attention, dense_local_attention, flex_slide_win, slide_win
+from famlab.attention.local import blocked_attention, dense_local_attention, slide_win
+from famlab.attention.local import flex_sliding_window_attention as flex_slide_win
 
 B, H, HD = 2, 3, 8
 

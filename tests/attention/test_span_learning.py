@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from famlab_testing import HostSyncCatcher
+from famlab_testing import HostSyncCatcher, group_option
 
 import famlab  # noqa: F401  (registers the famlab.min resolver used by the configs)
 from famlab.attention.adaptive_span import AdaptiveSpan
@@ -22,7 +22,7 @@ CONTEXTS = [OmegaConf.load(CONF / "model" / f"{m}.yaml").context for m in ("tiny
 
 
 def build(name: str, context: int, **overrides):
-    node = OmegaConf.load(CONF / "attention" / f"{name}.yaml")
+    node = group_option("attention", name)
     cfg = OmegaConf.merge({"model": {"context": context}, "seed": 0}, {"attention": node},
                           {"attention": overrides})
     torch.manual_seed(0)

@@ -6,13 +6,11 @@ head ``h`` weights a key at distance ``d`` by ``m(d) = clamp((R + z_h - d) / R, 
 renormalise). Keys with ``m = 0`` are not computed: queries are processed in blocks that gather
 only the keys within the current largest span plus the ramp (:func:`blocked_attention`).
 
-Differences from the seed (``AdaptiveSpan(dims, head, max_dist, sharpen, temp_scale)``): the seed
-attended the first ``max_span * mean(span_scale)`` *positions* (a prefix, read with ``.item()``
-so ``span_scale`` never learned), had no projections and no causal mask, and scaled logits by
-``hd^-1/4``. Here the span is a relative distance per head, differentiable, causal, with QKV
-projections, ``1/sqrt(hd)`` scaling and a full-length output. The seed's temperature sharpening
-is kept as a differentiable per-head tensor: ``T = 1 + temp_scale * (1 - s)`` (``sharpen``) or
-``0.5 + temp_scale * s``, with ``s = clamp(span_scale, 0, 1)``.
+Otherwise standard causal attention (QKV projections, the position scheme, ``1/sqrt(hd)``
+scaling). Logits are also divided by a per-head temperature ``T = 1 + temp_scale * (1 - s)``
+(``sharpen``) or ``0.5 + temp_scale * s``, with ``s = clamp(span_scale, 0, 1)``. With
+``span_penalty > 0``, :meth:`AdaptiveSpan.aux_loss` adds the paper's L1 span loss
+(``attention=adaptive_span_penalty``).
 """
 from __future__ import annotations
 
@@ -41,8 +39,8 @@ def _positive_int(key: str, value, what: str) -> int:
 class AdaptiveSpan(AttentionBase):
     """Learned-span causal MHA. ``x`` ``[B, T, dims]`` -> ``[B, T, dims]``.
 
-    Positional arguments follow the seed, ``AdaptiveSpan(dims, head, max_dist, sharpen,
-    temp_scale)``; the rest are keyword-only. ``span_scale`` ``[head]`` sets ``z_h = max_dist *
+    Positional arguments are ``(dims, head, max_dist, sharpen, temp_scale)`` (the original's
+    order, docs/provenance.md §3); the rest are keyword-only. ``span_scale`` ``[head]`` sets ``z_h = max_dist *
     clamp(span_scale_h, 0, 1)`` tokens; ``ramp`` is the soft-edge length ``R``; ``span_penalty``
     weights the L1 span loss returned by :meth:`aux_loss` (``span_penalty * mean_h z_h``, z in
     tokens: the adaptive-span paper's ``adapt_span_loss``, 2e-6 there); ``block`` is the query
@@ -115,7 +113,7 @@ class AdaptiveSpan(AttentionBase):
         return self.max_dist * self._scale()
 
     def temperature(self) -> torch.Tensor:
-        """Per-head logit temperature ``[head]`` (the seed's sharpening formula), float32 or wider."""
+        """Per-head logit temperature ``[head]`` (``sharpen``: ``1 + temp_scale * (1 - s)``), float32 or wider."""
         s = self._scale()
         return 1.0 + self.temp_scale * (1.0 - s) if self.sharpen else 0.5 + self.temp_scale * s
 

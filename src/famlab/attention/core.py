@@ -1,20 +1,6 @@
 """Shared attention plumbing: projections, head split, one mask convention, SDPA.
 
-Mixer contract (every ``attention=`` option follows it):
-
-* constructor ``Variant(dims=, head=, position=, **variant_kwargs)``, called with keywords;
-  ``position`` is a position scheme module (see :mod:`famlab.position.base`) applied to queries
-  and keys. Variants with a seed signature keep its positional order after ``dims, head``
-  (``position`` is keyword-only there).
-* ``forward(x, positions, cache=None) -> Tensor`` with ``x`` ``[B, T, dims]``, ``positions`` a
-  LongTensor ``[T]`` of absolute token positions (``arange(T) + offset`` when decoding with a
-  cache), ``cache`` a :class:`famlab.attention.cache.KVCache` layer slot or ``None``; returns a
-  tensor shaped like ``x``.
-* optional hooks, all looked up by :class:`famlab.model.transformer.TransformerLM`:
-  ``aux_loss() -> Tensor | None`` (added to the training loss), ``post_step(loss=None)`` (after
-  each optimizer step; ``loss`` is the detached training loss), ``metrics() -> dict[str, Tensor]``
-  (detached tensors, keys ``"group/name"`` such as ``"span/mean"``; logged every N steps).
-
+:class:`AttentionBase` is the skeleton most mixers (:mod:`famlab.attention.base`) build on.
 Masks: boolean, ``True`` = may attend (as in ``F.scaled_dot_product_attention``). Convert any
 other convention at the boundary.
 """

@@ -1,54 +1,37 @@
-"""``attention=integrated`` / ``attention=local_global``: local sliding window + global attention.
+"""``attention=integrated``: causal sliding-window attention with a learned soft span, plus a
+global branch, mixed by a learned per-head gate.
 
-Seed (``IntegratedAttention(dims, head, max_dist, win_size, max_span, temp_scale)``): a local
-branch (windows of ``win_size * s``, spans of ``max_span * s``) and a global branch, each a
-separate attention module with its own projections, merged by ``Linear(cat[local, global])``
-(``2 * dims -> dims``); ``s`` = span predictor (``Linear + sigmoid`` on the mean of the
-global output) times a Q-learning refinement, read with ``.item()``.
+``x`` ``[B, T, dims]`` -> ``[B, T, dims]``. One ``qkv`` projection (:class:`AttentionBase`'s)
+feeds both branches, and one output projection follows the mix:
+``y = proj(g * local + (1 - g) * global)``, ``g = sigmoid(gate)`` ``[head]`` (``gate_init`` logit,
+0 -> ``g = 0.5``), so the projection cost is standard attention's ``4 * dims^2`` per token.
 
-This version keeps those pieces and names but:
+* **Local branch**: causal band ``[i - window + 1, i]``, ``window = min(win_size, max_dist)``,
+  computed in query blocks of ``min(64, window)`` (:func:`famlab.attention.local.blocked_attention`;
+  FlexAttention on CUDA), cost ``T * window``. Query ``i`` weights a key at distance ``d`` by the
+  soft-span ramp ``clamp((ramp + z_i - d) / ramp, 0, 1)`` of Sukhbaatar et al. (2019) with
+  ``z_i = max_span * S_i`` tokens, and divides its logits by ``1 + temp_scale * (1 - S_i)``.
+  ``S_i = clamp(sigmoid(span_pred(mean of the global outputs up to i)) * factor, 0, 1)``: the
+  running (causal) mean keeps the span causal and differentiable, so ``span_pred`` learns;
+  ``factor`` is the :class:`~famlab.attention.refiner.Refiner`'s span factor (1 without one).
+  ``focus_iters`` repeats the local branch with ``q <- q + local_out`` (1 = once).
+* **Global branch** (``global_branch``): ``"summary"`` (default) compresses every
+  ``summary_block`` tokens into one mean key/value pair (the key rotated at the block's last
+  position) and lets query ``i`` attend to the summaries of the blocks complete at ``i``
+  (:mod:`famlab.attention.summary`; compressive/landmark style: Rae et al. 2020, Mohtashami &
+  Jaggi 2023, the compression branch of NSA, Yuan et al. 2025), cost ``T * T / summary_block``.
+  Tokens before the end of the first block have no complete block: the span predictor sees a
+  zero global output there and the mix uses the local output alone, whatever the gate.
+  ``"full"`` is causal multi-head attention (cost ``T^2``). With ``summary_block <= window``
+  every past token is in the local band or in a complete summarised block.
+* **Refiner** (``refiner``, optional): tabular Q-learning that picks the span factor once every
+  few optimizer steps in :meth:`IntegratedAttention.post_step` (buffers, no host sync);
+  ``attention=local_global`` is this module without it
+  (:class:`famlab.attention.local_global.LocalGlobalAttention`).
 
-* both branches share one ``qkv`` projection (:class:`AttentionBase`'s): the local branch attends
-  with the rotated ``(q, k, v)`` of every token, the summary branch with the same ``q`` and block
-  means of the same (unrotated) ``k``/``v``. The seed's ``Linear(cat) -> dims`` is replaced by a
-  learned per-head gate before the single output projection:
-  ``y = proj(g * local + (1 - g) * global)``, ``g = sigmoid(gate)`` (``gate_init`` logit, 0 ->
-  ``g = 0.5``). Projection cost is standard attention's ``4 * dims^2`` per token (the seed's, with
-  two ``qkv`` and a ``2 * dims`` merge, about ``6 * dims^2``). The seed's two LayerNorms (one
-  per branch) are dropped (the block's pre-norm already normalises ``x``; one projection needs one input).
-  With ``global_branch="full"``, a window and span covering the context, ``temp_scale=0`` and no
-  refiner, both branches are the same causal attention and the module equals
-  :class:`~famlab.attention.standard.StandardAttention` with the same ``qkv``/``proj``;
-* the local branch is causal sliding-window attention over the band ``[i - window + 1, i]``
-  (``window = min(win_size, max_dist)``; the seed's windows saw future keys), vectorised over
-  windows (the rule of :func:`famlab.attention.local.slide_win` in query blocks of ``min(64,
-  window)``, or FlexAttention on CUDA), cost ``T * window``;
-* the span is soft and differentiable: query ``i`` weights keys by the ramp
-  ``clamp((ramp + z_i - d) / ramp, 0, 1)`` with ``z_i = max_span * S_i`` and the logits are
-  sharpened by the seed's ``1 + temp_scale * (1 - S_i)``; ``S_i = clamp(sigmoid(span_pred(mean of
-  global outputs up to i)) * refine, 0, 1)``. The running (causal) mean replaces the seed's mean
-  over the whole sequence, which leaked future tokens; gradients reach ``span_pred``;
-* the global branch (``global_branch``) is content-dependent but sub-quadratic by default:
-  ``"summary"`` compresses every ``summary_block`` consecutive tokens into one mean key/value
-  pair (the key rotated at the block's last position) and lets query ``i`` attend to the
-  summaries of the blocks complete at ``i`` (:mod:`famlab.attention.summary`;
-  compressive/landmark-style, Rae et al. 2020, Mohtashami & Jaggi 2023, NSA's compression
-  branch), cost ``T * T / summary_block``; the summaries are block means of the shared per-token
-  keys/values. Tokens before the end of the first
-  block have no complete block: the span predictor sees a zero global output there, and the
-  combination uses the local output in place of the global one (so ``proj`` sees the local
-  branch alone, whatever the gate). The
-  seed's global branch was a full MHA (Echo) or AdaptiveUpdateAttention (Big_worm/typed), cost
-  ``T^2``; ``"full"`` keeps that as standard causal MHA (``1/sqrt(hd)``), for comparison and
-  for the full-attention limit. With ``summary_block <= window`` every past token is either in
-  the local band or in a complete summarised block;
-* ``focus_iters`` fixed iterations of ``q <- q + local_out`` (the seed's ``_focus`` loop, which
-  stopped on a tolerance checked on the host); default 1 = no refocusing;
-* the optional :class:`Refiner` picks ``refine`` once every few optimizer steps in
-  :meth:`post_step` (buffers, no host sync); ``refiner=None`` or ``enabled: false`` fixes
-  ``refine = 1`` (``attention=local_global``).
-
-``x`` ``[B, T, dims]`` -> ``[B, T, dims]``.
+With ``global_branch="full"``, a window and span covering the context, ``temp_scale=0`` and no
+refiner, both branches are the same causal attention and the module equals
+:class:`~famlab.attention.standard.StandardAttention` with the same ``qkv``/``proj``.
 """
 from __future__ import annotations
 
@@ -60,7 +43,7 @@ from torch import nn
 
 from famlab.attention.cache import KVCache
 from famlab.attention.core import AttentionBase, causal_mask, merge_heads, split_heads
-from famlab.attention.local import blocked_attention, dense_local_attention, flex_slide_win
+from famlab.attention.local import blocked_attention, dense_local_attention, flex_sliding_window_attention
 from famlab.attention.refiner import Refiner
 from famlab.attention.summary import block_means, summary_attention
 
@@ -69,7 +52,8 @@ _REFINER_KEYS = {"enabled", "states", "actions", "alpha", "gamma", "epsilon", "u
 _BACKENDS = ("auto", "blocked", "flex")
 _GLOBAL_BRANCHES = ("summary", "full")
 # Local branch queries per block: keys per block = window - 1 + block, so blocks smaller than the
-# window (slide_win uses block = window, half of each 2 * window key window out of band) compute
+# window (sliding_window_attention uses block = window, half of each 2 * window key window out of
+# band) compute
 # fewer out-of-band scores; 64 was the fastest at window 256 on the CPU (fwd+bwd, per-query span).
 _LOCAL_QUERY_BLOCK = 64
 
@@ -102,8 +86,8 @@ class IntegratedAttention(AttentionBase):
     path otherwise), ``"blocked"`` (pure PyTorch; fused kernel on the CPU) or ``"flex"``
     (FlexAttention; compiled on CUDA, forward-only on the CPU).
 
-    Positional arguments follow the seed, ``IntegratedAttention(dims, head, max_dist, win_size,
-    max_span, temp_scale)``; the rest are keyword-only. Sizes are cast to ``int`` and must stay
+    Positional arguments are ``(dims, head, max_dist, win_size, max_span, temp_scale)`` (the
+    original's order, docs/provenance.md §6); the rest are keyword-only. Sizes are cast to ``int`` and must stay
     positive after the cast. The span ramp passes a gradient to ``span_pred`` only where
     ``z_i < d < z_i + ramp`` for some visible distance ``d`` (``d < min(window, T)``): with
     ``max_span`` larger than the context, ``z_i ~ max_span / 2`` at initialisation covers every
@@ -161,7 +145,8 @@ class IntegratedAttention(AttentionBase):
         self.register_buffer("span_mean", torch.zeros(()), persistent=False)
         self.register_buffer("pred_mean", torch.zeros(()), persistent=False)
 
-    def refine(self) -> torch.Tensor | float:
+    def span_factor(self) -> torch.Tensor | float:
+        """The refiner's span factor (a 0-dim device tensor), or 1.0 without a refiner."""
         return 1.0 if self.refiner is None else self.refiner.factor
 
     # --- branches ----------------------------------------------------------------------------
@@ -244,16 +229,17 @@ class IntegratedAttention(AttentionBase):
             count = count + prev_count
             cache.extra["score_sum"], cache.extra["score_count"] = total[:, -1:].detach(), prev_count + g.shape[1]
         pred = torch.sigmoid(total / count + self.span_pred.bias.to(total.dtype))  # float32 or wider
-        return pred, (pred * self.refine()).clamp(0.0, 1.0)
+        return pred, (pred * self.span_factor()).clamp(0.0, 1.0)
 
-    def slide_win(self, q, k, v, span, temp):
+    def sliding_window(self, q, k, v, span, temp):
         """Local branch over whole sequences: ``[B, H, T, hd]`` -> ``[B, H, T, hd]`` (+ stats).
 
-        The band rule of :func:`famlab.attention.local.slide_win`, computed in query blocks of
-        ``min(64, window)`` (same result, fewer masked scores)."""
+        The band rule of :func:`famlab.attention.local.sliding_window_attention`, computed in query
+        blocks of ``min(64, window)`` (same result, fewer masked scores)."""
         use_flex = self.backend == "flex" or (self.backend == "auto" and q.is_cuda and not self.record_stats)
         if use_flex:
-            out = flex_slide_win(q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp, compile=q.is_cuda)
+            out = flex_sliding_window_attention(q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp,
+                                                compile=q.is_cuda)
             return out, None
         res = blocked_attention(q, k, v, block=min(_LOCAL_QUERY_BLOCK, self.window), lookback=self.window - 1,
                                 window=self.window, span=span, ramp=self.ramp, temperature=temp,
@@ -274,7 +260,7 @@ class IntegratedAttention(AttentionBase):
         stats = None
         for it in range(self.focus_iters):
             if cache is None:
-                y, stats = self.slide_win(q, k, v, span, temp)
+                y, stats = self.sliding_window(q, k, v, span, temp)
             else:
                 res = dense_local_attention(q, k_all, v_all, q_pos, k_pos, window=self.window, span=span,
                                             ramp=self.ramp, temperature=temp, return_stats=self.record_stats)

@@ -11,12 +11,13 @@ head, per sequence or per query), so gradients reach whatever produced them.
 * :func:`blocked_attention` processes queries in blocks of ``block`` and gathers, per block, only
   the ``lookback + block`` keys that can be in range (an ``unfold`` view, no Python loop), so the
   cost is ``T * (lookback + block)`` instead of ``T^2``.
-* :func:`slide_win` is the sliding-window case (the seed's name): blocks of the window size,
-  keys = current + previous block, band ``[i - window + 1, i]``. The seed's windows reached up to
-  ``span - window`` keys into the future; here no future key is ever visible.
+* :func:`sliding_window_attention` is the sliding-window case: blocks of the window size,
+  keys = current + previous block, band ``[i - window + 1, i]``; no future key is ever visible.
+  ``slide_win`` is its original name (docs/provenance.md §6), kept as an alias.
 * :func:`dense_local_attention` is the same formula on an explicit ``[Tq, Tk]`` distance grid,
   used for cached decoding and as the reference in tests.
-* :func:`flex_slide_win` is the FlexAttention version (block mask + score modifier) used on CUDA.
+* :func:`flex_sliding_window_attention` is the FlexAttention version (block mask + score
+  modifier) used on CUDA.
 """
 from __future__ import annotations
 
@@ -195,7 +196,7 @@ def dense_local_attention(
     return out, (info[0].mean(), info[1])
 
 
-def slide_win(
+def sliding_window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -210,26 +211,30 @@ def slide_win(
 
     Queries in blocks of ``window``; each block attends to the current and previous block under
     the band mask, optionally weighted by the soft span ``span`` (tokens, ``[B|1, H|1, T|1]``).
-    ``q, k, v`` ``[B, H, T, hd]`` -> ``[B, H, T, hd]``. Seed difference: the seed looped over
-    windows in Python, read the span with ``.item()`` and let windows see future keys.
+    ``q, k, v`` ``[B, H, T, hd]`` -> ``[B, H, T, hd]``.
     """
     if window <= 0:
-        raise ValueError(f"slide_win: window must be positive, got {window}")
+        raise ValueError(f"sliding_window_attention: window must be positive, got {window}")
     return blocked_attention(
         q, k, v, block=window, lookback=window - 1, window=window, span=span, ramp=ramp,
         temperature=temperature, return_stats=return_stats, fused=fused,
     )
 
 
+#: The original name of :func:`sliding_window_attention` (docs/provenance.md §6).
+slide_win = sliding_window_attention
+
 _compiled_flex = None
 _block_masks: dict = {}
 
 
-def flex_slide_win(q, k, v, window: int, span=None, ramp: float = 32.0, temperature=None, compile: bool = True):
-    """:func:`slide_win` through FlexAttention (block-sparse band mask + soft-span score modifier).
+def flex_sliding_window_attention(q, k, v, window: int, span=None, ramp: float = 32.0, temperature=None,
+                                  compile: bool = True):
+    """:func:`sliding_window_attention` through FlexAttention (block-sparse band mask + soft-span
+    score modifier).
 
     Meant for CUDA (compiled); on the CPU FlexAttention has no backward, so it is only usable for
-    inference there. Same arguments and result as :func:`slide_win`.
+    inference there. Same arguments and result as :func:`sliding_window_attention`.
     """
     global _compiled_flex
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention

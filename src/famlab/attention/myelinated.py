@@ -1,40 +1,38 @@
-"""``attention=myelinated``: the seed's MyelinatedLayer with per-token, trainable skip/jump decisions.
+"""``attention=myelinated``: a stack of gated attention sub-layers with per-token, trainable
+skip and jump decisions (``MyelinatedLayer``).
 
-A stack of ``layerA`` gated attention sub-layers inside one mixer. Each token walks the stack: at
-sub-layer ``i`` a node predictor scores token importance; tokens whose causal running importance
-is too low skip the sub-layer; a policy network may make a token jump ahead (mixing in the
-block input and a working memory). A gated MLP closes the block.
+``x`` ``[B, T, D]`` (the block's ``ln_1`` output) -> the block's delta ``[B, T, D]``. Inside one
+mixer, ``layerA`` attention sub-layers (:class:`MyelinSublayer`: LayerNorm, q/k/v/out
+projections with the position scheme, a causal band of ``max_dist`` keys, a sigmoid output gate,
+an adapter on even sub-layers) run in turn. For each token (batch element and position) and
+sub-layer ``i``:
 
-What differs from the seed (see seed-spec section 5), and why:
+* a node predictor scores the token's importance ``p = sigmoid(pred_i(x))``; tokens with
+  ``p <= sparsity_threshold`` are masked out as keys (a query always sees itself);
+* the causal running mean of the importance decides whether the token runs the sub-layer
+  (mean above 0.3) and, after the first sub-layer, whether it skips it (below 0.2); both are
+  straight-through hard thresholds (Bengio et al. 2013): the forward value is 0/1, the gradient
+  reaches the node predictors. Decisions are masks, ``x <- x + active * delta``;
+* a working memory ``[1, 1, D]`` follows the running mean of ``x`` through a sigmoid gate;
+* a policy network on the running mean of the block input decides, per token, whether to jump
+  ahead and by how many sub-layers (1-3), by straight-through Gumbel-softmax (Jang et al. 2017;
+  Maddison et al. 2017); a jump mixes ``x <- (x + w * x0 + (1 - w) * memory) / 2`` with
+  ``w = jump_weights[length - 1]`` (a convex mix, so norms cannot grow).
 
-* every decision is per token (batch element *and* position) and applied as a mask
-  ``x <- x + active * delta``: no sample decides for the batch, no Python branching on values;
-* the seed's sequence means (``mean_L``) are causal prefix means here, otherwise a token's
-  decisions would read future tokens (causal leak in a language model);
-* node importance uses a straight-through hard threshold (forward = the seed's 0/1 mask,
-  backward = identity through the sigmoid), so the node predictors learn; the policy uses
-  straight-through Gumbel-softmax (binary for "jump?", 3-way for the length) with noise from a
-  ``torch.Generator`` re-seeded from ``(seed, forward counter)`` (identical on every rank; the
-  counter is checkpointed through ``get_extra_state``); eval is deterministic (argmax);
-* sub-layers are real attention layers with q/k/v/out projections and the position scheme (the
-  seed's q=k=v without projections gave near-diagonal attention); importance is a boolean key
-  mask (True = may be attended; a query always sees itself) inside a causal band ``max_dist``;
-* the jump mix is ``x <- (x + w*x0 + (1-w)*wm) / 2`` (a convex mix, so the norm cannot grow;
-  the seed's ``x + w*x0 + (1-w)*wm`` only added).
+A gated MLP closes the block. The Gumbel noise comes from a ``torch.Generator`` re-seeded from
+``(seed, forward counter)`` (identical on every rank; the counter is checkpointed through
+``get_extra_state``); eval is deterministic (argmax). Related work: SkipNet (Wang et al. 2018),
+Adaptive Computation Time (Graves 2016), Mixture-of-Depths (Raposo et al. 2024).
 
 Compute skipping (``skip_compute``): ``"eval"`` (default) really skips a sub-layer in eval
 (generation included) when no token of the whole batch runs it, which needs one host read
 ``bool(active.any())`` per sub-layer and forward (tensor shapes and kernel launches are decided on
 the host); training forwards mask and never read back. ``"batch"`` also skips in training, only
 when no ``torch.distributed`` process group is initialised (the reads then happen every training
-forward); ``"never"`` never reads back. Whenever compute is not skipped it is masked, so under DDP every
-parameter takes part in every step (skipped deltas are multiplied by 0). Real skipping in
+forward); ``"never"`` never reads back. Whenever compute is not skipped it is masked, so under DDP
+every parameter takes part in every step (skipped deltas are multiplied by 0). Real skipping in
 training drops the straight-through gradient the masked path would give the node predictors of
 that sub-layer for that step.
-
-Output: the mixer returns the block's delta ``out - x`` for its input ``x`` (= ``ln_1`` of the
-residual stream), so the Block's ``x + mixer(ln(x))`` adds exactly what the sub-layers, jumps
-and gated MLP changed.
 """
 from __future__ import annotations
 
@@ -45,8 +43,8 @@ from torch import nn
 from famlab.attention.cache import KVCache
 from famlab.attention.core import AttentionBase
 
-SKIP_BELOW = 0.2  # seed: a sub-layer (not the first) is skipped when mean importance < 0.2
-RUN_ABOVE = 0.3  # seed: attention runs when mean importance > 0.3
+SKIP_BELOW = 0.2  # a sub-layer (not the first) is skipped where the running importance is below this
+RUN_ABOVE = 0.3  # a sub-layer runs where the running importance is above this
 SKIP_COMPUTE = ("batch", "eval", "never")
 
 
@@ -67,31 +65,43 @@ def prefix_mean(x: torch.Tensor, prev_sum: torch.Tensor | None = None, prev_coun
     return csum / count[:, None], csum[:, -1:]
 
 
-def decide_jump(log_pi, jump_weights, i, layerA, x, x0, wm, *, decider, noise=None, tau=1.0):
-    """Per-token jump decision after sub-layer ``i`` (seed name; batched and differentiable).
+def apply_jump(log_policy, jump_weights, sublayer, num_sublayers, x, block_input, memory, *, eligible,
+               noise=None, tau=1.0):
+    """Per-token jump decision after sub-layer ``sublayer`` (batched and differentiable).
 
-    ``log_pi`` ``[B, T, 3]`` log policy; ``decider`` ``[B, T, 1]`` (1 where the token is at
-    sub-layer ``i`` and not skipping it); ``noise`` ``[B, T, 4]`` uniforms (training) or None
-    (eval: argmax). Jump probability is ``pi[..., 1]`` (0 at the last sub-layer); the length
-    ``1 + argmax`` of a Gumbel-perturbed ``pi``; ``w = jump_weights[length - 1]``.
+    ``log_policy`` ``[B, T, 3]`` log policy; ``x``, ``block_input`` (the mixer's input ``x0``) and
+    ``memory`` (the working memory) ``[B, T, D]``; ``eligible`` ``[B, T, 1]`` (1 where the token is
+    at this sub-layer and not skipping it); ``noise`` ``[B, T, 4]`` uniforms (training) or None
+    (eval: argmax). Jump probability is ``pi[..., 1]`` (no jump after the last of the
+    ``num_sublayers``); the length ``1 + argmax`` of a Gumbel-perturbed ``pi``;
+    ``w = jump_weights[length - 1]``, and a jumping token becomes
+    ``(x + w * block_input + (1 - w) * memory) / 2``.
     Returns ``(x', jump [B, T, 1], length one-hot [B, T, 3])``, all straight-through.
     """
-    if i >= layerA - 1:
-        zeros = torch.zeros_like(decider)
-        return x, zeros, torch.zeros_like(log_pi)
-    jump_logit = log_pi[..., 1:2] - torch.logaddexp(log_pi[..., 0:1], log_pi[..., 2:3])  # slices: no index tensor
-    len_logit = log_pi
+    if sublayer >= num_sublayers - 1:
+        zeros = torch.zeros_like(eligible)
+        return x, zeros, torch.zeros_like(log_policy)
+    # slices, not an index tensor
+    jump_logit = log_policy[..., 1:2] - torch.logaddexp(log_policy[..., 0:1], log_policy[..., 2:3])
+    len_logit = log_policy
     if noise is not None:
         u = noise.clamp(1e-6, 1 - 1e-6)
         jump_logit = jump_logit + torch.log(u[..., :1]) - torch.log1p(-u[..., :1])  # logistic noise
         len_logit = len_logit - torch.log(-torch.log(u[..., 1:]))  # Gumbel noise
-    jump = straight_through(torch.sigmoid(jump_logit / tau), jump_logit > 0) * decider
+    jump = straight_through(torch.sigmoid(jump_logit / tau), jump_logit > 0) * eligible
     soft_len = F.softmax(len_logit / tau, dim=-1)
     hard_len = len_logit.argmax(-1, keepdim=True) == torch.arange(3, device=x.device)  # one-hot, no host sync
     length = straight_through(soft_len, hard_len)
     w = (length * jump_weights).sum(-1, keepdim=True)
-    x_jump = 0.5 * (x + w * x0 + (1 - w) * wm)
+    x_jump = 0.5 * (x + w * block_input + (1 - w) * memory)
     return x + jump * (x_jump - x), jump, length
+
+
+def decide_jump(log_pi, jump_weights, i, layerA, x, x0, wm, *, decider, noise=None, tau=1.0):
+    """:func:`apply_jump` under its original name and argument names (docs/provenance.md §4):
+    ``layerA`` = ``num_sublayers``, ``x0`` = ``block_input``, ``wm`` = ``memory``, ``decider`` =
+    ``eligible``."""
+    return apply_jump(log_pi, jump_weights, i, layerA, x, x0, wm, eligible=decider, noise=noise, tau=tau)
 
 
 class MyelinSublayer(AttentionBase):
@@ -129,7 +139,12 @@ class MyelinSublayer(AttentionBase):
 
 
 class MyelinatedLayer(nn.Module):
-    """Mixer ``[B, T, D] -> [B, T, D]`` (the delta); see the module docstring for the design."""
+    """Mixer ``[B, T, D] -> [B, T, D]`` (the delta); see the module docstring for the design.
+
+    ``layerA`` is the number of attention sub-layers (the original's name and positional order,
+    ``MyelinatedLayer(dims, head, layerA, sparsity_threshold, max_dist)``; stored as
+    :attr:`num_sublayers`, with ``layerA`` kept as a read-only alias).
+    """
 
     def __init__(self, dims: int, head: int, layerA: int = 3, sparsity_threshold: float = 0.1,
                  max_dist: int = 512, *, position: nn.Module | None = None, tau: float = 1.0,
@@ -146,14 +161,15 @@ class MyelinatedLayer(nn.Module):
         max_dist = int(max_dist)
         if skip_compute not in SKIP_COMPUTE:
             raise ValueError(f"attention.skip_compute must be one of {SKIP_COMPUTE}, got {skip_compute!r}")
-        self.dims, self.head, self.layerA = dims, head, int(layerA)
+        self.dims, self.head, self.num_sublayers = dims, head, int(layerA)
         self.sparsity_threshold, self.tau, self.skip_compute, self.seed = sparsity_threshold, tau, skip_compute, seed
         self.sublayers = nn.ModuleList(
-            MyelinSublayer(dims, head, position, adapter=(i % 2 == 0), max_dist=max_dist) for i in range(self.layerA)
+            MyelinSublayer(dims, head, position, adapter=(i % 2 == 0), max_dist=max_dist)
+            for i in range(self.num_sublayers)
         )
         self.position = self.sublayers[0].position
         self.node_predictors = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(dims), nn.Linear(dims, 1)) for _ in range(self.layerA)
+            nn.Sequential(nn.LayerNorm(dims), nn.Linear(dims, 1)) for _ in range(self.num_sublayers)
         )
         self.policy_net = nn.Sequential(nn.Linear(dims, 128), nn.ReLU(), nn.Linear(128, 3))
         self.jump_weights = nn.Parameter(torch.tensor([0.1, 0.05, 0.01]))
@@ -164,9 +180,14 @@ class MyelinatedLayer(nn.Module):
         self.memory_gate = nn.Linear(dims, 1)
         self._draws = 0  # forward passes that drew noise; checkpointed via get_extra_state
         self._generator: torch.Generator | None = None
-        self._acc: torch.Tensor | None = None  # [layerA skip rates, jump rate, memory gate, count]
-        self.last_active: torch.Tensor | None = None  # [layerA, B, T] 0/1, detached (seed: jump_history)
-        self.last_jump: torch.Tensor | None = None  # [layerA, B, T] 0/1, detached
+        self._acc: torch.Tensor | None = None  # [skip rate per sub-layer, jump rate, memory gate, count]
+        self.last_active: torch.Tensor | None = None  # [num_sublayers, B, T] 0/1, detached
+        self.last_jump: torch.Tensor | None = None  # [num_sublayers, B, T] 0/1, detached
+
+    @property
+    def layerA(self) -> int:
+        """The original name of :attr:`num_sublayers`."""
+        return self.num_sublayers
 
     # --- state ------------------------------------------------------------------------
     @property
@@ -217,47 +238,49 @@ class MyelinatedLayer(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         past = 0 if cache is None else len(cache)
-        st = None if cache is None else cache.extra.setdefault("myelin", self._new_cache_state())
+        n = self.num_sublayers
+        state = None if cache is None else cache.extra.setdefault("myelin", self._new_cache_state())
         x0, x_in = x, x
-        pm_x0, s = prefix_mean(x0, st and st["x0_sum"], past)
-        if st is not None:
-            st["x0_sum"] = s
-        log_pi = F.log_softmax(self.policy_net(pm_x0), dim=-1)
-        noise = self._noise((B, T, self.layerA, 4), x.device) if self.training and self.layerA > 1 else None
-        wm = self.working_memory.expand(B, T, -1)
-        land = [torch.ones_like(x[..., :1])] + [torch.zeros_like(x[..., :1]) for _ in range(self.layerA - 1)]
+        running_x0, total = prefix_mean(x0, state and state["x0_sum"], past)
+        if state is not None:
+            state["x0_sum"] = total
+        log_policy = F.log_softmax(self.policy_net(running_x0), dim=-1)
+        noise = self._noise((B, T, n, 4), x.device) if self.training and n > 1 else None
+        memory = self.working_memory.expand(B, T, -1)
+        # arrivals[i] [B, T, 1]: 1 where the token reaches sub-layer i (walking or jumping), else 0
+        arrivals = [torch.ones_like(x[..., :1])] + [torch.zeros_like(x[..., :1]) for _ in range(n - 1)]
         may_skip = self._may_skip()
         stats, actives, jumps = [], [], []
         for i, sub in enumerate(self.sublayers):
-            visit = land[i]
+            here = arrivals[i]
             p = torch.sigmoid(self.node_predictors[i](x))
             keep = p.squeeze(-1) > self.sparsity_threshold  # [B, T] key mask, True = may be attended
-            pm_imp, s = prefix_mean(straight_through(p, keep[..., None]), st and st["imp_sum"][i], past)
-            skip = straight_through(1 - pm_imp, pm_imp < SKIP_BELOW) if i > 0 else torch.zeros_like(pm_imp)
-            active = visit * straight_through(pm_imp, pm_imp > RUN_ABOVE)
+            importance, total = prefix_mean(straight_through(p, keep[..., None]), state and state["imp_sum"][i], past)
+            skip = straight_through(1 - importance, importance < SKIP_BELOW) if i > 0 else torch.zeros_like(importance)
+            active = here * straight_through(importance, importance > RUN_ABOVE)
             kv = None
-            if st is not None:
-                st["imp_sum"][i] = s
-                st["keep"][i] = keep if st["keep"][i] is None else torch.cat([st["keep"][i], keep], 1)
-                keep, kv = st["keep"][i], (cache if i == 0 else st["kv"][i])
+            if state is not None:
+                state["imp_sum"][i] = total
+                state["keep"][i] = keep if state["keep"][i] is None else torch.cat([state["keep"][i], keep], 1)
+                keep, kv = state["keep"][i], (cache if i == 0 else state["kv"][i])
             if may_skip and not bool((active.detach() > 0).any()):  # one host read; see docstring
                 if kv is not None:  # later tokens still need this sub-layer's keys
                     sub.project(x, positions, kv)
             else:
                 x = x + active * sub(x, positions, keep, past, kv)
-            pm_x, s = prefix_mean(x, st and st["x_sum"][i], past)
-            if st is not None:
-                st["x_sum"][i] = s
-            g = torch.sigmoid(self.memory_gate(pm_x))
-            wm = wm + active * (g * wm + (1 - g) * pm_x - wm)
-            decider = visit * (1 - skip)
-            x, jump, length = decide_jump(log_pi, self.jump_weights, i, self.layerA, x, x0, wm, decider=decider,
-                                          noise=None if noise is None else noise[:, :, i], tau=self.tau)
-            if i < self.layerA - 1:
-                land[i + 1] = land[i + 1] + visit - jump
+            running_x, total = prefix_mean(x, state and state["x_sum"][i], past)
+            if state is not None:
+                state["x_sum"][i] = total
+            g = torch.sigmoid(self.memory_gate(running_x))
+            memory = memory + active * (g * memory + (1 - g) * running_x - memory)
+            x, jump, length = apply_jump(log_policy, self.jump_weights, i, n, x, x0, memory,
+                                         eligible=here * (1 - skip),
+                                         noise=None if noise is None else noise[:, :, i], tau=self.tau)
+            if i < n - 1:
+                arrivals[i + 1] = arrivals[i + 1] + here - jump
                 for step in range(3):
-                    target = min(i + 1 + step, self.layerA - 1)
-                    land[target] = land[target] + jump * length[..., step:step + 1]
+                    target = min(i + 1 + step, n - 1)
+                    arrivals[target] = arrivals[target] + jump * length[..., step:step + 1]
             stats.append(torch.stack([1 - active.mean(), jump.mean(), g.mean()]).detach())
             actives.append(active.detach().squeeze(-1))
             jumps.append(jump.detach().squeeze(-1))
@@ -267,14 +290,14 @@ class MyelinatedLayer(nn.Module):
         return x - x_in
 
     def _new_cache_state(self) -> dict:
-        n = self.layerA
+        n = self.num_sublayers
         return {"x0_sum": None, "imp_sum": [None] * n, "x_sum": [None] * n, "keep": [None] * n,
                 "kv": [None] + [KVCache() for _ in range(n - 1)]}
 
     # --- diagnostics ------------------------------------------------------------------
     def _accumulate(self, stats: torch.Tensor) -> None:
-        """``stats`` ``[layerA, 3]``: skip rate, jump rate, memory gate per sub-layer."""
-        jumps = stats[:-1, 1].mean() if self.layerA > 1 else stats.new_zeros(())
+        """``stats`` ``[num_sublayers, 3]``: skip rate, jump rate, memory gate per sub-layer."""
+        jumps = stats[:-1, 1].mean() if self.num_sublayers > 1 else stats.new_zeros(())
         row = torch.cat([stats[:, 0], jumps[None], stats[:, 2].mean()[None], stats.new_ones(1)])
         self._acc = row if self._acc is None or self._acc.device != row.device else self._acc + row
 
@@ -288,7 +311,8 @@ class MyelinatedLayer(nn.Module):
             out.update({f"{k}_s{i}": v for k, v in sub.metrics().items()})
         if self._acc is not None:
             mean = self._acc[:-1] / self._acc[-1]
-            out.update({f"skip/rate_{i}": mean[i] for i in range(self.layerA)})
-            out["skip/jump_rate"], out["skip/memory_gate"] = mean[self.layerA], mean[self.layerA + 1]
+            n = self.num_sublayers
+            out.update({f"skip/rate_{i}": mean[i] for i in range(n)})
+            out["skip/jump_rate"], out["skip/memory_gate"] = mean[n], mean[n + 1]
             self._acc = None
         return out

@@ -1,12 +1,10 @@
 """Tabular Q-learning controller that scales the local span of ``IntegratedAttention``.
 
-Seed (``Refiner(states, actions, alpha, gamma, epsilon)``): a Python dict Q-table, numpy
-epsilon-greedy with ties to action 0, a hashed state of activation statistics read to the host
-every forward, and a reward (coverage - 0.1 * entropy) unrelated to the task loss; the greedy
-choice collapsed to action 0 (one-token windows). This version keeps the algorithm (Watkins &
-Dayan 1992, epsilon-greedy) and its names, and fixes the rest:
+Tabular Q-learning (Watkins & Dayan 1992) with epsilon-greedy exploration,
+``Refiner(states, actions, alpha, gamma, epsilon)``; every decision picks the span factor the
+local branch multiplies its span by:
 
-* Q-table is a registered buffer ``[states, actions]`` (checkpointed, identical on every rank).
+* The Q-table is a registered buffer ``[states, actions]`` (checkpointed, identical on every rank).
 * The state id is computed on device with ``torch.bucketize`` from the span predictor mean and
   the relative trend of an EMA of the training loss since the last action (10 x 10 buckets,
   taken modulo ``states``).

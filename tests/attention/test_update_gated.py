@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from famlab.attention.cache import KVCache
 from famlab.attention.standard import StandardAttention
-from famlab.attention.update_gates import UpdateGatedAttention
+from famlab.attention.update_gated import UpdateGatedAttention
 from famlab.model.transformer import TransformerLM
 from famlab.sample import generate
 

@@ -1,24 +1,19 @@
 """``attention=update_gated``: causal attention whose cached keys/values are updated by content.
 
-Seed (AdaptiveUpdateAttention, seed-spec section 7): predictors ``should_update_key(x)`` /
-``should_update_value(x)`` = Linear(D, D/4) -> ReLU -> Linear(D/4, 1) -> sigmoid, compared with
-``update_threshold`` (0.5); where no update is predicted the stored K/V are reused. The seed's
-version was dead in training (no cache) and, when used, mixed stale K/V of the previous batch.
-
-Here (what differs, and why): in a causal decoder the keys/values of a position never change
-once computed, so "refreshing them from the position's hidden state" would be a no-op. The
-stale alternative is made explicit instead: every position's K/V are computed exactly, but the
-cache *stores* them exactly only where the predictors ask for an update; elsewhere it keeps a
-low-precision copy (rounded to ``cache_dtype``, default float8 e4m3 - an emulated cheap cache:
-values are rounded, the tensors keep the model dtype). Decisions are per (batch, position) on
-the position's own layer input ``x``, made once when the position is written. The current
+Two predictors, ``should_update_key(x)`` / ``should_update_value(x)`` = ``Linear(D, D/4) -> ReLU
+-> Linear(D/4, 1) -> sigmoid`` compared with ``update_threshold``, decide per (batch element,
+position), on the position's own layer input ``x`` ``[B, T, D]``, whether the KV cache stores that
+position's key/value exactly. Where no update is taken the cache keeps a low-precision copy
+(rounded to ``cache_dtype``, default float8 e4m3: an emulated cheap cache, values are rounded and
+the tensors keep the model dtype; FP8 formats: Micikevicius et al. 2022; KV-cache quantisation:
+KIVI, Liu et al. 2024). The decision is made once, when the position is written. The current
 step's tokens always see each other exactly, so with ``update_threshold=0`` (every update taken)
 cached generation equals uncached generation. Counters ``cache.extra["skipped_updates"]`` and
 ``["total_updates"]`` (device int64 tensors; a key and a value count separately).
 
-Training (no cache): forward is exactly standard causal attention; the predictors learn through
-a straight-through gate ``k + (g - sg(g)) * (k - sg(round(k)))`` (value 0, gradient = how much
-the loss would change between the exact and the rounded key, to first order), and
+Training (no cache): the forward is exactly standard causal attention; the predictors learn
+through a straight-through gate ``k + (g - sg(g)) * (k - sg(round(k)))`` (value 0, gradient = how
+much the loss would change between the exact and the rounded key, to first order), and
 ``aux_loss() = update_cost * (mean p_key + mean p_value)`` prices exact storage, so the
 predictors keep exact K/V only where it pays.
 """
