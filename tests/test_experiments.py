@@ -74,6 +74,34 @@ def test_experiment_composes_into_a_preregistered_sweep(name):
         assert "Expected time" in text
 
 
+CPU_TIER = ["claim_convergence", "claim_stability", "claim_long_context", "claim_long_context_recall",
+            "claim_param_handling", "claim_compute"]
+
+
+@pytest.mark.parametrize("claim", CPU_TIER)
+def test_every_claim_has_a_cpu_tier_with_tuned_arms(claim):
+    """The _cpu tier: model=small's depth, one thread, CSV, 1,000-3,000 steps, >= 3 seeds per arm, and
+    each arm's lr either read from its stage-1 file (stage 2 refuses a grid-edge winner) or swept."""
+    name = f"{claim}_cpu"
+    cfg = compose([f"experiment={name}"])
+    assert cfg.hydra.runtime.choices.model == "small" and cfg.model.layers == 4
+    assert cfg.threads == 1 and cfg.hydra.runtime.choices.logger == "csv"
+    assert 1000 <= cfg.trainer.max_steps <= 3000
+    seeds = sweep_params(cfg)["seed"]
+    assert len(seeds) >= 3
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    if cfg.experiment_meta.get("best_from"):
+        assert f"{name}_lr" in EXPERIMENTS
+        assert "famlab.best_lr:${experiment_meta.best_from}" in raw["optimizer"]["lr"]
+        assert raw["hydra"]["callbacks"]["best_from"]["_target_"] == "famlab.tuning.BestFromCheck"
+        stage1 = compose([f"experiment={name}_lr"])
+        assert stage1.experiment_meta.job_type == "lr_sweep" and not stage1.experiment_meta.get("best_from")
+        assert not set(sweep_params(stage1)["seed"]) & set(seeds)  # the lrs were chosen on other seeds
+        assert stage1.trainer.max_steps == cfg.trainer.max_steps and stage1.data.batch_size == cfg.data.batch_size
+    else:  # the lr grid is the experiment (LR sensitivity): every arm at every lr
+        assert len(sweep_params(cfg)["optimizer.lr"]) >= 5
+
+
 @pytest.mark.parametrize("name", ["claim_convergence_lr", "claim_convergence_cpu_lr"])
 def test_stage1_indexes_each_optimizers_own_grid(name):
     cfg = compose([f"experiment={name}"])
