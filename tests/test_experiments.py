@@ -54,7 +54,7 @@ def test_experiment_composes_into_a_preregistered_sweep(name):
     rules = cfg.experiment_meta.get("verdict")
     rules = [] if rules is None else OmegaConf.to_container(rules)
     rules = rules if isinstance(rules, list) else [rules]
-    assert rules or name == "claim_convergence_lr"  # stage 1 only selects learning rates
+    assert rules or cfg.experiment_meta.job_type == "lr_sweep"  # stage 1 only selects learning rates
     for rule in rules:
         rule = validate_rule(rule)
         assert rule["metric"].startswith(VERDICT_METRICS), rule["metric"]
@@ -62,8 +62,9 @@ def test_experiment_composes_into_a_preregistered_sweep(name):
             if role in rule:  # every arm a rule names is a value the sweep produces
                 key, value = rule[role].split("=")
                 assert value in params.get(key, [OmegaConf.select(cfg, f"hydra.runtime.choices.{key}")]), rule[role]
-        if rule["metric"].endswith("_to_target"):
-            assert isinstance(cfg.experiment_meta.target, float)
+        if rule["metric"].endswith("_to_target"):  # a number, or the one stage 1 emitted (best_from)
+            target = OmegaConf.to_container(cfg.experiment_meta, resolve=False)["target"]
+            assert isinstance(target, float) or (cfg.experiment_meta.best_from and "famlab.best_target" in target)
     if name.endswith("_smoke"):  # CPU sized: the tiny model, CSV logging, a few hundred steps / <= 400k tokens per run
         assert cfg.hydra.runtime.choices.model == "tiny" and cfg.hydra.runtime.choices.logger == "csv"
         assert cfg.trainer.max_steps <= 600
@@ -73,23 +74,47 @@ def test_experiment_composes_into_a_preregistered_sweep(name):
         assert "Expected time" in text
 
 
-@pytest.mark.parametrize("name", ["claim_convergence_lr", "claim_convergence"])
-def test_per_arm_learning_rates_resolve_for_every_optimizer(name):
-    """Stage 1 indexes each optimizer's own grid, stage 2 takes each optimizer's tuned lr."""
+CPU_TIER = ["claim_convergence", "claim_stability", "claim_long_context", "claim_long_context_recall",
+            "claim_param_handling", "claim_compute"]
+
+
+@pytest.mark.parametrize("claim", CPU_TIER)
+def test_every_claim_has_a_cpu_tier_with_tuned_arms(claim):
+    """The _cpu tier: model=small's depth, one thread, CSV, 1,000-3,000 steps, >= 3 seeds per arm, and
+    each arm's lr either read from its stage-1 file (stage 2 refuses a grid-edge winner) or swept."""
+    name = f"{claim}_cpu"
+    cfg = compose([f"experiment={name}"])
+    assert cfg.hydra.runtime.choices.model == "small" and cfg.model.layers == 4
+    assert cfg.threads == 1 and cfg.hydra.runtime.choices.logger == "csv"
+    assert 1000 <= cfg.trainer.max_steps <= 3000
+    seeds = sweep_params(cfg)["seed"]
+    assert len(seeds) >= 3
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    if cfg.experiment_meta.get("best_from"):
+        assert f"{name}_lr" in EXPERIMENTS
+        assert "famlab.best_lr:${experiment_meta.best_from}" in raw["optimizer"]["lr"]
+        assert raw["hydra"]["callbacks"]["best_from"]["_target_"] == "famlab.tuning.BestFromCheck"
+        stage1 = compose([f"experiment={name}_lr"])
+        assert stage1.experiment_meta.job_type == "lr_sweep" and not stage1.experiment_meta.get("best_from")
+        assert not set(sweep_params(stage1)["seed"]) & set(seeds)  # the lrs were chosen on other seeds
+        assert stage1.trainer.max_steps == cfg.trainer.max_steps and stage1.data.batch_size == cfg.data.batch_size
+    else:  # the lr grid is the experiment (LR sensitivity): every arm at every lr
+        assert len(sweep_params(cfg)["optimizer.lr"]) >= 5
+
+
+@pytest.mark.parametrize("name", ["claim_convergence_lr", "claim_convergence_cpu_lr"])
+def test_stage1_indexes_each_optimizers_own_grid(name):
     cfg = compose([f"experiment={name}"])
     meta = cfg.experiment_meta
+    assert meta.tuning.target_arm == "adamw" and meta.tuning.min_seeds >= 3
     for optimizer in sweep_params(cfg)["optimizer"]:
-        if name == "claim_convergence":
-            got = compose([f"experiment={name}", f"optimizer={optimizer}"]).optimizer.lr
-            assert got == meta.best_lr[optimizer]
-        else:
-            grid = dict(meta.lr_grid[optimizer])
-            points = sweep_params(cfg)["lr_point"]
-            assert list(grid) == points and list(grid.values()) == sorted(grid.values())
-            got = [compose([f"experiment={name}", f"optimizer={optimizer}", f"lr_point={p}"]).optimizer.lr
-                   for p in (points[0], points[-1])]
-            grid = list(grid.values())
-            assert got == [grid[0], grid[-1]]
+        grid = dict(meta.lr_grid[optimizer])
+        points = sweep_params(cfg)["lr_point"]
+        assert list(grid) == points and list(grid.values()) == sorted(grid.values())
+        got = [compose([f"experiment={name}", f"optimizer={optimizer}", f"lr_point={p}"]).optimizer.lr
+               for p in (points[0], points[-1])]
+        grid = list(grid.values())
+        assert got == [grid[0], grid[-1]]
 
 
 def test_smoke_convergence_target_was_fixed_before_the_sweep():

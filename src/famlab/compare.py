@@ -2,6 +2,7 @@
 
     famlab compare outputs/<sweep> [more dirs...] --baseline optimizer=adam --target 1.6 \\
         --metric val/loss --out outputs/<sweep>/report [--verdict rule.yaml]
+    famlab compare outputs/<stage-1 sweep> --emit-best docs/claims/tuned/<experiment>.yaml
     python -m famlab.compare ...
 
 Reads only what the training pipeline wrote (summary.json, metrics.csv, config.yaml, .hydra/); never
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from famlab.report.best import best_settings, edge_lines, write_best
 from famlab.report.groups import group_runs, matching_groups, parse_spec
 from famlab.report.markdown import group_rows, write_report
 from famlab.report.plots import write_plots
@@ -89,8 +91,13 @@ def _pick_baseline(spec: str | None, stats) -> tuple[object | None, str]:
 
 def compare(paths: list[str | Path], baseline: str | None = None, target: float | None = None,
             metric: str | None = None, maximize: bool = False, out: str | Path | None = None,
-            verdicts: list[dict] | None = None, plots: bool = True) -> dict:
-    """Build the report for ``paths``; returns the report data (also written to ``out``)."""
+            verdicts: list[dict] | None = None, plots: bool = True, emit_best: str | Path | None = None,
+            tuning: dict | None = None) -> dict:
+    """Build the report for ``paths``; returns the report data (also written to ``out``).
+
+    ``emit_best``: also write the stage-2 hand-off file (``famlab.report.best``) there, with the
+    options ``tuning`` (``arm``, ``by``, ``target_arm``, ``fraction``, ``min_seeds``) over the
+    runs' ``experiment_meta.tuning``."""
     runs = discover_runs(paths)
     if all(r.error == "path does not exist" for r in runs):  # also true for no runs at all
         raise FileNotFoundError(f"no run directories (config.yaml or summary.json) under "
@@ -132,6 +139,12 @@ def compare(paths: list[str | Path], baseline: str | None = None, target: float 
         "verdicts": [evaluate_rule(rule, stats, scale_line(scale)) for rule in rules],
         "plots": write_plots(stats, metric, out, base.label if base else None) if plots else {},
     }
+    if emit_best:
+        meta = _most_common([json.dumps(r.experiment_meta.get("tuning") or {}, sort_keys=True) for r in runs])
+        options = {**json.loads(meta or "{}"), **{k: v for k, v in (tuning or {}).items() if v is not None}}
+        best = best_settings(stats, metric, options, [str(p) for p in paths])
+        data["best"] = {"path": str(write_best(best, emit_best)), "edges": edge_lines(best),
+                        "target": best["target"], "target_note": best.get("target_note")}
     md, js = write_report(data, stats, out)
     data["report_md"], data["report_json"], data["_stats"] = str(md), str(js), stats
     return data
@@ -165,6 +178,13 @@ def print_summary(data: dict) -> None:
         for reason in v["reasons"]:
             console.print(f"  note: {escape(reason)}")
     console.print(f"report: {data['report_md']}")
+    if data.get("best"):
+        best = data["best"]
+        for line in best["edges"]:
+            console.print(f"[red]grid edge[/red] {escape(line)}", highlight=False)
+        target = best["target"]["value"] if best["target"] else f"none ({best['target_note'] or 'no target arm'})"
+        console.print(f"best lrs: {best['path']} (target {target}"
+                      f"{'; stage 2 refuses until the grids are widened' if best['edges'] else ''})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verdict", action="append", default=[],
                    help="verdict rule as JSON or a .json/.yaml file (repeatable; replaces config rules)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--emit-best", metavar="FILE",
+                   help="write each arm's best lr, grid, grid-edge flag and the target to FILE (YAML) "
+                        "for a stage-2 experiment's experiment_meta.best_from")
+    p.add_argument("--arm", help="setting that names an arm for --emit-best (default: "
+                                 "experiment_meta.tuning.arm, else optimizer)")
+    p.add_argument("--by", choices=("final_val_loss", "best_val_loss"),
+                   help="statistic that picks each arm's lr (default: experiment_meta.tuning.by, else final_val_loss)")
+    p.add_argument("--target-arm", help="arm whose best-lr seeds fix the target (default: "
+                                        "experiment_meta.tuning.target_arm)")
     return p
 
 
@@ -191,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline and "=" in args.baseline:
             parse_spec(args.baseline)
         data = compare(args.paths, baseline=args.baseline, target=args.target, metric=args.metric,
-                       maximize=args.maximize, out=args.out, verdicts=rules, plots=not args.no_plots)
+                       maximize=args.maximize, out=args.out, verdicts=rules, plots=not args.no_plots,
+                       emit_best=args.emit_best,
+                       tuning={"arm": args.arm, "by": args.by, "target_arm": args.target_arm})
     except (ValueError, FileNotFoundError) as exc:
         print(f"famlab compare: error: {exc}", file=sys.stderr)
         return 2

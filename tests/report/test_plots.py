@@ -84,3 +84,25 @@ def test_y_limits_clip_blow_ups():
     assert y_limits([good], None, maximize=True) is None
     # nothing exceeds the clip: the range ends at the data's maximum
     assert y_limits([good], good)[1] == pytest.approx(3.8 + 0.03 * 2.3)
+
+
+def test_lr_sensitivity_clips_at_the_initial_loss(tmp_path):
+    """A blown-up or diverged run counts as the initial loss (the first train/loss logged here:
+    the fake summaries carry no vocabulary size), so it cannot stretch the y axis."""
+    import json
+
+    from famlab.report.plots import lr_points
+
+    for lr, end in ((1e-3, 2.5), (1e-2, 2.0), (1e-1, 114.0)):
+        write_run(tmp_path, f"adam_{lr}", "adam", 0, lr=lr, curve=[(100, 3.9), (200, end)])
+    write_run(tmp_path, "adam_1", "adam", 0, lr=1.0, curve=[(100, 3.9)], status="diverged")
+    run = tmp_path / "adam_0.01"  # a vocabulary size in the summary wins: ln(64)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "data": {"vocab_size": 64}}))
+    stats = [group_stats(g) for g in group_runs(discover_runs([tmp_path]))]
+    points, caps = lr_points(stats)
+    (pts,) = points.values()
+    got = {lr: (round(loss, 4), clipped) for lr, loss, clipped in pts}
+    assert got == {1e-3: (2.5, False), 1e-2: (2.0, False), 1e-1: (4.0, True), 1.0: (4.0, True)}
+    assert round(max(caps), 4) == round(float(np.log(64)), 4)
+    assert plot_lr_sensitivity(stats, tmp_path / "lr.png").read_bytes().startswith(PNG)

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from famlab.report.results import GroupStats
+from famlab.report.runs import finite
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -147,27 +148,69 @@ def _without_lr(stats: GroupStats) -> str:
     return ",".join(f"{k}={v}" for k, v in kept.items()) or stats.group.settings.get("optimizer", "all")
 
 
-def plot_lr_sensitivity(stats: list[GroupStats], path: Path) -> Path | None:
-    """Final val loss vs learning rate (log x), one line per setting other than the lr; None unless
-    some setting was run at two or more learning rates."""
-    points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+def initial_loss(run) -> float | None:
+    """The loss of a model that has learned nothing: ln(vocab size) from the summary's data block,
+    else the run's first logged ``train/loss``; None when neither is known."""
+    vocab = finite((run.summary.get("data") or {}).get("vocab_size"))
+    if vocab and vocab > 1:
+        return math.log(vocab)
+    if run.metrics is not None:
+        first = [v for v in run.metrics.series("train/loss").values if math.isfinite(v)]
+        if first:
+            return first[0]
+    return None
+
+
+def lr_points(stats: list[GroupStats]) -> tuple[dict[str, list[tuple[float, float, bool]]], list[float]]:
+    """``{setting without the lr: [(lr, final loss, clipped)]}`` and the initial losses seen.
+
+    Each completed run's final loss is clipped at its :func:`initial_loss`; a diverged run counts
+    as that loss (Wortsman et al. 2023); ``clipped`` marks both."""
+    points: dict[str, list[tuple[float, float, bool]]] = defaultdict(list)
+    caps = []
     for s in stats:
         for r in s.results:
-            if r.run.status == "completed" and r.run.lr and r.final is not None:
-                points[_without_lr(s)].append((r.run.lr, r.final))
-    if not any(len({lr for lr, _ in pts}) > 1 for pts in points.values()):
+            lr, cap = r.run.lr, initial_loss(r.run)
+            if not lr:
+                continue
+            if r.run.status == "completed" and r.final is not None:
+                clipped = cap is not None and r.final > cap
+                points[_without_lr(s)].append((lr, cap if clipped else r.final, clipped))
+            elif r.run.status == "diverged" and cap is not None:
+                points[_without_lr(s)].append((lr, cap, True))
+            if cap is not None:
+                caps.append(cap)
+    return points, caps
+
+
+def plot_lr_sensitivity(stats: list[GroupStats], path: Path) -> Path | None:
+    """Final val loss vs learning rate (log x), one line per setting other than the lr; None unless
+    some setting was run at two or more learning rates.
+
+    As Wortsman et al. (2023) plot LR sensitivity, losses are clipped at the initial loss
+    (:func:`lr_points`), so one blow-up does not flatten every other curve; clipped and diverged
+    runs are drawn as crosses on a dashed line at that loss."""
+    points, caps = lr_points(stats)
+    if not any(len({lr for lr, _, _ in pts}) > 1 for pts in points.values()):
         return None
     fig, ax = _single_axes()
     for label, pts in points.items():
         by_lr = defaultdict(list)
-        for lr, loss in pts:
+        for lr, loss, _ in pts:
             by_lr[lr].append(loss)
         lrs = sorted(by_lr)
         (line,) = ax.plot(lrs, [np.mean(by_lr[x]) for x in lrs], marker="o", label=label)
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=line.get_color(), s=10, alpha=0.5)
+        for clipped, marker in ((False, "o"), (True, "x")):
+            sel = [p for p in pts if p[2] == clipped]
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], color=line.get_color(), s=14 if clipped else 10,
+                       alpha=0.7 if clipped else 0.5, marker=marker)
     ax.set_xscale("log")
-    return _finish(fig, ax, "learning rate", "final val loss",
-                   "learning-rate sensitivity (dots: seeds, line: mean)", path)
+    title = "learning-rate sensitivity (dots: seeds, line: mean)"
+    if caps:
+        cap = max(caps)
+        ax.axhline(cap, color="grey", lw=0.8, ls="--")
+        title += f"\nfinal loss clipped at the initial loss {cap:.3g} (x: clipped or diverged)"
+    return _finish(fig, ax, "learning rate", "final val loss", title, path)
 
 
 def plot_context_lengths(stats: list[GroupStats], path: Path) -> Path | None:
