@@ -18,6 +18,7 @@ positions; ``nano`` is nanoGPT's CPU shape (4 layers, 4 heads, 128 dims, context
 does not count time spent descheduled on a shared machine).
 
     python benchmarks/throughput.py [--shape nano] [--clock cpu] [--steps 120] [--repeats 5]
+    python benchmarks/throughput.py --shape nano --override callbacks.progress_bar=null   # ablate a feature
     python benchmarks/throughput.py --device cuda --model base     # trainer=gpu (bf16) vs a bf16-autocast loop
 
 On ``--device cuda`` both sides synchronise the GPU before reading the clock at every step (the
@@ -89,7 +90,7 @@ def overrides(args, steps: int) -> list[str]:
 
 
 def lightning_run(args, root: str, i: int) -> float:
-    cfg = api.compose([*overrides(args, args.steps), f"out_root={root}", f"run_name=l{i}",
+    cfg = api.compose([*overrides(args, args.steps), *args.override, f"out_root={root}", f"run_name=l{i}",
                        "+callbacks.clock._target_=__main__.StepClock"], run_dir=f"{root}/l{i}")
     api.train(cfg)
     return steady_tokens_per_s(StepClock.times, args.warmup, args.batch * cfg.model.context)
@@ -202,6 +203,8 @@ def main() -> None:
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                     help="cpu: process CPU time (one thread; ignores time descheduled on a shared machine)")
     ap.add_argument("--learned-pos", action="store_true", help="minimal loop: learned positions (famlab side keeps the shape's)")
+    ap.add_argument("--override", action="append", default=[],
+                    help="an extra override for the Lightning side only, e.g. callbacks.progress_bar=null (repeatable)")
     ap.add_argument("--fused", action="store_true", help="minimal loop: fused AdamW on the CPU as well (famlab: foreach on CPU)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="cuda: trainer=gpu (bf16) against a bf16-autocast loop, synchronised around every step")
