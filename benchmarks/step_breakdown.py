@@ -22,14 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import __main__  # noqa: E402
+import throughput as tp
+import torch
+from lightning.pytorch.loops import fetchers
+from lightning.pytorch.trainer import call
 
-import throughput as tp  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.loops import fetchers  # noqa: E402
-from lightning.pytorch.trainer import call  # noqa: E402
-
-from famlab.attention import core  # noqa: E402
+import __main__
+from famlab.attention import core
 
 __main__.StepClock = tp.StepClock  # the throughput overrides name it as __main__.StepClock
 TOTAL: dict[str, float] = collections.defaultdict(float)
