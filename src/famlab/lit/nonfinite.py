@@ -1,11 +1,11 @@
 """Detect NaN/Inf losses and gradients without a per-step host sync.
 
-Every step, before the optimizer runs, the guard takes every gradient's 2-norm (accumulated in
-float32) in one foreach call (a NaN or Inf anywhere makes it non-finite, and so does a norm that
+Every step, before the optimizer runs, the guard takes every gradient's 2-norm in one foreach call (a NaN or Inf anywhere makes it non-finite, and so does a norm that
 overflows float32, entries beyond ~1e19, which gradient clipping could not scale either) and folds
 it with ``isfinite`` of the loss into device tensors (the first bad step and the first bad
-parameter): a fixed handful of ops whatever the number of parameters. The 2-norm is the reduction
-clipping already runs; on the CPU the inf-norm's foreach kernel costs ~20x more (~2 ms a step for
+parameter): a fixed handful of ops whatever the number of parameters. The 2-norms are the ones
+gradient clipping needs: they are handed to the module as ``_grad_norms`` (``{id(param): norm}``)
+and ``LitLM`` clips with them instead of reading every gradient again. On the CPU the inf-norm's foreach kernel costs ~20x more (~2 ms a step for
 a 0.8M-parameter model). The host reads them only every ``check_every`` steps and before any checkpoint
 is written, so ``last.ckpt`` always holds the last good state.
 
@@ -78,7 +78,9 @@ class NonFiniteGuard(pl.Callback):
             with_grad = tuple(i for i, p in enumerate(params) if p.grad is not None)
             grads = [params[i].grad for i in with_grad]
             if grads:  # one 2-norm per gradient in one foreach call: NaN and Inf survive the sum
-                finite = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).isfinite()
+                norms = torch._foreach_norm(grads, 2)  # the call clip_grad_norm_ makes; LitLM's clipping reuses them
+                pl_module._grad_norms = {id(params[i]): n for i, n in zip(with_grad, norms)}
+                finite = torch.stack(norms).isfinite()
                 grads_ok = finite.all()
                 first_bad = torch.where(grads_ok, torch.full_like(self.first_param, -1),
                                         self._indices(with_grad, device)[(~finite).int().argmax()])
@@ -97,6 +99,7 @@ class NonFiniteGuard(pl.Callback):
             self.first_param.copy_(torch.where(new, first_bad, self.first_param))
         if self.policy == "skip":
             if bool(bad):  # the one host read per step that skipping needs
+                pl_module._grad_norms = None
                 for p in params:
                     p.grad = None
                 self.skipped += 1
