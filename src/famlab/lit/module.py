@@ -61,10 +61,10 @@ class LitLM(pl.LightningModule):
         Otherwise, when NonFiniteGuard took this step's per-gradient 2-norms (``_grad_norms``), the total
         norm is built from them in the optimizer's parameter order, which gives bit for bit what
         ``clip_grad_norm_`` gives without reading every gradient a second time."""
+        norms, self._grad_norms = self._grad_norms, None  # this step's only
         if gradient_clip_val and is_fsdp(self.trainer.strategy):
             self.trainer.model.clip_grad_norm_(float(gradient_clip_val))
             return
-        norms, self._grad_norms = self._grad_norms, None
         plugin = self.trainer.precision_plugin
         if norms and gradient_clip_val and gradient_clip_algorithm in (None, "norm") and getattr(plugin, "scaler", None) is None \
                 and type(plugin).clip_gradients in (Precision.clip_gradients, MixedPrecision.clip_gradients) \
