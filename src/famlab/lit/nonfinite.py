@@ -1,13 +1,15 @@
 """Detect NaN/Inf losses and gradients without a per-step host sync.
 
-Every step, before the optimizer runs, the guard takes every gradient's 2-norm in one foreach call (a NaN or Inf anywhere makes it non-finite, and so does a norm that
-overflows float32, entries beyond ~1e19, which gradient clipping could not scale either) and folds
-it with ``isfinite`` of the loss into device tensors (the first bad step and the first bad
-parameter): a fixed handful of ops whatever the number of parameters. The 2-norms are the ones
-gradient clipping needs: they are handed to the module as ``_grad_norms`` (``{id(param): norm}``)
-and ``LitLM`` clips with them instead of reading every gradient again. On the CPU the inf-norm's foreach kernel costs ~20x more (~2 ms a step for
-a 0.8M-parameter model). The host reads them only every ``check_every`` steps and before any checkpoint
-is written, so ``last.ckpt`` always holds the last good state.
+Every step, before the optimizer runs, the guard takes every gradient's 2-norm in one foreach call
+(a NaN or Inf anywhere makes it non-finite, and so does a norm that overflows float32, entries
+beyond ~1e19, which gradient clipping could not scale either) and folds it with ``isfinite`` of the
+loss into device tensors (the first bad step and the first bad parameter): a fixed handful of ops
+whatever the number of parameters. The host reads those flags only every ``check_every`` steps and
+before any checkpoint is written, so ``last.ckpt`` always holds the last good state.
+
+The 2-norms are the ones gradient clipping needs: they are handed to the module as ``_grad_norms``
+(``{id(param): norm}``) and ``LitLM`` clips with them instead of reading every gradient again. (An
+inf-norm's foreach kernel costs ~20x more on the CPU: ~2 ms a step for a 0.8M-parameter model.)
 
 With several processes the decision is the same on every rank: the flags are reduced across ranks
 when they are read (``stop``: every rank raises at the same check) or, under ``skip``, every step
