@@ -60,3 +60,20 @@ def test_max_loss_counts_a_finite_blow_up_as_divergence(tmp_path):
     with pytest.raises(NonFiniteError, match=r"at step 1; the loss was not finite or above callbacks.nonfinite.max_loss=0.5"):
         api.train(cfg)
     assert json.loads((tmp_path / "blow" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_clipping_with_the_guards_norms_matches_lightnings_clipping(tmp_path, monkeypatch):
+    """LitLM clips with the 2-norms NonFiniteGuard took: the weights are bit for bit those of a run
+    without the guard (Lightning's own clip_grad_norm_), with clipping active at every step."""
+    runs, calls = {}, []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(1) or clip(*a, **k))
+    for name, extra in (("guard", []), ("plain", ["callbacks.nonfinite=null"])):
+        calls.clear()
+        cfg = api.compose([*TINY, "trainer.max_steps=6", "trainer.val_check_interval=6", "trainer.gradient_clip_val=0.05",
+                           *extra], run_dir=tmp_path / name)
+        api.train(cfg)
+        runs[name] = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert len(calls) == (0 if name == "guard" else 6)  # the guard's norms replace Lightning's call
+    assert runs["guard"].keys() == runs["plain"].keys()
+    assert all(torch.equal(runs["guard"][k], runs["plain"][k]) for k in runs["guard"])

@@ -11,6 +11,7 @@ from typing import Callable
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 import torch.nn.functional as F
 from torch import nn
 
@@ -38,6 +39,7 @@ class LitLM(pl.LightningModule):
         self._opt_steps = 0
         self._opt_total, self._opt_total_steps = 0.0, 0
         self._t_last: float | None = None
+        self._grad_norms: dict[int, torch.Tensor] | None = None  # this step's gradient 2-norms (NonFiniteGuard)
         self.train_start_time: float | None = None
         self.elapsed_before = 0.0  # wall time of earlier attempts (restored on resume)
         self._peak_flops: float | None = None  # the GPU's peak bf16 FLOP/s (None: perf/mfu not logged)
@@ -57,10 +59,24 @@ class LitLM(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Norm clipping; under FSDP through the root unit's ``clip_grad_norm_`` (the norm over all shards)."""
+        """Norm clipping; under FSDP through the root unit's ``clip_grad_norm_`` (the norm over all shards).
+        Otherwise, when NonFiniteGuard took this step's per-gradient 2-norms (``_grad_norms``), the total
+        norm is built from them in the optimizer's parameter order, which gives bit for bit what
+        ``clip_grad_norm_`` gives without reading every gradient a second time."""
+        norms, self._grad_norms = self._grad_norms, None  # this step's only
         if gradient_clip_val and is_fsdp(self.trainer.strategy):
             self.trainer.model.clip_grad_norm_(float(gradient_clip_val))
             return
+        plugin = self.trainer.precision_plugin
+        if norms and gradient_clip_val and gradient_clip_algorithm in (None, "norm") and getattr(plugin, "scaler", None) is None \
+                and type(plugin).clip_gradients in (Precision.clip_gradients, MixedPrecision.clip_gradients) \
+                and type(plugin).clip_grad_by_norm is Precision.clip_grad_by_norm:
+            # what clip_grad_norm_ does, with the per-gradient 2-norms NonFiniteGuard took this step
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if params and all(id(p) in norms for p in params):
+                total = torch.linalg.vector_norm(torch.stack([norms[id(p)] for p in params]), 2.0)
+                torch.nn.utils.clip_grads_with_norm_(params, float(gradient_clip_val), total)
+                return
         self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
