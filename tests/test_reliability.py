@@ -25,7 +25,7 @@ from famlab.errors import ConfigError
 KILL_RUN = [*TINY, "model.dims=32", "model.context=32", "trainer.max_steps=30", "trainer.val_check_interval=2",
             "data.val_batches=1"]
 STATEFUL = {
-    "fam": ["optimizer=fam", "optimizer.fam_start_step=2", "optimizer.lr=0.05"],
+    "fam": ["optimizer=fam", "optimizer.analysis.fam_start_step=2", "optimizer.lr=0.05"],
     "integrated": ["attention=integrated", "attention.win_size=8", "attention.max_span=16",
                    "attention.refiner.update_every=2", "attention.refiner.epsilon=0.5"],
 }
