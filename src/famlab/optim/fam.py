@@ -15,7 +15,8 @@ Extensions (options of the same class, not in the seed):
   ``1 - prod_t(alpha_eff_t)`` (exact for a time-varying beta1) and ``1 - beta2^t``, decoupled weight decay.
 * ``spectrum="temporal"``: every eligible tensor keeps a ring buffer (``window`` steps) of one cheap statistic,
   the gradient's projection on a fixed seeded sparse random +-1 direction (256 entries); the rfft runs over
-  TIME, so high bands measure step-to-step oscillation (what the seed's README described).
+  TIME, so high bands measure step-to-step oscillation (what the seed's README described). Every band layout
+  then covers the Nyquist bin (period-2 flips), which the spatial layouts drop as the seed does.
 * ``analysis=False``: each group's constant alpha (ablation of the analysis).
 
 Differs from the seed: no host sync (band EMAs, alpha_eff, generator state are tensors in optimizer state,
@@ -237,7 +238,8 @@ class FAMOptimizer(torch.optim.Optimizer):
         out: dict[int, torch.Tensor] = {}
         for items in buckets.values():
             idx = [i for i, _ in items]
-            bands = handler.analyze(torch.stack([s for _, s in items]), group["n_bands"], group["eps"])  # [P, n]
+            bands = handler.analyze(torch.stack([s for _, s in items]), group["n_bands"], group["eps"],
+                                    nyquist=self.spectrum == "temporal")  # [P, n]
             emas = [states[i]["band_ema"] for i in idx]
             smoothed = torch.stack(emas).lerp_(bands, 1.0 - group["beta"])
             for row, i in enumerate(idx):
