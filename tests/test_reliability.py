@@ -94,8 +94,8 @@ def _weights(run_dir: Path) -> dict:
     for i, opt in enumerate(state["optimizer_states"]):
         for p, s in opt["state"].items():
             flat.update({f"optimizer{i}.{p}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
-        if torch.is_tensor(opt.get("fam_rng")):
-            flat[f"optimizer{i}.fam_rng"] = opt["fam_rng"]
+        for device, rng in (opt.get("fam_rng") or {}).items():  # FAM: one generator state per device type
+            flat[f"optimizer{i}.fam_rng.{device}"] = rng
     return flat
 
 

@@ -71,6 +71,7 @@ class FAMOptimizer(torch.optim.Optimizer):
         super().__init__(add_handlers_to_groups(params), defaults)
         _refuse_sharded(self.param_groups)
         self._generators: dict[str, torch.Generator] = {}
+        self._by_device: dict[torch.device, torch.Generator] = {}
         self._pending_rng: dict[str, torch.Tensor] = {}
         self._probes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._steps = 0
@@ -117,19 +118,24 @@ class FAMOptimizer(torch.optim.Optimizer):
         rng = state.pop("fam_rng", {})
         super().__setstate__(state)
         self._handlers = {name: make_handler(name, self.attention_layout) for name in HANDLERS}
-        self._generators, self._pending_rng, self._probes = {}, dict(rng), {}
+        self._generators, self._by_device, self._pending_rng, self._probes = {}, {}, _by_type(rng), {}
         self._debug = None  # a copy does not write the original's debug file
 
     # ------------------------------------------------------------------ RNG and state
     def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        gen = self._generators.get(key)
+        """The seeded sampling generator of ``device``, saved under :func:`rng_key` (``"cuda"``, not ``"cuda:1"``),
+        so a checkpoint written by one rank restores on a rank with another device index."""
+        gen = self._by_device.get(device)
         if gen is None:
+            key = rng_key(device)
+            if key in self._generators:  # a second device of the same type in one process keeps its index
+                key = str(device)
             gen = torch.Generator(device=device)
             gen.manual_seed(self.seed)
             if key in self._pending_rng:
                 gen.set_state(self._pending_rng.pop(key))
             self._generators[key] = gen
+            self._by_device[device] = gen
         return gen
 
     def _probe(self, p: torch.Tensor, ordinal: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +173,7 @@ class FAMOptimizer(torch.optim.Optimizer):
             for key in _FLOAT32_STATE:
                 if key in st:
                     st[key] = st[key].float()
-        self._pending_rng = {k: v.detach().cpu().to(torch.uint8) for k, v in rng.items()}
+        self._pending_rng = {k: v.detach().cpu().to(torch.uint8) for k, v in _by_type(rng).items()}
         for key, gen in self._generators.items():
             if key in self._pending_rng:
                 gen.set_state(self._pending_rng.pop(key))
@@ -311,6 +317,20 @@ class FAMOptimizer(torch.optim.Optimizer):
         """Write buffered debug records now (no-op unless ``debug=True``)."""
         if self._debug is not None:
             self._debug.flush()
+
+
+def rng_key(device: torch.device) -> str:
+    """Checkpoint key of a device's sampling generator: its type (``cuda:0`` and ``cuda:1`` both -> ``cuda``)."""
+    return torch.device(device).type
+
+
+def _by_type(rng: dict) -> dict:
+    """Saved generator states with index-free keys: the lowest-index ``cuda:N`` key (older checkpoints) becomes
+    ``cuda`` unless a ``cuda`` entry exists; further indexed keys stay as they are."""
+    out = {k: v for k, v in rng.items() if ":" not in k}
+    for key in sorted((k for k in rng if ":" in k), key=lambda k: (k.split(":")[0], int(k.split(":")[1]))):
+        out[key if key.split(":")[0] in out else key.split(":")[0]] = rng[key]
+    return out
 
 
 def _refuse_sharded(groups) -> None:
