@@ -19,6 +19,9 @@ Extensions (options of the same class, not in the seed):
   then covers the Nyquist bin (period-2 flips), which the spatial layouts drop as the seed does.
 * ``analysis=False``: each group's constant alpha (ablation of the analysis).
 
+``step()`` runs with autocast disabled for the parameters' device types, so a call inside a user's
+``torch.autocast`` region computes the spectrum, band energies and update in the parameters' dtype.
+
 Differs from the seed: no host sync (band EMAs, alpha_eff, generator state are tensors in optimizer state,
 the gating uses Python int step counters), seeded sampling instead of the global CPU RNG, batched rfft and
 band sums (one matmul per group and signal length), no swallowed exceptions, ``layer_boost`` is stored but
@@ -26,6 +29,7 @@ unused (as in the seed), debug output is JSON Lines (:mod:`famlab.optim.fam_debu
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 
@@ -187,9 +191,10 @@ class FAMOptimizer(torch.optim.Optimizer):
                 loss = closure()
         self._steps += 1
         ordinal = 0
-        for group in self.param_groups:
-            self._group_step(group, ordinal)
-            ordinal += len(group["params"])
+        with _autocast_off(self.param_groups):  # a user's autocast region would run the band matmul in bf16
+            for group in self.param_groups:
+                self._group_step(group, ordinal)
+                ordinal += len(group["params"])
         if self._debug is not None:
             self._debug.maybe_flush(self._steps)
         return loss
@@ -317,6 +322,14 @@ class FAMOptimizer(torch.optim.Optimizer):
         """Write buffered debug records now (no-op unless ``debug=True``)."""
         if self._debug is not None:
             self._debug.flush()
+
+
+def _autocast_off(groups) -> contextlib.ExitStack:
+    """Autocast disabled for every device type holding parameters (the analysis and update stay fp32)."""
+    stack = contextlib.ExitStack()
+    for device_type in sorted({p.device.type for g in groups for p in g["params"]}):
+        stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+    return stack
 
 
 def rng_key(device: torch.device) -> str:
