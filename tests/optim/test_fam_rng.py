@@ -81,3 +81,23 @@ def test_ignoring_the_saved_generator_state_would_be_caught(monkeypatch):
     monkeypatch.setattr(FAMOptimizer, "load_state_dict", forgetful)
     (params, opt), (twins, opt2) = _resumed(0)
     assert not all(torch.equal(opt.state[p]["band_ema"], opt2.state[q]["band_ema"]) for p, q in zip(params, twins))
+
+
+def test_settings_travel_in_the_state_dict_and_deepcopy():
+    import copy
+
+    params = _params()
+    opt = FAMOptimizer(params, lr=0.01, fam_start_step=0, min_size=100, base="adam", beta2=0.9, seed=7,
+                       spectrum="temporal", window=16)
+    _steps(opt, params, 0, 2)
+    saved = opt.state_dict()
+    assert {k: saved["param_groups"][0][k] for k in ("base", "beta2", "seed", "spectrum", "window")} == dict(
+        base="adam", beta2=0.9, seed=7, spectrum="temporal", window=16)
+    twins = [nn.Parameter(p.detach().clone()) for p in params]
+    restored = FAMOptimizer(twins, lr=0.01, fam_start_step=0, min_size=100)  # built with other settings
+    restored.load_state_dict(saved)
+    assert (restored.base, restored.spectrum, restored.window, restored.seed) == ("adam", "temporal", 16, 7)
+    clone = copy.deepcopy(opt)
+    assert (clone.base, clone.beta2, clone.window) == ("adam", 0.9, 16) and clone._steps == 2
+    with pytest.raises(ValueError, match="optimizer.base='sgd' is a setting of the whole optimizer"):
+        FAMOptimizer([{"params": params[:1]}, {"params": params[1:], "base": "sgd"}], base="adam")
