@@ -1,4 +1,4 @@
-"""FAMOptimizer: frequency-adaptive momentum (seed spec 1.1-1.4), device-resident and sync-free.
+"""FAMOptimizer: frequency-adaptive momentum, device-resident and sync-free.
 
 Per parameter ``p`` with gradient ``g`` (faithful default ``base="sgd"``, ``spectrum="spatial"``):
 

@@ -11,7 +11,7 @@ extends the last band to the end of the spectrum (``end_{n-1} = T``), so every l
 once per ``(T, n, layout)`` as a bin->band one-hot matrix ``[T, n]`` so band energies of a whole batch of
 spectra are one matmul (no Python loop, no host sync).
 
-Layouts (spec 1.3, exact seed edges unless marked):
+Layouts (the seed's exact edges unless marked):
 
 * ``linear`` (FrequencyHandler, EmbeddingFrequencyHandler): width ``w = T//n``, band i = ``[i*w, (i+1)*w)``;
   ``w == 0`` -> no bins (all bands 0); bins ``>= n*w`` dropped.
@@ -26,7 +26,7 @@ Layouts (spec 1.3, exact seed edges unless marked):
   a flat spectrum gives ``1/n`` per band as in the equal-width layouts.
 
 Band energies are sums of the magnitude spectrum ``|rfft|`` normalised to sum 1 (``P/(sum P + eps)``).
-Momentum rules (spec 1.4, thresholds and caps exact) take smoothed bands ``H [..., n]`` and the group alpha;
+Momentum rules (the seed's thresholds and caps) take smoothed bands ``H [..., n]`` and the group alpha;
 tensor inputs give tensor outputs via ``torch.where`` (no sync), sequences give a Python float.
 """
 from __future__ import annotations

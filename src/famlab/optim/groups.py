@@ -1,4 +1,4 @@
-"""FAM parameter groups: each trainable parameter goes to exactly one handler group (spec 1.5).
+"""FAM parameter groups: each trainable parameter goes to exactly one handler group.
 
 Group table of the seed (alpha, handler, n_bands, lr and weight-decay multipliers); ``conf/optimizer/fam.yaml``
 carries the same table as configuration (``groups`` and ``analysis.handlers``) and passes it as ``table``:

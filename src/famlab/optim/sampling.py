@@ -1,6 +1,6 @@
 """Gradient sampling for FAM: the seed's random rows x cols sample (spatial) and the temporal probe.
 
-Spatial (spec 1.2 step 3): ``numel > 10000`` and ``dim > 1`` -> 64 random rows x 64 random cols (trailing
+Spatial (the seed's sample): ``numel > 10000`` and ``dim > 1`` -> 64 random rows x 64 random cols (trailing
 conv-kernel dims kept), flattened; ``numel > 10000`` and 1-D -> 1000 random entries; otherwise the whole
 gradient flattened. Differs from the seed: indices come from a seeded ``torch.Generator`` on the gradient's
 device (not the global CPU RNG); the flat row-major indices of all same-shaped tensors are built in one batch
