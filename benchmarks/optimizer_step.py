@@ -23,13 +23,15 @@ import torch.nn.functional as F
 
 from famlab.model.transformer import TransformerLM
 from famlab.optim import factories
+from famlab.optim.fam_config import SEED_ANALYSIS
 
 MODEL = dict(vocab_size=256, dims=384, layers=6, heads=6, context=256)
+ANALYSIS = {**SEED_ANALYSIS, "fam_start_step": 0}
 FAM_VARIANTS = {
-    "fam": dict(),
-    "fam_adam": dict(base="adam", weight_decay=0.1),
-    "fam_temporal": dict(spectrum="temporal"),
-    "fam_constant": dict(analysis=False),
+    "fam": dict(analysis=ANALYSIS),
+    "fam_adam": dict(base="adam", weight_decay=0.1, analysis=ANALYSIS),
+    "fam_temporal": dict(analysis={**ANALYSIS, "spectrum": "temporal", "window": 64}),
+    "fam_constant": dict(analysis=None),
 }
 
 
@@ -38,7 +40,7 @@ def build(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
         return factories.adamw(model, fused=False)
     if name == "adamw_fused":
         return factories.adamw(model, fused=True)
-    return factories.fam(model, fam_start_step=0, **FAM_VARIANTS[name])
+    return factories.fam(model, **FAM_VARIANTS[name])
 
 
 def sync(device: torch.device) -> None:

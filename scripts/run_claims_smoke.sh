@@ -66,10 +66,13 @@ run_claim() {
       compare convergence_posthoc "${best[@]}" --verdict "$RULES/convergence_posthoc.yaml" ;;
     convergence_fam_start10)  # supplementary, not the pre-registered test: the FAM variants at their best
       # smoke lr with the analysis starting at step 11 instead of the original's 101 (90% of the 120 steps)
-      sweep claim_convergence_smoke "${SWEEP}_fam_start10" optimizer=fam,fam_temporal,fam_constant \
-        optimizer.lr=0.3 ++optimizer.fam_start_step=10  # command-line sweeps replace the YAML's for the same key
+      sweep claim_convergence_smoke "${SWEEP}_fam_start10" optimizer=fam,fam_temporal \
+        optimizer.lr=0.3 optimizer.analysis.fam_start_step=10  # command-line sweeps replace the YAML's for the same key
+      # the controls have no analysis (optimizer.analysis is null), so no start step: their own sweep
+      sweep claim_convergence_smoke "${SWEEP}_fam_start10_controls" optimizer=fam_constant,fam_matched optimizer.lr=0.3
       # job dirs, not the sweep root: compare would multiply the YAML's sweep axes with these replacements
       compare convergence_fam_start10 "$out/claim_convergence_smoke/multiruns/${SWEEP}_fam_start10"/[0-9]* \
+        "$out/claim_convergence_smoke/multiruns/${SWEEP}_fam_start10_controls"/[0-9]* \
         --baseline optimizer=fam_constant --verdict "$RULES/convergence_fam_start10.yaml" ;;
     stability)    # fam vs adamw over 1e-4..1: Wortsman LR sensitivity, divergences, attention signals
       sweep claim_stability_smoke "$SWEEP"

@@ -30,7 +30,9 @@ CASES = [
     (["data=text_files", "data.corpus.path=/nonexistent/file.txt"], r"data.corpus.path: /nonexistent/file.txt does not exist"),
     (["data.tokenizer.kind=words"], r"data.tokenizer.kind='words' is not one of"),
     (["data=text_files"], r"data.corpus.path is required for data=text_files"),
-    (["optimizer=fam", "optimizer.n_bands=0"], r"optimizer.n_bands must be a positive number"),
+    (["optimizer=fam", "optimizer.analysis.handlers.default.n_bands=0"],
+     r"optimizer.analysis.handlers.default.n_bands=0 must be an integer >= 1"),
+    (["optimizer=fam", "optimizer.groups.attention.alpha=1.5"], r"optimizer.groups.attention.alpha=1.5 must be a number in \[0, 1\)"),
 ]
 
 

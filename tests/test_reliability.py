@@ -25,7 +25,7 @@ from famlab.errors import ConfigError
 KILL_RUN = [*TINY, "model.dims=32", "model.context=32", "trainer.max_steps=30", "trainer.val_check_interval=2",
             "data.val_batches=1"]
 STATEFUL = {
-    "fam": ["optimizer=fam", "optimizer.fam_start_step=2", "optimizer.lr=0.05"],
+    "fam": ["optimizer=fam", "optimizer.analysis.fam_start_step=2", "optimizer.lr=0.05"],
     "integrated": ["attention=integrated", "attention.win_size=8", "attention.max_span=16",
                    "attention.refiner.update_every=2", "attention.refiner.epsilon=0.5"],
 }
@@ -94,9 +94,8 @@ def _weights(run_dir: Path) -> dict:
     for i, opt in enumerate(state["optimizer_states"]):
         for p, s in opt["state"].items():
             flat.update({f"optimizer{i}.{p}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
-        rng = opt.get("fam_rng")  # FAM: {device: generator state}
-        for key, value in (rng.items() if isinstance(rng, dict) else [("", rng)] if torch.is_tensor(rng) else []):
-            flat[f"optimizer{i}.fam_rng.{key}"] = value
+        for device, rng in (opt.get("fam_rng") or {}).items():  # FAM: one generator state per device type
+            flat[f"optimizer{i}.fam_rng.{device}"] = rng
     return flat
 
 

@@ -13,6 +13,9 @@ from lightning.pytorch.loggers import CSVLogger
 from famlab.lit.frequency_monitor import FrequencyMonitor, plot_bands
 from famlab.model.transformer import TransformerLM
 from famlab.optim.factories import adamw, fam
+from famlab.optim.fam_config import SEED_ANALYSIS
+
+EARLY = {**SEED_ANALYSIS, "fam_start_step": 1, "min_size": 100}  # the analysis from step 2
 
 
 class TinyLM(pl.LightningModule):
@@ -43,7 +46,7 @@ def _fit(tmp_path, make_optimizer, monitor, logger=False):
 
 
 def test_monitor_records_groups_logs_and_plots(tmp_path):
-    make = lambda model: fam(model, lr=0.05, fam_start_step=1, min_size=100, debug=True,
+    make = lambda model: fam(model, lr=0.05, analysis=EARLY, debug=True,
                              debug_dir=str(tmp_path / "debug"), debug_interval=10**6, debug_every=2)
     logger = CSVLogger(tmp_path, name="csv", version=0)
     _fit(tmp_path, make, FrequencyMonitor(every_n_steps=2), logger)
@@ -64,7 +67,7 @@ def test_monitor_records_groups_logs_and_plots(tmp_path):
 
 
 def test_resume_drops_rows_after_the_restored_step(tmp_path):
-    make = lambda model: fam(model, lr=0.05, fam_start_step=1, min_size=100)
+    make = lambda model: fam(model, lr=0.05, analysis=EARLY)
     trainer = _fit(tmp_path, make, FrequencyMonitor(every_n_steps=2, plot=False))  # rows at 2, 4, 6
     trainer.save_checkpoint(tmp_path / "at7.ckpt")
     path = tmp_path / "fam_bands.jsonl"

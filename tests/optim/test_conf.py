@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from famlab.model.transformer import TransformerLM
+from famlab.optim.fam import FAMOptimizer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 OPTIMIZERS = sorted((CONF / "optimizer").glob("*.yaml"))
@@ -37,10 +38,12 @@ def test_optimizer_yaml_builds_and_steps(path):
     model = _model()
     opt = instantiate(_load(path))(model)
     assert isinstance(opt, torch.optim.Optimizer)
-    if path.stem.startswith("fam"):
-        extra = {"fam": {}, "fam_adam": {"base": "adam"}, "fam_temporal": {"spectrum": "temporal"},
-                 "fam_constant": {"analysis": False}}[path.stem]
-        assert all(getattr(opt, k) == v for k, v in extra.items())
+    node = _load(path)
+    if isinstance(opt, FAMOptimizer):  # the YAML's settings reached the optimizer (and its state_dict)
+        analysis = node.get("analysis")
+        settings = {"base": node.base, "analysis": analysis is not None}
+        settings.update({"spectrum": analysis.spectrum, "seed": analysis.seed} if analysis is not None else {})
+        assert all(opt.defaults[k] == v and opt.state_dict()["param_groups"][0][k] == v for k, v in settings.items())
     model(torch.randint(0, 32, (2, 8))).square().mean().backward()
     opt.step()
 

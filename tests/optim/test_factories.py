@@ -4,6 +4,7 @@ import torch
 
 from famlab.model.transformer import TransformerLM
 from famlab.optim import factories as F
+from famlab.optim.fam_config import SEED_ANALYSIS
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +56,17 @@ def test_sgd_validation(model):
     assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.5
 
 
-@pytest.mark.parametrize("variant", [dict(), dict(base="adam", weight_decay=0.1), dict(spectrum="temporal", window=8),
-                                     dict(analysis=False)], ids=["fam", "fam_adam", "fam_temporal", "fam_constant"])
+ANALYSIS = {**SEED_ANALYSIS, "fam_start_step": 3, "min_size": 256}
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(base="adam", weight_decay=0.1),
+                                     dict(analysis={**ANALYSIS, "spectrum": "temporal", "window": 8}),
+                                     dict(analysis=None)], ids=["fam", "fam_adam", "fam_temporal", "fam_constant"])
 def test_fam_variants_reduce_loss_on_a_tiny_model(variant):
     torch.manual_seed(0)
     model = TransformerLM(vocab_size=32, dims=32, layers=1, heads=2, context=16)
     lr = 1e-2 if variant.get("base") == "adam" else 1.0
-    opt = F.fam(model, lr=lr, fam_start_step=3, min_size=256, **variant)
+    opt = F.fam(model, lr=lr, **{"analysis": ANALYSIS, **variant})
     x = torch.randint(0, 32, (8, 17), generator=torch.Generator().manual_seed(0))
     losses = []
     for _ in range(30):
@@ -72,7 +77,7 @@ def test_fam_variants_reduce_loss_on_a_tiny_model(variant):
         losses.append(float(loss))
     assert losses[-1] < 0.8 * losses[0]
     active = [st for st in opt.state.values() if st.get("fam_count", 0) > 0]
-    assert bool(active) == variant.get("analysis", True)
+    assert bool(active) == (variant.get("analysis", ANALYSIS) is not None)
 
 
 def test_fam_factory_validation():

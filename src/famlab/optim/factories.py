@@ -12,7 +12,7 @@ Every bad value raises ``ValueError`` naming the config key (``optimizer.lr`` ..
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -122,43 +122,40 @@ def sgd(
 def fam(
     model: nn.Module,
     lr: float = 1e-3,
-    alpha: float = 0.9,
-    beta: float = 0.99,
-    eps: float = 1e-8,
     weight_decay: float = 0.0,
-    n_bands: int = 8,
-    fam_start_step: int = 100,
-    min_size: int = 256,
     base: str = "sgd",
-    spectrum: str = "spatial",
-    analysis: bool = True,
-    attention_layout: str = "high",
-    beta2: float = 0.999,
-    adam_eps: float = 1e-8,
-    window: int = 64,
-    seed: int = 0,
+    groups: Mapping | None = None,
+    analysis: Mapping | None | str = "seed",
+    beta2: float | None = None,
+    adam_eps: float | None = None,
     debug: bool = False,
     debug_dir: str = "./fam_debug",
     debug_interval: int = 1000,
     debug_every: int = 10,
 ):
-    """FAMOptimizer over :func:`get_parameter_groups` (group table of the seed, module-type first).
+    """FAMOptimizer over :func:`get_parameter_groups` with the configured group table.
 
-    ``base``: ``sgd`` (seed: EMA momentum + coupled L2) or ``adam`` (extension: alpha_eff drives Adam's beta1,
-    decoupled wd). ``spectrum``: ``spatial`` (seed: rfft over sampled parameter indices) or ``temporal``
-    (extension: rfft over a ring buffer of per-step gradient projections). ``analysis=False`` keeps each
-    group's constant momentum (ablation).
+    ``groups``: per-group ``alpha``, ``lr_scale``, ``wd_scale`` (default: the seed's table); ``analysis``: the
+    frequency-analysis node (default ``"seed"``: the seed's settings and handler table; ``None``: each
+    group's constant alpha). ``base``: ``sgd`` (seed: EMA momentum + coupled L2) or ``adam`` (extension:
+    alpha_eff drives Adam's beta1, decoupled wd; ``beta2`` / ``adam_eps`` apply to it only). See
+    :mod:`famlab.optim.fam_config` for every key and its allowed values. ``debug*``: the JSONL trace of
+    :mod:`famlab.optim.fam_debug` (off in the YAMLs; ``+optimizer.debug=true`` turns it on).
     """
     from famlab.optim.fam import FAMOptimizer
+    from famlab.optim.fam_config import SEED_ANALYSIS, SEED_GROUPS, fam_arguments
     from famlab.optim.groups import get_parameter_groups
 
-    lr = _check_positive("lr", lr)
-    weight_decay = _check_nonneg("weight_decay", weight_decay)
-    _check_positive("n_bands", n_bands)
-    groups = get_parameter_groups(model, lr=lr, weight_decay=weight_decay)
-    return FAMOptimizer(
-        groups, lr=lr, alpha=alpha, beta=beta, eps=eps, weight_decay=weight_decay, n_bands=n_bands,
-        fam_start_step=fam_start_step, min_size=min_size, debug=debug, debug_dir=debug_dir,
-        debug_interval=debug_interval, debug_every=debug_every, base=base, spectrum=spectrum, analysis=analysis,
-        attention_layout=attention_layout, beta2=beta2, adam_eps=adam_eps, window=window, seed=seed,
-    )
+    groups = SEED_GROUPS if groups is None else _plain(groups)
+    analysis = SEED_ANALYSIS if isinstance(analysis, str) and analysis == "seed" else _plain(analysis)
+    table, kwargs, scalars = fam_arguments(lr, weight_decay, base, groups, analysis, beta2, adam_eps)
+    param_groups = get_parameter_groups(model, lr=scalars["lr"], weight_decay=scalars["weight_decay"], table=table)
+    return FAMOptimizer(param_groups, lr=scalars["lr"], weight_decay=scalars["weight_decay"], debug=debug,
+                        debug_dir=debug_dir, debug_interval=debug_interval, debug_every=debug_every, **kwargs)
+
+
+def _plain(node):
+    """A DictConfig (Hydra passes nested nodes as such) as plain containers; anything else unchanged."""
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

@@ -1,4 +1,4 @@
-"""FAMOptimizer: frequency-adaptive momentum (seed spec 1.1-1.4), device-resident and sync-free.
+"""FAMOptimizer: frequency-adaptive momentum, device-resident and sync-free.
 
 Per parameter ``p`` with gradient ``g`` (faithful default ``base="sgd"``, ``spectrum="spatial"``):
 
@@ -15,8 +15,12 @@ Extensions (options of the same class, not in the seed):
   ``1 - prod_t(alpha_eff_t)`` (exact for a time-varying beta1) and ``1 - beta2^t``, decoupled weight decay.
 * ``spectrum="temporal"``: every eligible tensor keeps a ring buffer (``window`` steps) of one cheap statistic,
   the gradient's projection on a fixed seeded sparse random +-1 direction (256 entries); the rfft runs over
-  TIME, so high bands measure step-to-step oscillation (what the seed's README described).
+  TIME, so high bands measure step-to-step oscillation (what the seed's README described). Every band layout
+  then covers the Nyquist bin (period-2 flips), which the spatial layouts drop as the seed does.
 * ``analysis=False``: each group's constant alpha (ablation of the analysis).
+
+``step()`` runs with autocast disabled for the parameters' device types, so a call inside a user's
+``torch.autocast`` region computes the spectrum, band energies and update in the parameters' dtype.
 
 Differs from the seed: no host sync (band EMAs, alpha_eff, generator state are tensors in optimizer state,
 the gating uses Python int step counters), seeded sampling instead of the global CPU RNG, batched rfft and
@@ -25,11 +29,13 @@ unused (as in the seed), debug output is JSON Lines (:mod:`famlab.optim.fam_debu
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 
 import torch
 
+from famlab.optim import fam_config as cfg
 from famlab.optim.fam_debug import FAMDebugWriter
 from famlab.optim.frequency import HANDLERS, make_handler
 from famlab.optim.groups import add_handlers_to_groups
@@ -38,14 +44,16 @@ from famlab.optim.sampling import spatial_samples, temporal_probe
 _FLOAT32_STATE = ("band_ema", "alpha_eff", "beta1_prod", "trace")
 
 
-def _check(cond: bool, key: str, allowed: str, value) -> None:
-    if not cond:
-        raise ValueError(f"optimizer.{key} must be {allowed}, got {value!r}")
+#: Settings of the whole optimizer (kept in ``defaults``, so every param group and ``state_dict`` carries them).
+OPTIMIZER_KEYS = ("base", "spectrum", "analysis", "attention_layout", "beta2", "adam_eps", "window", "seed",
+                  "layer_boost")
 
 
 class FAMOptimizer(torch.optim.Optimizer):
-    """Frequency-Adaptive Momentum. Group keys (``lr, weight_decay, alpha, n_bands, handler``, and any other
-    default) override the constructor values, as in the seed."""
+    """Frequency-Adaptive Momentum. Group keys (``lr, weight_decay, alpha, beta, eps, n_bands, handler,
+    fam_start_step, min_size``) override the constructor values, as in the seed; the settings in
+    :data:`OPTIMIZER_KEYS` hold for the whole optimizer. Every hyperparameter lives in ``defaults`` and the
+    param groups, so ``state_dict()``, pickling and ``deepcopy`` carry them."""
 
     def __init__(self, params, lr: float = 1e-3, alpha: float = 0.9, beta: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, n_bands: int = 8, fam_start_step: int = 100, layer_boost: bool = True,
@@ -53,23 +61,20 @@ class FAMOptimizer(torch.optim.Optimizer):
                  debug_interval: int = 1000, *, base: str = "sgd", spectrum: str = "spatial",
                  analysis: bool = True, attention_layout: str = "high", beta2: float = 0.999,
                  adam_eps: float = 1e-8, window: int = 64, seed: int = 0, debug_every: int = 10):
-        _check(base in ("sgd", "adam"), "base", "'sgd' or 'adam'", base)
-        _check(spectrum in ("spatial", "temporal"), "spectrum", "'spatial' or 'temporal'", spectrum)
-        _check(isinstance(window, int) and window >= 4, "window", "an integer >= 4", window)
-        _check(0.0 <= beta2 < 1.0, "beta2", "in [0, 1)", beta2)
-        _check(adam_eps > 0, "adam_eps", "> 0", adam_eps)
-        _check(isinstance(debug_interval, int) and debug_interval >= 1, "debug_interval", "an integer >= 1",
-               debug_interval)
-        self.base, self.spectrum, self.analysis = base, spectrum, bool(analysis)
-        self.beta2, self.adam_eps, self.window, self.seed = float(beta2), float(adam_eps), window, int(seed)
-        self.layer_boost = layer_boost  # stored, unused (seed)
-        self.attention_layout = attention_layout
-        self._handlers = {name: make_handler(name, attention_layout) for name in HANDLERS}
         defaults = dict(lr=lr, alpha=alpha, beta=beta, eps=eps, weight_decay=weight_decay, n_bands=n_bands,
-                        handler="default", fam_start_step=fam_start_step, min_size=min_size)
+                        handler="default", fam_start_step=fam_start_step, min_size=min_size,
+                        base=cfg.choice("base", base, "base"), spectrum=cfg.choice("spectrum", spectrum, "spectrum"),
+                        analysis=bool(analysis),
+                        attention_layout=cfg.choice("attention_layout", attention_layout, "attention_layout"),
+                        beta2=cfg.unit("beta2", beta2), adam_eps=cfg.positive("adam_eps", adam_eps),
+                        window=cfg.integer("window", window, 4), seed=cfg.integer("seed", seed, 0),
+                        layer_boost=layer_boost)  # layer_boost: stored, unused (as in the seed)
+        cfg.integer("debug_interval", debug_interval, 1)
         super().__init__(add_handlers_to_groups(params), defaults)
         _refuse_sharded(self.param_groups)
+        self._handlers = {name: make_handler(name, attention_layout) for name in HANDLERS}
         self._generators: dict[str, torch.Generator] = {}
+        self._by_device: dict[torch.device, torch.Generator] = {}
         self._pending_rng: dict[str, torch.Tensor] = {}
         self._probes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._steps = 0
@@ -78,36 +83,37 @@ class FAMOptimizer(torch.optim.Optimizer):
             lr=lr, alpha=alpha, beta=beta, n_bands=n_bands, fam_start_step=fam_start_step, base=base,
             spectrum=spectrum, analysis=analysis)) if debug else None
 
+    def __getattr__(self, name: str):
+        """``opt.base``, ``opt.spectrum``, ... read the optimizer-wide settings from ``defaults``."""
+        if name in OPTIMIZER_KEYS and "defaults" in self.__dict__:
+            return self.__dict__["defaults"][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def add_param_group(self, param_group: dict) -> None:
         g = param_group
-        for key, ok, allowed in (("lr", lambda v: v > 0, "> 0"), ("alpha", lambda v: 0 <= v < 1, "in [0, 1)"),
-                                 ("beta", lambda v: 0 <= v < 1, "in [0, 1)"), ("eps", lambda v: v > 0, "> 0"),
-                                 ("weight_decay", lambda v: v >= 0, ">= 0")):
-            if key in g or key in self.defaults:
-                value = g.get(key, self.defaults.get(key))
-                _check(isinstance(value, (int, float)) and ok(value), key, allowed, value)
-        for key in ("n_bands", "fam_start_step", "min_size"):
-            value = g.get(key, self.defaults.get(key))
-            _check(isinstance(value, int) and value >= (1 if key == "n_bands" else 0), key,
-                   "a positive integer" if key == "n_bands" else "an integer >= 0", value)
-        handler = g.get("handler", "default")
-        _check(handler in HANDLERS, "handler", f"one of {sorted(HANDLERS)}", handler)
-        if handler == "attention" and self.attention_layout == "legacy":
-            n = g.get("n_bands", self.defaults["n_bands"])
-            _check(n >= 2, "n_bands", ">= 2 for the attention 'legacy' layout", n)
+        value = lambda key: g.get(key, self.defaults.get(key))  # noqa: E731
+        for key in OPTIMIZER_KEYS:
+            if key in g and g[key] != self.defaults[key]:
+                raise ValueError(f"optimizer.{key}={g[key]!r} is a setting of the whole optimizer "
+                                 f"({self.defaults[key]!r}); param group {g.get('group', len(self.param_groups))!r} "
+                                 "cannot change it")
+        cfg.positive("lr", value("lr")), cfg.nonneg("weight_decay", value("weight_decay"))
+        cfg.unit("alpha", value("alpha")), cfg.unit("beta", value("beta")), cfg.positive("eps", value("eps"))
+        cfg.integer("fam_start_step", value("fam_start_step"), 0), cfg.integer("min_size", value("min_size"), 0)
+        handler = cfg.choice("handler", g.get("handler", "default"), "handler")
+        cfg.integer("n_bands", value("n_bands"), 2 if handler == "attention" and
+                    self.defaults["attention_layout"] == "legacy" else 1)
         g.setdefault("group", f"group{len(self.param_groups)}")
         if not isinstance(g.get("params"), (list, tuple)):
             g["params"] = [g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"])
         g.setdefault("names", [f"{g['group']}.{j}" for j in range(len(g["params"]))])
         super().add_param_group(param_group)
 
-    _CONFIG = ("base", "spectrum", "analysis", "beta2", "adam_eps", "window", "seed", "layer_boost",
-               "attention_layout", "debug", "_steps")
-
     def __getstate__(self) -> dict:
-        """Pickle / deepcopy support: the base class keeps only defaults, state and param_groups."""
+        """Pickle / deepcopy: the base class keeps defaults (every setting), state and param_groups; add the
+        step counter and the sampling generators' states."""
         state = super().__getstate__()
-        state.update({key: getattr(self, key) for key in self._CONFIG})
+        state["_steps"], state["debug"] = self._steps, self.debug
         state["fam_rng"] = {**self._pending_rng, **{k: g.get_state() for k, g in self._generators.items()}}
         return state
 
@@ -116,19 +122,24 @@ class FAMOptimizer(torch.optim.Optimizer):
         rng = state.pop("fam_rng", {})
         super().__setstate__(state)
         self._handlers = {name: make_handler(name, self.attention_layout) for name in HANDLERS}
-        self._generators, self._pending_rng, self._probes = {}, dict(rng), {}
+        self._generators, self._by_device, self._pending_rng, self._probes = {}, {}, _by_type(rng), {}
         self._debug = None  # a copy does not write the original's debug file
 
     # ------------------------------------------------------------------ RNG and state
     def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        gen = self._generators.get(key)
+        """The seeded sampling generator of ``device``, saved under :func:`rng_key` (``"cuda"``, not ``"cuda:1"``),
+        so a checkpoint written by one rank restores on a rank with another device index."""
+        gen = self._by_device.get(device)
         if gen is None:
+            key = rng_key(device)
+            if key in self._generators:  # a second device of the same type in one process keeps its index
+                key = str(device)
             gen = torch.Generator(device=device)
             gen.manual_seed(self.seed)
             if key in self._pending_rng:
                 gen.set_state(self._pending_rng.pop(key))
             self._generators[key] = gen
+            self._by_device[device] = gen
         return gen
 
     def _probe(self, p: torch.Tensor, ordinal: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,11 +173,16 @@ class FAMOptimizer(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         rng = state_dict.pop("fam_rng", {})
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # checkpoints from before the settings lived in the groups
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        self.defaults.update({key: self.param_groups[0][key] for key in OPTIMIZER_KEYS})  # the saved settings
+        self._handlers = {name: make_handler(name, self.attention_layout) for name in HANDLERS}
         for st in self.state.values():  # base class casts state to the param dtype; FAM statistics stay fp32
             for key in _FLOAT32_STATE:
                 if key in st:
                     st[key] = st[key].float()
-        self._pending_rng = {k: v.detach().cpu().to(torch.uint8) for k, v in rng.items()}
+        self._pending_rng = {k: v.detach().cpu().to(torch.uint8) for k, v in _by_type(rng).items()}
         for key, gen in self._generators.items():
             if key in self._pending_rng:
                 gen.set_state(self._pending_rng.pop(key))
@@ -180,9 +196,10 @@ class FAMOptimizer(torch.optim.Optimizer):
                 loss = closure()
         self._steps += 1
         ordinal = 0
-        for group in self.param_groups:
-            self._group_step(group, ordinal)
-            ordinal += len(group["params"])
+        with _autocast_off(self.param_groups):  # a user's autocast region would run the band matmul in bf16
+            for group in self.param_groups:
+                self._group_step(group, ordinal)
+                ordinal += len(group["params"])
         if self._debug is not None:
             self._debug.maybe_flush(self._steps)
         return loss
@@ -237,7 +254,8 @@ class FAMOptimizer(torch.optim.Optimizer):
         out: dict[int, torch.Tensor] = {}
         for items in buckets.values():
             idx = [i for i, _ in items]
-            bands = handler.analyze(torch.stack([s for _, s in items]), group["n_bands"], group["eps"])  # [P, n]
+            bands = handler.analyze(torch.stack([s for _, s in items]), group["n_bands"], group["eps"],
+                                    nyquist=self.spectrum == "temporal")  # [P, n]
             emas = [states[i]["band_ema"] for i in idx]
             smoothed = torch.stack(emas).lerp_(bands, 1.0 - group["beta"])
             for row, i in enumerate(idx):
@@ -309,6 +327,28 @@ class FAMOptimizer(torch.optim.Optimizer):
         """Write buffered debug records now (no-op unless ``debug=True``)."""
         if self._debug is not None:
             self._debug.flush()
+
+
+def _autocast_off(groups) -> contextlib.ExitStack:
+    """Autocast disabled for every device type holding parameters (the analysis and update stay fp32)."""
+    stack = contextlib.ExitStack()
+    for device_type in sorted({p.device.type for g in groups for p in g["params"]}):
+        stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+    return stack
+
+
+def rng_key(device: torch.device) -> str:
+    """Checkpoint key of a device's sampling generator: its type (``cuda:0`` and ``cuda:1`` both -> ``cuda``)."""
+    return torch.device(device).type
+
+
+def _by_type(rng: dict) -> dict:
+    """Saved generator states with index-free keys: the lowest-index ``cuda:N`` key (older checkpoints) becomes
+    ``cuda`` unless a ``cuda`` entry exists; further indexed keys stay as they are."""
+    out = {k: v for k, v in rng.items() if ":" not in k}
+    for key in sorted((k for k in rng if ":" in k), key=lambda k: (k.split(":")[0], int(k.split(":")[1]))):
+        out[key if key.split(":")[0] in out else key.split(":")[0]] = rng[key]
+    return out
 
 
 def _refuse_sharded(groups) -> None:

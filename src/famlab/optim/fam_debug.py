@@ -5,7 +5,7 @@ are cloned on device; every ``interval`` optimizer steps (and on :meth:`flush` /
 synced once and appended to ``{debug_dir}/fam_debug_{MMDD_HHMMSS}.jsonl``, one object per line:
 ``{"step", "name", "group", "handler", "alpha_eff", "bands"}``. Settings go to a sidecar ``.settings.json``.
 
-Differs from the seed (spec 1.7): append-only JSONL instead of re-reading and rewriting one JSON file per
+Differs from the seed optimizer's debug dump: append-only JSONL instead of re-reading and rewriting one JSON file per
 dump (which lost points after truncation), unique parameter names across groups, reliable final flush via
 ``weakref.finalize`` instead of ``__del__``.
 """

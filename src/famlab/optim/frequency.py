@@ -1,11 +1,17 @@
 """FAM frequency handlers: band layouts over rfft bins and the momentum rule of each parameter kind.
 
 A *layout* maps the ``T = N//2 + 1`` rfft bins of a length-``N`` signal onto ``n`` bands by half-open edges
-``[(start_i, end_i)]``; bins outside every band are dropped (the seed drops them too). Layouts are precomputed
+``[(start_i, end_i)]``; bins outside every band are dropped (the seed drops them too).
+
+Spatial versus temporal spectrum: the spatial analysis (the seed's) uses the layouts exactly as below, so the
+``linear``, ``log`` and ``legacy`` layouts drop the highest bin(s), among them the Nyquist bin. Over time
+(``spectrum="temporal"``) the Nyquist bin is the period-2 oscillation, a gradient component that flips sign
+every step, the case the temporal analysis exists for; there the layouts are built with ``nyquist=True``, which
+extends the last band to the end of the spectrum (``end_{n-1} = T``), so every layout covers it. Layouts are precomputed
 once per ``(T, n, layout)`` as a bin->band one-hot matrix ``[T, n]`` so band energies of a whole batch of
 spectra are one matmul (no Python loop, no host sync).
 
-Layouts (spec 1.3, exact seed edges unless marked):
+Layouts (the seed's exact edges unless marked):
 
 * ``linear`` (FrequencyHandler, EmbeddingFrequencyHandler): width ``w = T//n``, band i = ``[i*w, (i+1)*w)``;
   ``w == 0`` -> no bins (all bands 0); bins ``>= n*w`` dropped.
@@ -20,7 +26,7 @@ Layouts (spec 1.3, exact seed edges unless marked):
   a flat spectrum gives ``1/n`` per band as in the equal-width layouts.
 
 Band energies are sums of the magnitude spectrum ``|rfft|`` normalised to sum 1 (``P/(sum P + eps)``).
-Momentum rules (spec 1.4, thresholds and caps exact) take smoothed bands ``H [..., n]`` and the group alpha;
+Momentum rules (the seed's thresholds and caps) take smoothed bands ``H [..., n]`` and the group alpha;
 tensor inputs give tensor outputs via ``torch.where`` (no sync), sequences give a Python float.
 """
 from __future__ import annotations
@@ -34,8 +40,12 @@ LAYOUTS = ("linear", "log", "legacy", "high")
 
 
 @lru_cache(maxsize=None)
-def band_edges(T: int, n: int, layout: str) -> tuple[tuple[int, int], ...]:
-    """Half-open bin ranges ``(start, end)`` of the ``n`` bands for ``T`` rfft bins (empty if start >= end)."""
+def band_edges(T: int, n: int, layout: str, nyquist: bool = False) -> tuple[tuple[int, int], ...]:
+    """Half-open bin ranges ``(start, end)`` of the ``n`` bands for ``T`` rfft bins (empty if start >= end);
+    ``nyquist=True`` extends the last band to ``T`` so the highest (Nyquist) bin is never dropped."""
+    if nyquist:
+        edges = band_edges(T, n, layout)
+        return edges[:-1] + ((min(edges[-1][0], T - 1), T),)
     if T <= 0 or n <= 0:
         raise ValueError(f"band_edges: need T > 0 and n_bands > 0, got T={T}, n={n}")
     if layout == "linear":
@@ -64,9 +74,9 @@ def band_edges(T: int, n: int, layout: str) -> tuple[tuple[int, int], ...]:
 
 
 @lru_cache(maxsize=None)
-def _band_matrix_cpu(T: int, n: int, layout: str) -> torch.Tensor:
+def _band_matrix_cpu(T: int, n: int, layout: str, nyquist: bool = False) -> torch.Tensor:
     m = torch.zeros(T, n)
-    for i, (s, e) in enumerate(band_edges(T, n, layout)):
+    for i, (s, e) in enumerate(band_edges(T, n, layout, nyquist)):
         if e > s:
             # "high": bin-count corrected (energy * (T/n) / bins) so narrow high bands are not swamped by
             # the wide low band; a flat spectrum gives 1/n per band, as the equal-width layouts do.
@@ -77,18 +87,18 @@ def _band_matrix_cpu(T: int, n: int, layout: str) -> torch.Tensor:
 _DEVICE_CACHE: dict[tuple, torch.Tensor] = {}
 
 
-def band_matrix(T: int, n: int, layout: str, device: torch.device | str = "cpu") -> torch.Tensor:
+def band_matrix(T: int, n: int, layout: str, device: torch.device | str = "cpu", nyquist: bool = False) -> torch.Tensor:
     """Bin->band weights ``[T, n]`` (float32; one-hot, scaled for "high") on ``device``; cached per key."""
-    key = (T, n, layout, str(device))
+    key = (T, n, layout, str(device), nyquist)
     mat = _DEVICE_CACHE.get(key)
     if mat is None:
-        mat = _DEVICE_CACHE[key] = _band_matrix_cpu(T, n, layout).to(device)
+        mat = _DEVICE_CACHE[key] = _band_matrix_cpu(T, n, layout, nyquist).to(device)
     return mat
 
 
-def band_index(T: int, n: int, layout: str) -> torch.Tensor:
+def band_index(T: int, n: int, layout: str, nyquist: bool = False) -> torch.Tensor:
     """LongTensor ``[T]``: band of each bin, ``n`` for dropped bins (for ``bincount``-style use and tests)."""
-    mat = _band_matrix_cpu(T, n, layout)
+    mat = _band_matrix_cpu(T, n, layout, nyquist)
     return torch.where(mat.sum(1) > 0, mat.argmax(1), torch.full((T,), n))
 
 
@@ -115,10 +125,11 @@ class FrequencyHandler:
     def band_layout(self) -> str:
         return self.layout
 
-    def analyze(self, sample: torch.Tensor, n_bands: int, eps: float = 1e-8) -> torch.Tensor:
-        """Band energies ``[..., n_bands]`` of ``sample [..., N]`` (batched; one matmul)."""
+    def analyze(self, sample: torch.Tensor, n_bands: int, eps: float = 1e-8, nyquist: bool = False) -> torch.Tensor:
+        """Band energies ``[..., n_bands]`` of ``sample [..., N]`` (batched; one matmul); ``nyquist=True``
+        (temporal spectrum) keeps the highest bin in the last band."""
         spec = normalized_spectrum(sample, eps)
-        return spec @ band_matrix(spec.shape[-1], n_bands, self.band_layout(), spec.device)
+        return spec @ band_matrix(spec.shape[-1], n_bands, self.band_layout(), spec.device, nyquist)
 
     def momentum(self, H: torch.Tensor, alpha: float) -> torch.Tensor:
         """Tensor rule: ``H [..., n]`` -> alpha_eff ``[...]`` (float32, no sync)."""
@@ -193,7 +204,7 @@ def make_handler(name: str, attention_layout: str = "high") -> FrequencyHandler:
     return AttentionFrequencyHandler(attention_layout) if name == "attention" else HANDLERS[name]()
 
 
-def bins_per_band(T: int, n: int, layout: str) -> list[int]:
+def bins_per_band(T: int, n: int, layout: str, nyquist: bool = False) -> list[int]:
     """Number of bins in each band (diagnostics and tests)."""
-    return [max(0, e - s) for s, e in band_edges(T, n, layout)]
+    return [max(0, e - s) for s, e in band_edges(T, n, layout, nyquist)]
 

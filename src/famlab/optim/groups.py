@@ -1,6 +1,7 @@
-"""FAM parameter groups: each trainable parameter goes to exactly one handler group (spec 1.5).
+"""FAM parameter groups: each trainable parameter goes to exactly one handler group.
 
-Group table of the seed (alpha, handler, n_bands, lr and weight-decay multipliers):
+Group table of the seed (alpha, handler, n_bands, lr and weight-decay multipliers); ``conf/optimizer/fam.yaml``
+carries the same table as configuration (``groups`` and ``analysis.handlers``) and passes it as ``table``:
 
 ======== ====== ========= ======= ====== =====
 group    alpha  handler   n_bands lr     wd
@@ -83,22 +84,27 @@ def _owner_chain(model: nn.Module, name: str) -> list[nn.Module]:
     return chain
 
 
-def get_parameter_groups(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0) -> list[dict]:
+def get_parameter_groups(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0,
+                         table: dict[str, dict] | None = None) -> list[dict]:
     """Handler groups for :class:`famlab.optim.fam.FAMOptimizer`.
 
-    Returns non-empty dicts with ``params``, ``names``, ``group`` (table key), ``handler``, ``alpha``,
-    ``n_bands``, ``lr`` and ``weight_decay``; parameters with ``requires_grad=False`` are skipped.
+    ``table`` maps every group name of :data:`GROUP_TABLE` to a row with ``alpha``, ``lr_scale`` and
+    ``wd_scale`` and, optionally, ``handler`` and ``n_bands`` (default: :data:`GROUP_TABLE`). Returns
+    non-empty dicts with ``params``, ``names``, ``group`` (table key), ``alpha``, ``lr = lr * lr_scale``,
+    ``weight_decay = weight_decay * wd_scale`` and the row's ``handler`` / ``n_bands`` where it has them;
+    parameters with ``requires_grad=False`` are skipped.
     """
+    table = GROUP_TABLE if table is None else table
     buckets: dict[str, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         key = classify(name, param, _owner_chain(model, name))
         if key not in buckets:
-            row = GROUP_TABLE[key]
-            buckets[key] = dict(params=[], names=[], group=key, handler=row["handler"], alpha=row["alpha"],
-                                n_bands=row["n_bands"], lr=lr * row["lr_scale"],
+            row = table[key]
+            buckets[key] = dict(params=[], names=[], group=key, alpha=row["alpha"], lr=lr * row["lr_scale"],
                                 weight_decay=weight_decay * row["wd_scale"])
+            buckets[key].update({k: row[k] for k in ("handler", "n_bands") if k in row})
         buckets[key]["params"].append(param)
         buckets[key]["names"].append(name)
     return [buckets[k] for k in GROUP_TABLE if k in buckets]
@@ -139,6 +145,6 @@ def format_group_table(groups: list[dict]) -> str:
     for g in groups:
         numel = sum(p.numel() for p in g["params"])
         names = ", ".join(g["names"][:4]) + (" ..." if len(g["names"]) > 4 else "")
-        lines.append(f"{g['group']:<10} {g['handler']:<9} {g['alpha']:>5.2f} {g['n_bands']:>5d} {g['lr']:>9.2e} "
+        lines.append(f"{g['group']:<10} {g.get('handler', '-'):<9} {g['alpha']:>5.2f} {g.get('n_bands', 0):>5d} {g['lr']:>9.2e} "
                      f"{g['weight_decay']:>7.3g} {len(g['params']):>3d} {numel:>9d}  {names}")
     return "\n".join(lines)

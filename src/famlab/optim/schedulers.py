@@ -7,7 +7,7 @@ LitLM steps them once per optimizer step (Lightning ``interval="step"``). Factor
 * :func:`constant` - optional linear warm-up, then the base lr.
 * :func:`fam` - the seed's :class:`FAMScheduler` (warm-up from ``warmup_start_lr``, cosine to ``eta_min``).
 
-Differences from the seed (spec 1.6): :class:`FAMScheduler` clamps ``e`` at ``max_epochs`` (the seed's cosine
+Differences from the seed's scheduler: :class:`FAMScheduler` clamps ``e`` at ``max_epochs`` (the seed's cosine
 rises again after E), accepts ``warmup_epochs=0`` and rejects ``max_epochs <= warmup_epochs`` (the seed divides
 by zero). :class:`FAMScheduler2` keeps the seed's ``+1e-8`` offset of the decay phase and clamps after
 ``total_steps``.
