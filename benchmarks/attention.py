@@ -16,6 +16,7 @@ object of ratios ``<variant>_<context>_over_full`` (median wall time) and
     python benchmarks/attention.py --contexts 1024 --rounds 9
     python benchmarks/attention.py --device cuda --dtype bfloat16   # integrated: FlexAttention (backend auto)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,11 @@ import copy
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
+from machine import record  # benchmarks/machine.py: CPU model, cores and ISA flags with every result
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -37,7 +39,6 @@ from famlab.attention.local import slide_win
 from famlab.attention.myelinated import MyelinatedLayer
 from famlab.attention.standard import StandardAttention
 from famlab.model.transformer import Block
-from machine import record  # benchmarks/machine.py: CPU model, cores and ISA flags with every result
 
 
 class SlidingWindowOnly(AttentionBase):
@@ -73,19 +74,24 @@ VARIANTS: list[Variant] = [
     ),
     Variant(
         "integrated",
-        lambda ctx, d, h: IntegratedAttention(d, h, max_dist=ctx, win_size=256, max_span=384,
-                                              refiner={"enabled": True}, summary_block=64),
+        lambda ctx, d, h: IntegratedAttention(
+            d, h, max_dist=ctx, win_size=256, max_span=384, refiner={"enabled": True}, summary_block=64
+        ),
         "window 256 + soft span + global attention over 64-token block summaries + refiner",
     ),
     Variant(
         "integrated_full",
-        lambda ctx, d, h: IntegratedAttention(d, h, max_dist=ctx, win_size=256, max_span=384,
-                                              refiner={"enabled": True}, global_branch="full"),
+        lambda ctx, d, h: IntegratedAttention(
+            d, h, max_dist=ctx, win_size=256, max_span=384, refiner={"enabled": True}, global_branch="full"
+        ),
         "as integrated, global branch = full causal MHA (global_branch=full)",
     ),
     Variant("slide_win", lambda ctx, d, h: SlidingWindowOnly(d, h, 256), "local branch alone, window 256"),
-    Variant("myelinated", lambda ctx, d, h: MyelinatedLayer(d, h, layerA=4, max_dist=ctx, skip_compute="never"),
-            "4 gated sub-layers + policy + gated MLP, training: every sub-layer computed and masked"),
+    Variant(
+        "myelinated",
+        lambda ctx, d, h: MyelinatedLayer(d, h, layerA=4, max_dist=ctx, skip_compute="never"),
+        "4 gated sub-layers + policy + gated MLP, training: every sub-layer computed and masked",
+    ),
 ]
 
 
@@ -159,7 +165,7 @@ def myelinated_cost(ctx, dims, heads, batch, device, rounds=5) -> dict[str, floa
     def median_times(steps):
         times = {k: [] for k in steps}
         for r in range(rounds + 1):
-            for k in (list(steps) if r % 2 else list(steps)[::-1]):
+            for k in list(steps) if r % 2 else list(steps)[::-1]:
                 dt = timed(steps[k], device)[0]
                 times[k].append(dt) if r else None  # round 0 warms up
         return {k: statistics.median(v) for k, v in times.items()}
@@ -194,7 +200,8 @@ def myelinated_cost(ctx, dims, heads, batch, device, rounds=5) -> dict[str, floa
         "myelinated_eval_over_same_params": round(evals["all"] / evals["params"], 3),
         "myelinated_eval_break_even_skip_same_params": round((evals["all"] - evals["params"]) / sub, 3),
         "myelinated_eval_break_even_skip_same_flops": round((evals["all"] - evals["flops"]) / sub, 3),
-        "standard_blocks_same_params": sizes["params"], "standard_blocks_same_flops": sizes["flops"],
+        "standard_blocks_same_params": sizes["params"],
+        "standard_blocks_same_flops": sizes["flops"],
         "myelinated_eval_host_reads_share": round(myel.attn.layerA * read_s / evals["all"], 6),
     }
 
@@ -251,9 +258,15 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds per context (0: 15/9/5 by size)")
     parser.add_argument("--variants", nargs="+", default=[v.name for v in VARIANTS])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="parameters and inputs of the compared modules (bfloat16: as trained on a GPU)")
+    parser.add_argument(
+        "--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="parameters and inputs of the compared modules (bfloat16: as trained on a GPU)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: leave as is)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -262,8 +275,10 @@ def main(argv=None) -> dict[str, float]:
     chosen = [v for v in VARIANTS if v.name in args.variants]
     if not chosen or chosen[0].name != "full":
         raise SystemExit("--variants must include 'full' (the reference)")
-    print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch} dims={args.dims} "
-          f"heads={args.heads}")
+    print(
+        f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch} dims={args.dims} "
+        f"heads={args.heads}"
+    )
     rows, ratios = [], {}
     for ctx in args.contexts:
         torch.manual_seed(0)
@@ -279,28 +294,42 @@ def main(argv=None) -> dict[str, float]:
         times = {name: [] for name in steps}
         order = list(steps)
         for r in range(rounds):
-            for name in order[r % len(order):] + order[: r % len(order)]:
+            for name in order[r % len(order) :] + order[: r % len(order)]:
                 times[name].append(timed(steps[name], device))
         med = {name: statistics.median(w for w, _ in t) for name, t in times.items()}
         cpu = {name: statistics.median(c for _, c in t) for name, t in times.items()}
         for v in chosen:
             t, m = med[v.name], memory[v.name]
-            rows.append((ctx, v.name, t * 1e3, t / med["full"], cpu[v.name] / cpu["full"], m / 2**20,
-                         m / max(memory["full"], 1), v.note))
+            rows.append(
+                (
+                    ctx,
+                    v.name,
+                    t * 1e3,
+                    t / med["full"],
+                    cpu[v.name] / cpu["full"],
+                    m / 2**20,
+                    m / max(memory["full"], 1),
+                    v.note,
+                )
+            )
             if v.name != "full":
                 ratios[f"{v.name}_{ctx}_over_full"] = round(t / med["full"], 3)
                 ratios[f"{v.name}_{ctx}_mem_over_full"] = round(m / max(memory["full"], 1), 3)
-    print(f"{'context':>7}  {'variant':<14} {'fwd+bwd ms':>10} {'x full':>7} {'cpu x full':>10} "
-          f"{'peak MiB':>9} {'x full':>7}  note")
+    print(
+        f"{'context':>7}  {'variant':<14} {'fwd+bwd ms':>10} {'x full':>7} {'cpu x full':>10} "
+        f"{'peak MiB':>9} {'x full':>7}  note"
+    )
     for ctx, name, ms, rt, rc, mib, rm, note in rows:
         print(f"{ctx:>7}  {name:<14} {ms:>10.1f} {rt:>7.2f} {rc:>10.2f} {mib:>9.1f} {rm:>7.2f}  {note}")
     for ctx in args.contexts:
         if {"adaptive_span", "adaptive_span_init"} <= set(args.variants):  # keys skipped by a shrunk span
             ratios[f"adaptive_span_{ctx}_over_init"] = round(
-                ratios[f"adaptive_span_{ctx}_over_full"] / ratios[f"adaptive_span_init_{ctx}_over_full"], 3)
+                ratios[f"adaptive_span_{ctx}_over_full"] / ratios[f"adaptive_span_init_{ctx}_over_full"], 3
+            )
     if "myelinated" in args.variants:
-        ratios["myelinated_half_skipped_over_all"] = round(myelinated_half_skipped_over_all(
-            args.contexts[-1], args.dims, args.heads, args.batch, device), 3)
+        ratios["myelinated_half_skipped_over_all"] = round(
+            myelinated_half_skipped_over_all(args.contexts[-1], args.dims, args.heads, args.batch, device), 3
+        )
         ratios.update(myelinated_cost(args.contexts[-1], args.dims, args.heads, args.batch, device))
     record("attention", {"ratios": ratios, "args": vars(args)}, args.results_dir)
     print(json.dumps(ratios))

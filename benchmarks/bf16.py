@@ -15,6 +15,7 @@ round), and reports median tokens/s per precision, their ratio, and each copy's 
 Prints the machine (``machine.py``), a table, writes ``benchmarks/results/<date>-<cpu>-bf16.json``
 and, as its last line, one JSON object of ``<model>_bf16_over_fp32`` tokens/s ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,10 @@ class Runner:
 
 
 def measure(size: str, args, clock) -> dict:
-    cfg = api.compose([f"model={size}", f"seed={args.seed}", f"data={args.data}"]
-                      + ([f"data.batch_size={args.batch}"] if args.batch else []))
+    cfg = api.compose(
+        [f"model={size}", f"seed={args.seed}", f"data={args.data}"]
+        + ([f"data.batch_size={args.batch}"] if args.batch else [])
+    )
     batch, context = cfg.data.batch_size, cfg.model.context
     steps = args.steps or STEPS.get(size, 4)
     dm = build_datamodule(cfg)
@@ -82,15 +85,20 @@ def measure(size: str, args, clock) -> dict:
     rates: dict[str, list[float]] = {name: [] for name in runners}
     for r in range(args.rounds):
         batches = [next(stream) for _ in range(steps)]
-        for name in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
+        for name in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
             rates[name].append(batch * context * steps / runners[name].block(batches))
     med = {name: statistics.median(v) for name, v in rates.items()}
     params = sum(p.numel() for p in runners["fp32"].model.parameters())
-    return {"params": params, "batch": batch, "context": context, "steps_per_block": steps,
-            "tokens_per_s": {k: round(v, 1) for k, v in med.items()},
-            "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-            "bf16_over_fp32": round(med["bf16"] / med["fp32"], 3),
-            "last_loss": {k: round(r.loss, 4) for k, r in runners.items()}}
+    return {
+        "params": params,
+        "batch": batch,
+        "context": context,
+        "steps_per_block": steps,
+        "tokens_per_s": {k: round(v, 1) for k, v in med.items()},
+        "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+        "bf16_over_fp32": round(med["bf16"] / med["fp32"], 3),
+        "last_loss": {k: round(r.loss, 4) for k, r in runners.items()},
+    }
 
 
 def main(argv=None) -> dict[str, float]:
@@ -101,24 +109,34 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per precision first")
     parser.add_argument("--batch", type=int, default=0, help="sequences per step (0: the config's data.batch_size)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch default)")
-    parser.add_argument("--clock", default="cpu", choices=["wall", "cpu"],
-                        help="cpu: this process's CPU time (steadier on a shared machine); wall: perf_counter")
+    parser.add_argument(
+        "--clock",
+        default="cpu",
+        choices=["wall", "cpu"],
+        help="cpu: this process's CPU time (steadier on a shared machine); wall: perf_counter",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default="embedded", help="conf/data option the batches come from")
-    parser.add_argument("--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)")
+    parser.add_argument(
+        "--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)"
+    )
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     results = {size: measure(size, args, clock) for size in args.models.split(",") if size}
-    print(f"fp32 vs bf16-mixed training step on the CPU ({torch.get_num_threads()} threads, {args.clock} clock), "
-          f"{args.rounds} interleaved blocks per precision (median tokens/s)")
+    print(
+        f"fp32 vs bf16-mixed training step on the CPU ({torch.get_num_threads()} threads, {args.clock} clock), "
+        f"{args.rounds} interleaved blocks per precision (median tokens/s)"
+    )
     print("| model | params | tokens/step | fp32 tok/s | bf16 tok/s | bf16 / fp32 | last loss fp32 / bf16 |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for size, r in results.items():
-        print(f"| {size} | {r['params'] / 1e6:.2f}M | {r['batch'] * r['context']} | {r['tokens_per_s']['fp32']:.0f} | "
-              f"{r['tokens_per_s']['bf16']:.0f} | {r['bf16_over_fp32']:.2f}x | "
-              f"{r['last_loss']['fp32']:.3f} / {r['last_loss']['bf16']:.3f} |")
+        print(
+            f"| {size} | {r['params'] / 1e6:.2f}M | {r['batch'] * r['context']} | {r['tokens_per_s']['fp32']:.0f} | "
+            f"{r['tokens_per_s']['bf16']:.0f} | {r['bf16_over_fp32']:.2f}x | "
+            f"{r['last_loss']['fp32']:.3f} / {r['last_loss']['bf16']:.3f} |"
+        )
     pays = [s for s, r in results.items() if r["bf16_over_fp32"] > 1.0]
     print(f"bf16 pays (faster than fp32) for: {', '.join(pays) if pays else 'none of these sizes'}")
     ratios = {f"{size}_bf16_over_fp32": r["bf16_over_fp32"] for size, r in results.items()}

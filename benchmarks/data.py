@@ -12,6 +12,7 @@ on the first 20 MB.
 Last line: JSON with ``rss_1g_over_20m`` (largest over smallest size, preparation and training
 each; target <= 1.5), tokenization MB/s per process, and the CPU it ran on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,10 @@ def run_measured(cmd: list[str], env: dict) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     chunks = {"out": [], "err": []}
-    readers = [threading.Thread(target=lambda s=s, k=k: chunks[k].append(s.read()))
-               for s, k in ((proc.stdout, "out"), (proc.stderr, "err"))]
+    readers = [
+        threading.Thread(target=lambda s=s, k=k: chunks[k].append(s.read()))
+        for s, k in ((proc.stdout, "out"), (proc.stderr, "err"))
+    ]
     for r in readers:
         r.start()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -134,26 +137,59 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="famlab-data-bench-"))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "FAMLAB_CACHE": str(work / "cache")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "FAMLAB_CACHE": str(work / "cache"),
+    }
     blocks = make_blocks()
     results = {}
     try:
         for size in sizes:
             corpus = write_corpus(work / f"corpus-{size}mb", size, blocks)
-            data = ["data=text_files", f"data.corpus.path={corpus}", "data.tokenizer.kind=bytes",
-                    f"data.cache_dir={work / 'cache'}", f"data.num_proc={args.num_proc}"]
+            data = [
+                "data=text_files",
+                f"data.corpus.path={corpus}",
+                "data.tokenizer.kind=bytes",
+                f"data.cache_dir={work / 'cache'}",
+                f"data.num_proc={args.num_proc}",
+            ]
             prep = run_measured([sys.executable, "-m", "famlab.data.prepare", *data], env)
-            train = run_measured([sys.executable, "train.py", *data, "model=tiny", f"trainer.max_steps={args.steps}",
-                                  f"trainer.val_check_interval={args.steps}", "scheduler=constant", "logger=csv",
-                                  "callbacks.progress_bar=null", "data.val_batches=2", "threads=1",
-                                  f"out_root={work / 'runs'}", f"run_name=r{size}"], env)
-            results[size] = {"prepare_s": prep["seconds"], "prepare_rss_mb": prep["rss_mb"],
-                             "prepare_mb_per_s": round(size / prep["seconds"], 1),
-                             "train_s": train["seconds"], "train_rss_mb": train["rss_mb"]}
-            print(f"{size:>5} MB: prepare {prep['seconds']:7.1f} s, peak RSS {prep['rss_mb']:7.1f} MB | "
-                  f"train {args.steps} steps {train['seconds']:6.1f} s, peak RSS {train['rss_mb']:7.1f} MB", flush=True)
+            train = run_measured(
+                [
+                    sys.executable,
+                    "train.py",
+                    *data,
+                    "model=tiny",
+                    f"trainer.max_steps={args.steps}",
+                    f"trainer.val_check_interval={args.steps}",
+                    "scheduler=constant",
+                    "logger=csv",
+                    "callbacks.progress_bar=null",
+                    "data.val_batches=2",
+                    "threads=1",
+                    f"out_root={work / 'runs'}",
+                    f"run_name=r{size}",
+                ],
+                env,
+            )
+            results[size] = {
+                "prepare_s": prep["seconds"],
+                "prepare_rss_mb": prep["rss_mb"],
+                "prepare_mb_per_s": round(size / prep["seconds"], 1),
+                "train_s": train["seconds"],
+                "train_rss_mb": train["rss_mb"],
+            }
+            print(
+                f"{size:>5} MB: prepare {prep['seconds']:7.1f} s, peak RSS {prep['rss_mb']:7.1f} MB | "
+                f"train {args.steps} steps {train['seconds']:6.1f} s, peak RSS {train['rss_mb']:7.1f} MB",
+                flush=True,
+            )
             shutil.rmtree(work / "cache", ignore_errors=True)  # the next size starts from nothing
         rates = tokenize_throughput(work / f"corpus-{sizes[0]}mb")
         print("tokenization MB/s per process: " + ", ".join(f"{k} {v}" for k, v in rates.items()))
@@ -161,17 +197,34 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     lo, hi = results[min(sizes)], results[max(sizes)]
-    ratio = {"prepare": round(hi["prepare_rss_mb"] / lo["prepare_rss_mb"], 3),
-             "train": round(hi["train_rss_mb"] / lo["train_rss_mb"], 3)}
-    summary = {"rss_1g_over_20m": ratio, "rss_target_met": max(ratio.values()) <= 1.5, "num_proc": args.num_proc,
-               "tokenize_mb_per_s_per_process": rates, "per_size": results}
+    ratio = {
+        "prepare": round(hi["prepare_rss_mb"] / lo["prepare_rss_mb"], 3),
+        "train": round(hi["train_rss_mb"] / lo["train_rss_mb"], 3),
+    }
+    summary = {
+        "rss_1g_over_20m": ratio,
+        "rss_target_met": max(ratio.values()) <= 1.5,
+        "num_proc": args.num_proc,
+        "tokenize_mb_per_s_per_process": rates,
+        "per_size": results,
+    }
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from machine import record  # noqa: E402  (benchmarks/machine.py)
 
     record("data", summary)
-    print(json.dumps({"rss_1g_over_20m": ratio, "rss_target_met": max(ratio.values()) <= 1.5,
-                      "sizes_mb": [min(sizes), max(sizes)], "tokenize_mb_per_s_per_process": rates,
-                      "num_proc": args.num_proc, "per_size": results, "cpu": cpu_info()}))
+    print(
+        json.dumps(
+            {
+                "rss_1g_over_20m": ratio,
+                "rss_target_met": max(ratio.values()) <= 1.5,
+                "sizes_mb": [min(sizes), max(sizes)],
+                "tokenize_mb_per_s_per_process": rates,
+                "num_proc": args.num_proc,
+                "per_size": results,
+                "cpu": cpu_info(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ CUDA device if any), the command line and the result. A second run on the same d
 appends to the file's ``runs`` list (each with its machine); ``result`` is the latest run. Scripts run as
 ``python benchmarks/<name>.py`` find this module on ``sys.path`` (their own folder).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -66,8 +67,10 @@ def cpu_info(cpuinfo_text: str | None = None, lscpu: dict[str, str] | None = Non
     return {
         "cpu_model": model,
         "vendor": info.get("vendor_id") or ls.get("Vendor ID") or "",
-        "family_model_stepping": "/".join(info.get(k, ls.get(m, "")) for k, m in
-                                          (("cpu family", "CPU family"), ("model", "Model"), ("stepping", "Stepping"))),
+        "family_model_stepping": "/".join(
+            info.get(k, ls.get(m, ""))
+            for k, m in (("cpu family", "CPU family"), ("model", "Model"), ("stepping", "Stepping"))
+        ),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable,
         "physical_cores": physical,
@@ -96,9 +99,11 @@ def describe(info: dict) -> str:
     """One line: ``machine: <model> (<vendor>), N cores (M usable), ISA avx2 avx512f ..., torch X``."""
     isa = " ".join(f for f, present in info["isa"].items() if present) or "none of " + "/".join(ISA_FLAGS)
     cuda = f", cuda {info['cuda_device']}" if info.get("cuda_device") else ""
-    return (f"machine: {info['cpu_model']} ({info['vendor'] or 'unknown vendor'}), {info['logical_cores']} cores "
-            f"({info['usable_cores']} usable), ISA {isa}, torch {info.get('torch', '?')} "
-            f"({info.get('torch_cpu_capability', '?')}, {info.get('torch_threads', '?')} threads){cuda}")
+    return (
+        f"machine: {info['cpu_model']} ({info['vendor'] or 'unknown vendor'}), {info['logical_cores']} cores "
+        f"({info['usable_cores']} usable), ISA {isa}, torch {info.get('torch', '?')} "
+        f"({info.get('torch_cpu_capability', '?')}, {info.get('torch_threads', '?')} threads){cuda}"
+    )
 
 
 def slug(text: str) -> str:
@@ -114,8 +119,12 @@ def record(bench: str, result: dict, out_dir: str | Path | None = None, info: di
     out = Path(out_dir) if out_dir is not None else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{now:%Y-%m-%d}-{slug(info['cpu_model'])}-{slug(bench)}.json"
-    run = {"time": now.isoformat(timespec="seconds"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-           "machine": info, "result": result}
+    run = {
+        "time": now.isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": info,
+        "result": result,
+    }
     runs = []
     if path.exists():
         try:

@@ -10,6 +10,7 @@ median over repeats is reported. Also reports optimizer-state memory and the sha
 
 The LAST printed line is one JSON object with the ratios (``fam_over_adamw`` etc.).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ def sync(device: torch.device) -> None:
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
-    return sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
-               if isinstance(v, torch.Tensor))
+    return sum(
+        v.numel() * v.element_size() for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)
+    )
 
 
 def time_steps(names: list[str], device: torch.device, repeats: int, warmup: int) -> tuple[dict, dict]:
@@ -69,7 +71,7 @@ def time_steps(names: list[str], device: torch.device, repeats: int, warmup: int
         runs[name] = opt
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]  # interleave, rotating start
+        order = names[r % len(names) :] + names[: r % len(names)]  # interleave, rotating start
         for name in order:
             sync(device)
             t0 = time.perf_counter()
@@ -111,24 +113,34 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--train-repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (1 by default: on a shared machine a descheduled OpenMP worker stalls "
-                             "every op at its barrier, which measures the neighbours, not the optimizer)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (1 by default: on a shared machine a descheduled OpenMP worker stalls "
+        "every op at its barrier, which measures the neighbours, not the optimizer)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     names = ["adamw", "adamw_fused", *FAM_VARIANTS]
     medians, memory = time_steps(names, device, args.repeats, args.warmup)
     n_params = sum(p.numel() for p in TransformerLM(**MODEL).parameters())
-    print(f"optimizer.step() on TransformerLM {MODEL} ({n_params / 1e6:.2f}M params), device={device}, "
-          f"threads={torch.get_num_threads()}, median of {args.repeats}")
+    print(
+        f"optimizer.step() on TransformerLM {MODEL} ({n_params / 1e6:.2f}M params), device={device}, "
+        f"threads={torch.get_num_threads()}, median of {args.repeats}"
+    )
     print(f"{'variant':<14} {'step ms':>9} {'x adamw':>8} {'state MB':>9}")
     for name in names:
-        print(f"{name:<14} {1e3 * medians[name]:>9.2f} {medians[name] / medians['adamw']:>8.2f} "
-              f"{memory[name] / 2**20:>9.1f}")
+        print(
+            f"{name:<14} {1e3 * medians[name]:>9.2f} {medians[name] / medians['adamw']:>8.2f} "
+            f"{memory[name] / 2**20:>9.1f}"
+        )
     full, step = train_step_time(device, args.train_repeats)
-    print(f"train step (fwd+bwd+fam step, batch 8 x {MODEL['context']}): {1e3 * full:.1f} ms, "
-          f"fam step {1e3 * step:.1f} ms")
+    print(
+        f"train step (fwd+bwd+fam step, batch 8 x {MODEL['context']}): {1e3 * full:.1f} ms, "
+        f"fam step {1e3 * step:.1f} ms"
+    )
     ratios = {f"{n}_over_adamw": round(medians[n] / medians["adamw"], 3) for n in FAM_VARIANTS}
     ratios["fam_over_adamw_fused"] = round(medians["fam"] / medians["adamw_fused"], 3)
     ratios["fam_state_memory_over_adamw"] = round(memory["fam"] / memory["adamw"], 3)

@@ -9,6 +9,7 @@ drift in machine load hits all of them alike; the table reports medians. It prin
     python benchmarks/position.py                      # B=8 H=6 T=256 hd=64 on CPU
     python benchmarks/position.py --device cuda --dtype bfloat16 --rounds 50
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,11 +67,17 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                        help="wall: perf_counter; cpu: this process's CPU time (steadier on a shared CPU box)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall: perf_counter; cpu: this process's CPU time (steadier on a shared CPU box)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--schemes", default=",".join(SCHEMES), help="comma list; rotary is always included")
-    parser.add_argument("--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)")
+    parser.add_argument(
+        "--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)"
+    )
     args = parser.parse_args(argv)
 
     if args.threads > 0:
@@ -102,15 +109,25 @@ def main(argv=None) -> dict[str, float]:
 
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     base = medians["rotary"]
-    print(f"attention fwd+bwd, B={args.batch} H={args.heads} T={args.seq} hd={args.head_dim} "
-          f"{args.dtype} on {args.device} ({torch.get_num_threads()} threads, {args.clock} clock), {args.rounds} interleaved rounds (median)")
-    print(f"| scheme | median ms | over rotary |\n|---|---:|---:|")
+    print(
+        f"attention fwd+bwd, B={args.batch} H={args.heads} T={args.seq} hd={args.head_dim} "
+        f"{args.dtype} on {args.device} ({torch.get_num_threads()} threads, {args.clock} clock), {args.rounds} interleaved rounds (median)"
+    )
+    print("| scheme | median ms | over rotary |\n|---|---:|---:|")
     for name in names:
         print(f"| {name} | {1e3 * medians[name]:.2f} | {medians[name] / base:.2f}x |")
     ratios = {f"{name}_over_rotary": round(medians[name] / base, 3) for name in names if name != "rotary"}
     setup = {k: v for k, v in vars(args).items() if k != "results_dir"}
-    record("position", {"ratios": ratios, "median_ms": {n: round(1e3 * m, 3) for n, m in medians.items()},
-                        "setup": setup, "torch_threads": torch.get_num_threads()}, args.results_dir)
+    record(
+        "position",
+        {
+            "ratios": ratios,
+            "median_ms": {n: round(1e3 * m, 3) for n, m in medians.items()},
+            "setup": setup,
+            "torch_threads": torch.get_num_threads(),
+        },
+        args.results_dir,
+    )
     print(json.dumps(ratios))
     return ratios
 

@@ -17,6 +17,7 @@ completed (in their shutdown), whose relaunch must change nothing.
 
 Last line: ``{"jobs": 8, "kills": k, "late_kills": l, "relaunches": r, "all_completed": true, "max_weight_diff": ...}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,17 +32,41 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny", "model.dims=32", "model.context=32", "scheduler=constant", "data.batch_size=4",
-        "data.val_batches=1", "logger=csv", "callbacks.progress_bar=null", "log_every_n_steps=2"]
-FAM_SOAK = "# optimizer=fam with the spectral analysis on from step 4 (benchmarks/soak.py)\n" \
-           "defaults:\n  - fam\n  - _self_\nfam_start_step: 4\nlr: 0.05\n"
+TINY = [
+    "model=tiny",
+    "model.dims=32",
+    "model.context=32",
+    "scheduler=constant",
+    "data.batch_size=4",
+    "data.val_batches=1",
+    "logger=csv",
+    "callbacks.progress_bar=null",
+    "log_every_n_steps=2",
+]
+FAM_SOAK = (
+    "# optimizer=fam with the spectral analysis on from step 4 (benchmarks/soak.py)\n"
+    "defaults:\n  - fam\n  - _self_\nfam_start_step: 4\nlr: 0.05\n"
+)
 
 
 def sweep_command(args, sweep_name: str) -> list[str]:
-    return [sys.executable, "train.py", "-m", "--config-dir", str(args.out / "conf"), *TINY,
-            "launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", f"trainer.max_steps={args.steps}",
-            f"trainer.val_check_interval={args.val_every}", f"optimizer={args.optimizers}",
-            f"attention={args.attentions}", "resume=auto", f"out_root={args.out}", f"sweep_name={sweep_name}"]
+    return [
+        sys.executable,
+        "train.py",
+        "-m",
+        "--config-dir",
+        str(args.out / "conf"),
+        *TINY,
+        "launcher=joblib",
+        f"hydra.launcher.n_jobs={args.jobs}",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.val_check_interval={args.val_every}",
+        f"optimizer={args.optimizers}",
+        f"attention={args.attentions}",
+        "resume=auto",
+        f"out_root={args.out}",
+        f"sweep_name={sweep_name}",
+    ]
 
 
 def summaries(sweep: Path) -> dict[int, dict]:
@@ -86,8 +111,14 @@ def snapshot(out: Path) -> Path:
 
 
 def launch(cmd: list[str], log: Path, code: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PYTHONPATH=str(code / "src"))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        WANDB_MODE="offline",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONPATH=str(code / "src"),
+    )
     env.pop("FAMLAB_CONF", None)
     with open(log, "ab") as f:
         return subprocess.Popen(cmd, cwd=code, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -139,8 +170,11 @@ def soak(args) -> dict:
                 kills += 1
                 finished = sum(s.get("status") == "completed" for s in summaries(sweep).values())
                 late += finished == args.jobs
-                print(f"[{time.monotonic() - t0:6.0f} s] kill {kills}: after {progress(sweep) - start} new "
-                      f"validations (+{delay:.2f} s); completed jobs: {finished}/{args.jobs}", flush=True)
+                print(
+                    f"[{time.monotonic() - t0:6.0f} s] kill {kills}: after {progress(sweep) - start} new "
+                    f"validations (+{delay:.2f} s); completed jobs: {finished}/{args.jobs}",
+                    flush=True,
+                )
                 continue
         proc.wait()
         wait_group_empty(proc.pid, "the sweep exited but left processes in its group")
@@ -153,8 +187,14 @@ def soak(args) -> dict:
     if proc.wait() or not done(ref, args.jobs):
         raise RuntimeError(f"reference sweep failed; see {args.out / 'reference.log'}")
     result = check(args, sweep, ref)
-    return {"jobs": result.pop("jobs"), "kills": kills, "late_kills": late, "relaunches": launches - 1, **result,
-            "soak_s": round(soak_s, 1)}
+    return {
+        "jobs": result.pop("jobs"),
+        "kills": kills,
+        "late_kills": late,
+        "relaunches": launches - 1,
+        **result,
+        "soak_s": round(soak_s, 1),
+    }
 
 
 def final_state(run_dir: Path) -> dict:
@@ -177,20 +217,32 @@ def check(args, sweep: Path, ref: Path) -> dict:
         steps = [r["step"] for r in s.get("val_history") or []]
         last = sweep / str(job) / "checkpoints" / "last.ckpt"
         a, b = final_state(sweep / str(job)), final_state(ref / str(job))
-        diff = max(((a[k].double() - b[k].double()).abs().max().item() for k in a
-                    if a[k].is_floating_point() and k in b), default=0.0)
-        ok = (s["status"] == "completed" and s.get("steps") == args.steps and steps == expected_steps
-              and last.exists() and a.keys() == b.keys() and diff <= args.tolerance
-              and not list(last.parent.glob("*.tmp"))
-              and [p.name for p in last.parent.glob("best-*.ckpt")] == [f"best-step={s.get('best_val_step')}.ckpt"])
+        diff = max(
+            ((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point() and k in b),
+            default=0.0,
+        )
+        ok = (
+            s["status"] == "completed"
+            and s.get("steps") == args.steps
+            and steps == expected_steps
+            and last.exists()
+            and a.keys() == b.keys()
+            and diff <= args.tolerance
+            and not list(last.parent.glob("*.tmp"))
+            and [p.name for p in last.parent.glob("best-*.ckpt")] == [f"best-step={s.get('best_val_step')}.ckpt"]
+        )
         max_diff = max(max_diff, diff)
         choice = f"{s['choices'].get('optimizer')}/{s['choices'].get('attention')}"
         rows.append((job, choice, s["status"], s.get("steps"), len(steps), diff, ok))
     print(f"\n{'job':>3}  {'optimizer/attention':<26} {'status':<10} {'steps':>5} {'vals':>4} {'max |dw|':>10}  ok")
     for job, choice, status, steps, vals, diff, ok in rows:
         print(f"{job:>3}  {choice:<26} {status:<10} {steps:>5} {vals:>4} {diff:>10.2e}  {'yes' if ok else 'NO'}")
-    return {"jobs": len(rows), "all_completed": all(r[2] == "completed" for r in rows) and len(rows) == args.jobs,
-            "all_checks_passed": all(r[-1] for r in rows), "max_weight_diff": max_diff}
+    return {
+        "jobs": len(rows),
+        "all_completed": all(r[2] == "completed" for r in rows) and len(rows) == args.jobs,
+        "all_checks_passed": all(r[-1] for r in rows),
+        "max_weight_diff": max_diff,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "conf" / "optimizer").mkdir(parents=True, exist_ok=True)
     (args.out / "conf" / "optimizer" / "fam_soak.yaml").write_text(FAM_SOAK)
     args.code = snapshot(args.out)
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     print(f"code: {REPO} at {sha or 'unknown'} (working tree) frozen in {args.code}")
     print("command:", " ".join(sweep_command(args, "soak")[1:]), flush=True)
     result = soak(args)

@@ -11,6 +11,7 @@ step, largest first; hooks under ``--min-ms`` are summed into one line.
 The wrapping replaces private Lightning functions (``lightning.pytorch.trainer.call``); it is a
 measuring aid, not part of training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,18 +45,27 @@ def timed(key: str, fn, *args, **kwargs):
 
 
 def install() -> None:
-    lm_hook, fetch_next, record = call._call_lightning_module_hook, fetchers._PrefetchDataFetcher.__next__, core.AttentionBase._record
+    lm_hook, fetch_next, record = (
+        call._call_lightning_module_hook,
+        fetchers._PrefetchDataFetcher.__next__,
+        core.AttentionBase._record,
+    )
 
     def callback_hooks(trainer, hook_name, *args, monitoring_callbacks=None, **kwargs):
         for cb in trainer.callbacks:
             fn = getattr(cb, hook_name)
             if callable(fn):
-                timed(f"callback {type(cb).__name__}.{hook_name}", fn, trainer, trainer.lightning_module, *args, **kwargs)
+                timed(
+                    f"callback {type(cb).__name__}.{hook_name}", fn, trainer, trainer.lightning_module, *args, **kwargs
+                )
 
     call._call_callback_hooks = callback_hooks
     call._call_lightning_module_hook = lambda trainer, hook_name, *a, pl_module=None, **k: timed(
-        f"module {hook_name}", lm_hook, trainer, hook_name, *a, pl_module=pl_module, **k)
-    fetchers._PrefetchDataFetcher.__next__ = lambda self: timed("data fetch (Lightning fetcher + DataLoader)", fetch_next, self)
+        f"module {hook_name}", lm_hook, trainer, hook_name, *a, pl_module=pl_module, **k
+    )
+    fetchers._PrefetchDataFetcher.__next__ = lambda self: timed(
+        "data fetch (Lightning fetcher + DataLoader)", fetch_next, self
+    )
     core.AttentionBase._record = lambda self, *a: timed("attention statistics (logging steps)", record, self, *a)
 
 

@@ -28,6 +28,7 @@ mixed precision) and the plain loop the same step under ``torch.autocast(bfloat1
 Last line: one JSON object ``{"lightning_over_plain": ..., "lightning_over_minimal": ...}`` (target
 >= 0.95 on the CPU at both shapes) with the per-step overhead in ms against the minimal loop.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,13 +86,30 @@ def steady_tokens_per_s(times: list[float], warmup: int, tokens_per_step: int) -
 def overrides(args, steps: int) -> list[str]:
     device = ["trainer=gpu"] if args.device == "cuda" else []
     shape = SHAPES[args.shape][0] if args.model is None else [f"model={args.model}"]
-    return [*shape, f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "threads=1",
-            "data.val_batches=1", "logger=csv", "scheduler.warmup_steps=10", f"data.batch_size={args.batch}", *device]
+    return [
+        *shape,
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}",
+        "threads=1",
+        "data.val_batches=1",
+        "logger=csv",
+        "scheduler.warmup_steps=10",
+        f"data.batch_size={args.batch}",
+        *device,
+    ]
 
 
 def lightning_run(args, root: str, i: int) -> float:
-    cfg = api.compose([*overrides(args, args.steps), *args.override, f"out_root={root}", f"run_name=l{i}",
-                       "+callbacks.clock._target_=__main__.StepClock"], run_dir=f"{root}/l{i}")
+    cfg = api.compose(
+        [
+            *overrides(args, args.steps),
+            *args.override,
+            f"out_root={root}",
+            f"run_name=l{i}",
+            "+callbacks.clock._target_=__main__.StepClock",
+        ],
+        run_dir=f"{root}/l{i}",
+    )
     api.train(cfg)
     return steady_tokens_per_s(StepClock.times, args.warmup, args.batch * cfg.model.context)
 
@@ -130,16 +148,27 @@ class MinimalGPT(torch.nn.Module):
         self.heads = heads
         self.tok = nn.Embedding(vocab, dims)
         self.pos = nn.Embedding(context, dims) if learned_pos else None
-        self.blocks = nn.ModuleList(nn.ModuleDict({
-            "ln1": nn.LayerNorm(dims), "qkv": nn.Linear(dims, 3 * dims, bias=False), "proj": nn.Linear(dims, dims, bias=False),
-            "ln2": nn.LayerNorm(dims), "fc": nn.Linear(dims, 4 * dims, bias=False), "out": nn.Linear(4 * dims, dims, bias=False),
-        }) for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "ln1": nn.LayerNorm(dims),
+                    "qkv": nn.Linear(dims, 3 * dims, bias=False),
+                    "proj": nn.Linear(dims, dims, bias=False),
+                    "ln2": nn.LayerNorm(dims),
+                    "fc": nn.Linear(dims, 4 * dims, bias=False),
+                    "out": nn.Linear(4 * dims, dims, bias=False),
+                }
+            )
+            for _ in range(layers)
+        )
         self.ln_f = nn.LayerNorm(dims)
         self.head = nn.Linear(dims, vocab, bias=False)
         self.head.weight = self.tok.weight
         for name, p in self.named_parameters():
             if p.dim() >= 2:
-                torch.nn.init.normal_(p, std=0.02 / (math.sqrt(2 * layers) if name.endswith(("proj.weight", "out.weight")) else 1))
+                torch.nn.init.normal_(
+                    p, std=0.02 / (math.sqrt(2 * layers) if name.endswith(("proj.weight", "out.weight")) else 1)
+                )
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         B, T = idx.shape
@@ -165,12 +194,23 @@ def minimal_run(args, i: int) -> float:
     model = MinimalGPT(dm.vocab_size, m.dims, m.layers, m.heads, m.context, args.learned_pos).to(args.device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(o.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=float(o.lr), betas=tuple(o.betas), eps=float(o.eps),
-                            fused=args.device == "cuda" or args.fused, foreach=None if args.device == "cuda" or args.fused else True)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": float(o.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=float(o.lr),
+        betas=tuple(o.betas),
+        eps=float(o.eps),
+        fused=args.device == "cuda" or args.fused,
+        foreach=None if args.device == "cuda" or args.fused else True,
+    )
     warm, total, floor = int(cfg.scheduler.warmup_steps), args.steps, float(cfg.scheduler.min_lr_ratio)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: (e + 1) / warm if e < warm else
-                                              floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, (e - warm) / (total - warm)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda e: (
+            (e + 1) / warm
+            if e < warm
+            else floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, (e - warm) / (total - warm))))
+        ),
+    )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device == "cuda")
     g = torch.Generator().manual_seed(0)
     offsets = torch.arange(m.context + 1)
@@ -196,18 +236,40 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--shape", default="default", choices=sorted(SHAPES),
-                    help="default: model=small, 16 x 128 tokens, rotary; nano: 4x4x128, 12 x 64 tokens, position=none")
-    ap.add_argument("--model", default=None, help="a model= preset instead of the shape's model (default shape's positions)")
+    ap.add_argument(
+        "--shape",
+        default="default",
+        choices=sorted(SHAPES),
+        help="default: model=small, 16 x 128 tokens, rotary; nano: 4x4x128, 12 x 64 tokens, position=none",
+    )
+    ap.add_argument(
+        "--model", default=None, help="a model= preset instead of the shape's model (default shape's positions)"
+    )
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default: the shape's)")
-    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                    help="cpu: process CPU time (one thread; ignores time descheduled on a shared machine)")
-    ap.add_argument("--learned-pos", action="store_true", help="minimal loop: learned positions (famlab side keeps the shape's)")
-    ap.add_argument("--override", action="append", default=[],
-                    help="an extra override for the Lightning side only, e.g. callbacks.progress_bar=null (repeatable)")
-    ap.add_argument("--fused", action="store_true", help="minimal loop: fused AdamW on the CPU as well (famlab: foreach on CPU)")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                    help="cuda: trainer=gpu (bf16) against a bf16-autocast loop, synchronised around every step")
+    ap.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="cpu: process CPU time (one thread; ignores time descheduled on a shared machine)",
+    )
+    ap.add_argument(
+        "--learned-pos", action="store_true", help="minimal loop: learned positions (famlab side keeps the shape's)"
+    )
+    ap.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="an extra override for the Lightning side only, e.g. callbacks.progress_bar=null (repeatable)",
+    )
+    ap.add_argument(
+        "--fused", action="store_true", help="minimal loop: fused AdamW on the CPU as well (famlab: foreach on CPU)"
+    )
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cuda: trainer=gpu (bf16) against a bf16-autocast loop, synchronised around every step",
+    )
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device")
@@ -227,15 +289,26 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in results.items()}
     tokens = args.batch * api.compose(overrides(args, args.steps)).model.context
     overhead_ms = 1000 * tokens * (1 / med["lightning"] - 1 / med["minimal"])
-    print(f"\nshape={args.shape} model={args.model} batch={args.batch} clock={args.clock} steps={args.steps} (first {args.warmup} excluded), "
-          f"{args.repeats} interleaved repeats, device={args.device}, torch threads={torch.get_num_threads()}", file=sys.stderr)
+    print(
+        f"\nshape={args.shape} model={args.model} batch={args.batch} clock={args.clock} steps={args.steps} (first {args.warmup} excluded), "
+        f"{args.repeats} interleaved repeats, device={args.device}, torch threads={torch.get_num_threads()}",
+        file=sys.stderr,
+    )
     print(f"{'variant':<12}{'median tok/s':>14}   runs")
     for k, v in results.items():
         print(f"{k:<12}{med[k]:>14.0f}   {', '.join(f'{x:.0f}' for x in v)}")
-    print(json.dumps({"shape": args.shape, "clock": args.clock, "lightning_over_plain": round(med["lightning"] / med["plain"], 3),
-                      "lightning_over_minimal": round(med["lightning"] / med["minimal"], 3),
-                      "plain_over_minimal": round(med["plain"] / med["minimal"], 3),
-                      "overhead_ms_per_step": round(overhead_ms, 2)}))
+    print(
+        json.dumps(
+            {
+                "shape": args.shape,
+                "clock": args.clock,
+                "lightning_over_plain": round(med["lightning"] / med["plain"], 3),
+                "lightning_over_minimal": round(med["lightning"] / med["minimal"], 3),
+                "plain_over_minimal": round(med["plain"] / med["minimal"], 3),
+                "overhead_ms_per_step": round(overhead_ms, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ An arm is the value of ``--arm`` in a group's settings; its best group has the l
 ``--by`` over completed seeds. Used to re-run ``famlab compare`` on the tuned arms only (readable
 curves), after the pre-registered report on the whole lr x optimizer grid.
 """
+
 from __future__ import annotations
 
 import argparse

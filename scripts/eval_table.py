@@ -6,6 +6,7 @@ For each group of the report and each evaluated context length: mean ± 95% Stud
 seeds of the loss (nats) and the accuracy that ``famlab.evaluate`` merged into each run's
 ``summary.json`` (``eval.context_lengths``). compare's own table has no accuracy column.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -19,6 +19,7 @@ steps it would run and exits 0. Exit status 1 when a step failed its expectation
 
     python scripts/gpu_check.py [--dry-run] [--budget-s 600] [--name NAME]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -46,7 +47,7 @@ class Step:
     name: str
     cmd: list[str]
     timeout_s: int
-    judge: Callable[["Step", str], tuple[bool, dict]]  # (passed, figures) from the step's output
+    judge: Callable[[Step, str], tuple[bool, dict]]  # (passed, figures) from the step's output
     result: dict = field(default_factory=dict)
 
 
@@ -83,19 +84,28 @@ def judge_train(run_dir: Path) -> Callable[[Step, str], tuple[bool, dict]]:
         if metrics.exists():
             with open(metrics) as f:
                 mfu = [float(r["perf/mfu"]) for r in csv.DictReader(f) if r.get("perf/mfu")]
-        figures = {k: summary.get(k) for k in ("status", "steps", "final_val_loss", "tokens_per_s", "wall_time_s",
-                                               "n_parameters")}
+        figures = {
+            k: summary.get(k)
+            for k in ("status", "steps", "final_val_loss", "tokens_per_s", "wall_time_s", "n_parameters")
+        }
         figures["mfu_median"] = statistics.median(mfu[1:] or mfu) if mfu else None
         loss = figures["final_val_loss"]
-        ok = (summary.get("status") == "completed" and loss is not None and math.isfinite(loss) and loss < 3.0
-              and (figures["mfu_median"] or 0) > 0)
+        ok = (
+            summary.get("status") == "completed"
+            and loss is not None
+            and math.isfinite(loss)
+            and loss < 3.0
+            and (figures["mfu_median"] or 0) > 0
+        )
         return ok, figures
+
     return judge
 
 
 def judge_sweep(sweep_dir: Path, report: bool) -> Callable[[Step, str], tuple[bool, dict]]:
     """Every job ended (completed, or diverged at a too-large lr) and none crashed; with ``report``,
     ``famlab compare`` wrote its report."""
+
     def judge(step: Step, output: str) -> tuple[bool, dict]:
         statuses: dict[str, int] = {}
         for s in sweep_dir.glob("*/summary.json"):
@@ -104,6 +114,7 @@ def judge_sweep(sweep_dir: Path, report: bool) -> Callable[[Step, str], tuple[bo
         ok = step.result["rc"] == 0 and statuses.get("completed", 0) > 0 and not statuses.get("failed")
         ok = ok and (not report or (sweep_dir / "report.md").exists())
         return ok, {"jobs": statuses, "report": str(sweep_dir / "report.md")}
+
     return judge
 
 
@@ -115,22 +126,82 @@ def plan(out: Path) -> list[Step]:
     return [
         Step("gpu_tests", [*pytest, "tests", "--ignore=tests/attention"], 150, judge_pytest),
         Step("flex_vs_blocked", [*pytest, "tests/attention"], 90, judge_pytest),
-        Step("train_base", [PY, "train.py", "model=base", "trainer=gpu", "trainer.max_steps=300",
-                            "trainer.val_check_interval=100", "logger=csv", "callbacks.progress_bar=null",
-                            f"out_root={out}", "run_name=base_gpu"], 120, judge_train(train_dir)),
-        Step("bench_throughput", [PY, "benchmarks/throughput.py", "--device", "cuda", "--model", "base",
-                                  "--steps", "120", "--warmup", "20", "--repeats", "2"], 90, judge_json_last_line),
-        Step("bench_optimizer_step", [PY, "benchmarks/optimizer_step.py", "--device", "cuda"], 60, judge_json_last_line),
-        Step("bench_position", [PY, "benchmarks/position.py", "--device", "cuda", "--dtype", "bfloat16"], 45,
-             judge_json_last_line),
-        Step("bench_attention", [PY, "benchmarks/attention.py", "--device", "cuda", "--contexts", "1024", "4096"], 60,
-             judge_json_last_line),
-        Step("claim_sweep", [PY, "train.py", "-m", "experiment=claim_convergence_smoke", "launcher=joblib",
-                             "hydra.launcher.n_jobs=6", "trainer=gpu", "optimizer=adamw,fam,fam_adam",
-                             "optimizer.lr=3e-3,3e-1", "seed=0,1", f"out_root={out}", "sweep_name=gpu_check"],
-             150, judge_sweep(sweep_dir, report=False)),
-        Step("claim_compare", [PY, "-c", "import sys; from famlab.cli import main; sys.exit(main())", "compare",
-                               str(sweep_dir)], 30, judge_sweep(sweep_dir, report=True)),
+        Step(
+            "train_base",
+            [
+                PY,
+                "train.py",
+                "model=base",
+                "trainer=gpu",
+                "trainer.max_steps=300",
+                "trainer.val_check_interval=100",
+                "logger=csv",
+                "callbacks.progress_bar=null",
+                f"out_root={out}",
+                "run_name=base_gpu",
+            ],
+            120,
+            judge_train(train_dir),
+        ),
+        Step(
+            "bench_throughput",
+            [
+                PY,
+                "benchmarks/throughput.py",
+                "--device",
+                "cuda",
+                "--model",
+                "base",
+                "--steps",
+                "120",
+                "--warmup",
+                "20",
+                "--repeats",
+                "2",
+            ],
+            90,
+            judge_json_last_line,
+        ),
+        Step(
+            "bench_optimizer_step", [PY, "benchmarks/optimizer_step.py", "--device", "cuda"], 60, judge_json_last_line
+        ),
+        Step(
+            "bench_position",
+            [PY, "benchmarks/position.py", "--device", "cuda", "--dtype", "bfloat16"],
+            45,
+            judge_json_last_line,
+        ),
+        Step(
+            "bench_attention",
+            [PY, "benchmarks/attention.py", "--device", "cuda", "--contexts", "1024", "4096"],
+            60,
+            judge_json_last_line,
+        ),
+        Step(
+            "claim_sweep",
+            [
+                PY,
+                "train.py",
+                "-m",
+                "experiment=claim_convergence_smoke",
+                "launcher=joblib",
+                "hydra.launcher.n_jobs=6",
+                "trainer=gpu",
+                "optimizer=adamw,fam,fam_adam",
+                "optimizer.lr=3e-3,3e-1",
+                "seed=0,1",
+                f"out_root={out}",
+                "sweep_name=gpu_check",
+            ],
+            150,
+            judge_sweep(sweep_dir, report=False),
+        ),
+        Step(
+            "claim_compare",
+            [PY, "-c", "import sys; from famlab.cli import main; sys.exit(main())", "compare", str(sweep_dir)],
+            30,
+            judge_sweep(sweep_dir, report=True),
+        ),
     ]
 
 
@@ -140,8 +211,9 @@ def run_step(step: Step, env: dict, left_s: float) -> None:
         return
     limit = min(step.timeout_s, left_s)
     t0 = time.monotonic()
-    proc = subprocess.Popen(step.cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # its own process group: a timeout ends its workers too
+    proc = subprocess.Popen(
+        step.cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )  # its own process group: a timeout ends its workers too
     try:
         output, rc = proc.communicate(timeout=limit)[0], proc.returncode
     except subprocess.TimeoutExpired:
@@ -183,17 +255,29 @@ def main() -> int:
         return 0
     device = torch.cuda.get_device_name()
     name = args.name or re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-           "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     t_start = time.monotonic()
     for step in steps:
         run_step(step, env, args.budget_s - (time.monotonic() - t_start))
         print(summary_lines([step])[1], flush=True)
     lines = summary_lines(steps)
     result = {
-        "date": date, "device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
-        "total_s": round(time.monotonic() - t_start, 1), "outputs": str(out),
+        "date": date,
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+        "total_s": round(time.monotonic() - t_start, 1),
+        "outputs": str(out),
         "steps": {s.name: {"cmd": " ".join(map(str, s.cmd)), **s.result} for s in steps},
         "summary": lines,
     }

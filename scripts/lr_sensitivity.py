@@ -10,6 +10,7 @@ best loss of that seed's sweep (lower = flatter). Across seeds: mean and 95% Stu
 Welch test of every optimizer against ``--baseline``. Writes ``lr_sensitivity.md`` and
 ``plots/attention_vs_lr.png`` into ``--out``. Reads only run directories (no torch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,34 @@ def run_row(run) -> dict | None:
     ok = run.status == "completed" and isinstance(loss, (int, float)) and math.isfinite(loss)
     logit, entropy = float("nan"), float("nan")
     if run.metrics is not None:
-        peaks = [max(s.values) for c in run.metrics.columns if c.startswith("attn/") and c.endswith(".max_logit")
-                 for s in [run.metrics.series(c)] if s.values]
-        finals = [s.values[-1] for c in run.metrics.columns if c.startswith("attn/") and c.endswith(".entropy")
-                  for s in [run.metrics.series(c)] if s.values]
+        peaks = [
+            max(s.values)
+            for c in run.metrics.columns
+            if c.startswith("attn/") and c.endswith(".max_logit")
+            for s in [run.metrics.series(c)]
+            if s.values
+        ]
+        finals = [
+            s.values[-1]
+            for c in run.metrics.columns
+            if c.startswith("attn/") and c.endswith(".entropy")
+            for s in [run.metrics.series(c)]
+            if s.values
+        ]
         logit = max(peaks) if peaks else logit
         entropy = min(finals) if finals else entropy
     blew_up = not ok or loss > init  # diverged (NaN guard), failed, or ended above the initial loss
-    return {"optimizer": opt, "lr": float(lr), "seed": seed, "status": run.status, "init": init, "blew_up": blew_up,
-            "loss": min(loss, init) if ok else init, "max_logit": logit, "min_entropy": entropy}
+    return {
+        "optimizer": opt,
+        "lr": float(lr),
+        "seed": seed,
+        "status": run.status,
+        "init": init,
+        "blew_up": blew_up,
+        "loss": min(loss, init) if ok else init,
+        "max_logit": logit,
+        "min_entropy": entropy,
+    }
 
 
 def sensitivity(rows: list[dict]) -> dict[str, list[float]]:
@@ -62,12 +82,17 @@ def fmt(x: float, digits: int = 3) -> str:
 
 
 def markdown(rows: list[dict], sens: dict[str, list[float]], baseline: str) -> str:
-    lines = ["# LR sensitivity and attention signals", "",
-             "Final val loss capped at the initial loss ln(vocab) (diverged/failed runs count as the initial loss); "
-             "peak max attention logit over training; smallest final attention entropy over layers (nats). "
-             "Means over seeds.", "",
-             "| optimizer | lr | n | final val loss | diverged (NaN guard) | above initial loss | peak max logit | "
-             "final min entropy |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# LR sensitivity and attention signals",
+        "",
+        "Final val loss capped at the initial loss ln(vocab) (diverged/failed runs count as the initial loss); "
+        "peak max attention logit over training; smallest final attention entropy over layers (nats). "
+        "Means over seeds.",
+        "",
+        "| optimizer | lr | n | final val loss | diverged (NaN guard) | above initial loss | peak max logit | "
+        "final min entropy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     cells = defaultdict(list)
     for r in rows:
         cells[(r["optimizer"], r["lr"])].append(r)
@@ -75,10 +100,16 @@ def markdown(rows: list[dict], sens: dict[str, list[float]], baseline: str) -> s
         mean = lambda key: mean_ci([r[key] for r in rs]).mean  # noqa: E731
         div = sum(r["status"] == "diverged" for r in rs)
         up = sum(r["blew_up"] for r in rs)
-        lines.append(f"| {opt} | {lr:g} | {len(rs)} | {fmt(mean('loss'))} | {div}/{len(rs)} | {up}/{len(rs)} | "
-                     f"{fmt(mean('max_logit'), 2)} | {fmt(mean('min_entropy'))} |")
-    lines += ["", "| optimizer | LR sensitivity (mean ± 95% CI over seeds) | n | diverged or above initial loss | "
-              f"vs {baseline}: difference [95% CI], Welch p |", "|---|---:|---:|---:|---|"]
+        lines.append(
+            f"| {opt} | {lr:g} | {len(rs)} | {fmt(mean('loss'))} | {div}/{len(rs)} | {up}/{len(rs)} | "
+            f"{fmt(mean('max_logit'), 2)} | {fmt(mean('min_entropy'))} |"
+        )
+    lines += [
+        "",
+        "| optimizer | LR sensitivity (mean ± 95% CI over seeds) | n | diverged or above initial loss | "
+        f"vs {baseline}: difference [95% CI], Welch p |",
+        "|---|---:|---:|---:|---|",
+    ]
     for opt, vals in sorted(sens.items()):
         est = mean_ci(vals)
         div = sum(r["blew_up"] for r in rows if r["optimizer"] == opt)
@@ -101,8 +132,11 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for opt in sorted({r["optimizer"] for r in rows}):
         lrs = sorted({r["lr"] for r in rows if r["optimizer"] == opt})
-        for ax, key, label in zip(axes, ("loss", "max_logit", "min_entropy"),
-                                  ("final val loss (capped)", "peak max attention logit", "final min entropy")):
+        for ax, key, label in zip(
+            axes,
+            ("loss", "max_logit", "min_entropy"),
+            ("final val loss (capped)", "peak max attention logit", "final min entropy"),
+        ):
             ys = [mean_ci([r[key] for r in rows if r["optimizer"] == opt and r["lr"] == lr]).mean for lr in lrs]
             ax.plot(lrs, ys, marker="o", label=opt)
             ax.set_xscale("log")

@@ -7,6 +7,7 @@ Reads ``RUN_DIR/fam_bands.jsonl`` (written by the FrequencyMonitor callback: per
 group's matched momentum is the mean ``alpha_eff`` over the records with active tensors (from step N on);
 groups that were never analysed keep their table alpha. The output is YAML for ``conf/optimizer/fam_matched.yaml``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in ("fam_bands.jsonl", "config.yaml"):
         if not (args.run_dir / name).is_file():
-            print(f"famlab: error: {args.run_dir / name} does not exist (a FAM run directory is needed)", file=sys.stderr)
+            print(
+                f"famlab: error: {args.run_dir / name} does not exist (a FAM run directory is needed)", file=sys.stderr
+            )
             return 2
     rows, counts = matched_momenta(args.run_dir, args.from_step)
     print(f"# mean alpha_eff of {args.run_dir} (records per group: {counts})")

@@ -1,4 +1,5 @@
 """Pytest fixtures shared by the whole suite; plain helpers live in ``famlab_testing``."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """Shared test helpers (imported as ``famlab_testing``): offline environment, tiny overrides,
 option discovery, quick training steps. ``conftest.py`` cannot be imported by name: several exist."""
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,15 @@ def group_option(group: str, name: str):
         return compose(config_name=name)
 
 
-def quick_steps(model: torch.nn.Module, optimizer, steps: int = 2, vocab: int | None = None, seq: int = 16,
-                batch: int = 2, seed: int = 0) -> list[float]:
+def quick_steps(
+    model: torch.nn.Module,
+    optimizer,
+    steps: int = 2,
+    vocab: int | None = None,
+    seq: int = 16,
+    batch: int = 2,
+    seed: int = 0,
+) -> list[float]:
     """A few plain training steps on random tokens; returns the losses (used to sweep options fast)."""
     g = torch.Generator().manual_seed(seed)
     vocab = vocab or model.vocab_size

@@ -1,6 +1,7 @@
 """Only allowed ``_target_`` values are ever instantiated: a doctored run directory (or command
 line) naming ``builtins.open``, ``pathlib.Path.touch`` or ``logging.FileHandler`` is refused with one
 line before anything is called, and the user's files stay as they were."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,19 +10,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-from famlab_testing import REPO, TINY
 from omegaconf import OmegaConf
 
 from famlab import allowlist, api
 from famlab.build import build_datamodule
 from famlab.errors import ConfigError
+from famlab_testing import REPO, TINY
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("allow")
-    cfg = api.compose([*TINY, "trainer.max_steps=2", "trainer.val_check_interval=2", "run_name=src",
-                       f"out_root={root}"], run_dir=root / "src")
+    cfg = api.compose(
+        [*TINY, "trainer.max_steps=2", "trainer.val_check_interval=2", "run_name=src", f"out_root={root}"],
+        run_dir=root / "src",
+    )
     assert api.train(cfg)["status"] == "completed"
     return root / "src"
 
@@ -45,29 +48,56 @@ def _payloads(user: Path) -> dict:
     """The three cases, each as an edit of the config dict and where the payload would write."""
     victim, touched, logged = user / "notes.txt", user / "touched", user / "handler.log"
     return {
-        "open": (lambda c: c["data"].__setitem__("corpus", {"_target_": "builtins.open", "_args_": [str(victim), "w"]}),
-                 "data.corpus._target_=builtins.open"),
-        "touch": (lambda c: c["data"].__setitem__("corpus", {"_target_": "pathlib.Path.touch",
-                                                             "self": {"_target_": "pathlib.Path", "_args_": [str(touched)]}}),
-                  "data.corpus._target_=pathlib.Path.touch"),
-        "filehandler": (lambda c: c["model"].__setitem__("extra", {"_target_": "logging.FileHandler",
-                                                                   "filename": str(logged)}),
-                        "model.extra._target_=logging.FileHandler"),
-        "nested_args": (lambda c: c["attention"].__setitem__("helper", {"_target_": "famlab.model.transformer.TransformerLM",
-                                                                        "_args_": [{"_target_": "builtins.open", "_args_": [str(victim), "w"]}]}),
-                        "attention.helper._args_[0]._target_=builtins.open"),
-        "partial": (lambda c: c["position"].__setitem__("factory", {"_target_": "logging.FileHandler", "_partial_": True,
-                                                                    "filename": str(logged)}),
-                    "position.factory._target_=logging.FileHandler"),
-        "interpolation": (lambda c: c["data"].__setitem__("corpus", "${oc.create:'{_target_: builtins.open, _args_: [" + str(victim) + ", w]}'}"),
-                          "data.corpus._target_=builtins.open"),
-        "own_allow_targets": (lambda c: (c.__setitem__("allow_targets", ["builtins", "pathlib", "logging"]),
-                                         c["data"].__setitem__("corpus", {"_target_": "builtins.open", "_args_": [str(victim), "w"]})),
-                              "data.corpus._target_=builtins.open"),
+        "open": (
+            lambda c: c["data"].__setitem__("corpus", {"_target_": "builtins.open", "_args_": [str(victim), "w"]}),
+            "data.corpus._target_=builtins.open",
+        ),
+        "touch": (
+            lambda c: c["data"].__setitem__(
+                "corpus",
+                {"_target_": "pathlib.Path.touch", "self": {"_target_": "pathlib.Path", "_args_": [str(touched)]}},
+            ),
+            "data.corpus._target_=pathlib.Path.touch",
+        ),
+        "filehandler": (
+            lambda c: c["model"].__setitem__("extra", {"_target_": "logging.FileHandler", "filename": str(logged)}),
+            "model.extra._target_=logging.FileHandler",
+        ),
+        "nested_args": (
+            lambda c: c["attention"].__setitem__(
+                "helper",
+                {
+                    "_target_": "famlab.model.transformer.TransformerLM",
+                    "_args_": [{"_target_": "builtins.open", "_args_": [str(victim), "w"]}],
+                },
+            ),
+            "attention.helper._args_[0]._target_=builtins.open",
+        ),
+        "partial": (
+            lambda c: c["position"].__setitem__(
+                "factory", {"_target_": "logging.FileHandler", "_partial_": True, "filename": str(logged)}
+            ),
+            "position.factory._target_=logging.FileHandler",
+        ),
+        "interpolation": (
+            lambda c: c["data"].__setitem__(
+                "corpus", "${oc.create:'{_target_: builtins.open, _args_: [" + str(victim) + ", w]}'}"
+            ),
+            "data.corpus._target_=builtins.open",
+        ),
+        "own_allow_targets": (
+            lambda c: (
+                c.__setitem__("allow_targets", ["builtins", "pathlib", "logging"]),
+                c["data"].__setitem__("corpus", {"_target_": "builtins.open", "_args_": [str(victim), "w"]}),
+            ),
+            "data.corpus._target_=builtins.open",
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["open", "touch", "filehandler", "nested_args", "partial", "interpolation", "own_allow_targets"])
+@pytest.mark.parametrize(
+    "case", ["open", "touch", "filehandler", "nested_args", "partial", "interpolation", "own_allow_targets"]
+)
 def test_doctored_run_directory_is_refused_and_nothing_is_written(trained, tmp_path, case):
     user = tmp_path / "home"
     user.mkdir()
@@ -91,8 +121,13 @@ def test_sample_and_evaluate_refuse_a_doctored_run_directory(trained, tmp_path, 
     (user / "notes.txt").write_text("the user's notes\n")
     doctored = _doctor(trained, tmp_path / "shared_run", _payloads(user)["open"][0])
     before = _snapshot(doctored)
-    out = subprocess.run([sys.executable, "-m", "famlab.cli", command, f"run={doctored}"], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "famlab.cli", command, f"run={doctored}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0
     assert "data.corpus._target_=builtins.open is not allowed" in out.stderr and "Traceback" not in out.stderr
     assert (user / "notes.txt").read_text() == "the user's notes\n"
@@ -102,18 +137,34 @@ def test_sample_and_evaluate_refuse_a_doctored_run_directory(trained, tmp_path, 
 def test_command_line_target_is_refused_before_anything_is_written(tmp_path):
     victim = tmp_path / "notes.txt"
     victim.write_text("keep\n")
-    out = subprocess.run([sys.executable, "train.py", *TINY, f"out_root={tmp_path}", "run_name=x",
-                          "data.corpus._target_=builtins.open", f"+data.corpus._args_=[{victim},w]"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *TINY,
+            f"out_root={tmp_path}",
+            "run_name=x",
+            "data.corpus._target_=builtins.open",
+            f"+data.corpus._args_=[{victim},w]",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.strip().splitlines()[-1].startswith(
-        "famlab: error: data.corpus._target_=builtins.open is not allowed: famlab instantiates only")
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith("famlab: error: data.corpus._target_=builtins.open is not allowed: famlab instantiates only")
+    )
     assert victim.read_text() == "keep\n" and not (tmp_path / "train" / "runs" / "x").exists()
 
 
 def test_allow_targets_and_environment_extend_the_allowlist(tmp_path, monkeypatch):
     (tmp_path / "mylab_corpus.py").write_text(
-        "from famlab.data.corpora import EmbeddedCorpus\n\nclass Corpus(EmbeddedCorpus):\n    name = 'mine'\n")
+        "from famlab.data.corpora import EmbeddedCorpus\n\nclass Corpus(EmbeddedCorpus):\n    name = 'mine'\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     mine = ["model=tiny", "data.corpus._target_=mylab_corpus.Corpus"]
     with pytest.raises(ConfigError, match=r"^data.corpus._target_=mylab_corpus.Corpus is not allowed"):
@@ -121,11 +172,23 @@ def test_allow_targets_and_environment_extend_the_allowlist(tmp_path, monkeypatc
     assert build_datamodule(api.compose([*mine, "allow_targets=[mylab_corpus]"])).corpus.name == "mine"
     monkeypatch.setenv(allowlist.ENV_VAR, "other.pkg, mylab_corpus")
     assert build_datamodule(api.compose(mine)).corpus.name == "mine"
-    cfg = api.compose([*TINY, *mine[1:], "trainer.max_steps=2", "trainer.val_check_interval=2", "run_name=mine",
-                       f"out_root={tmp_path}", "allow_targets=[mylab_corpus]"], run_dir=tmp_path / "mine")
+    cfg = api.compose(
+        [
+            *TINY,
+            *mine[1:],
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "run_name=mine",
+            f"out_root={tmp_path}",
+            "allow_targets=[mylab_corpus]",
+        ],
+        run_dir=tmp_path / "mine",
+    )
     monkeypatch.delenv(allowlist.ENV_VAR)
     assert api.train(cfg)["status"] == "completed"
-    with pytest.raises(ConfigError, match="mylab_corpus.Corpus is not allowed"):  # the run dir's own list is not trusted
+    with pytest.raises(
+        ConfigError, match="mylab_corpus.Corpus is not allowed"
+    ):  # the run dir's own list is not trusted
         api.load_run(tmp_path / "mine")
     assert api.load_run(tmp_path / "mine", allow=["mylab_corpus"]).datamodule.corpus.name == "mine"
     monkeypatch.setenv(allowlist.ENV_VAR, "mylab_corpus")
@@ -139,8 +202,15 @@ def test_every_shipped_config_passes_and_the_rules_hold():
         for option in options(group):
             allowlist.check(api.compose([f"{group}={option}"]))
     assert allowlist.allowed("torch.optim.lr_scheduler.LambdaLR") and allowlist.allowed("lightning.pytorch.Trainer")
-    for bad in ("famlab.lit.summary.write_json", "famlab.data.tokenizers.save_tokenizer", "torch.save",
-                "lightning.pytorch.TrainerX", "famlabx.mod", "builtins.eval", "os.system"):
+    for bad in (
+        "famlab.lit.summary.write_json",
+        "famlab.data.tokenizers.save_tokenizer",
+        "torch.save",
+        "lightning.pytorch.TrainerX",
+        "famlabx.mod",
+        "builtins.eval",
+        "os.system",
+    ):
         assert not allowlist.allowed(bad), bad
     assert allowlist.allowed("builtins.open", extra=["builtins.open"])
     targets = dict(allowlist.targets(OmegaConf.create({"a": [{"_target_": "x.y", "b": {"_target_": "z"}}]})))

@@ -1,4 +1,5 @@
 """benchmarks/machine.py names the CPU a result came from; position.py prints and records it."""
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,28 @@ def test_position_benchmark_prints_and_records_its_machine(tmp_path, capsys):
     pytest.importorskip("famlab.position.rotary")
     import position
 
-    ratios = position.main(["--batch", "1", "--heads", "1", "--seq", "8", "--head-dim", "6", "--rounds", "1",
-                            "--warmup", "0", "--threads", "1", "--schemes", "quaternion", "--results-dir", str(tmp_path)])
+    ratios = position.main(
+        [
+            "--batch",
+            "1",
+            "--heads",
+            "1",
+            "--seq",
+            "8",
+            "--head-dim",
+            "6",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--schemes",
+            "quaternion",
+            "--results-dir",
+            str(tmp_path),
+        ]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == ratios and any(line.startswith("machine: ") for line in lines)
     (path,) = tmp_path.glob("*-position.json")
@@ -72,10 +93,26 @@ def test_position_benchmark_prints_and_records_its_machine(tmp_path, capsys):
 def test_bf16_benchmark_compares_precisions_and_records_its_machine(tmp_path, capsys):
     import bf16
 
-    ratios = bf16.main(["--models", "tiny", "--rounds", "1", "--steps", "1", "--warmup", "0", "--batch", "2",
-                        "--results-dir", str(tmp_path)])
+    ratios = bf16.main(
+        [
+            "--models",
+            "tiny",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--batch",
+            "2",
+            "--results-dir",
+            str(tmp_path),
+        ]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
-    assert json.loads(lines[-1]) == ratios and set(ratios) == {"tiny_bf16_over_fp32"} and ratios["tiny_bf16_over_fp32"] > 0
+    assert (
+        json.loads(lines[-1]) == ratios and set(ratios) == {"tiny_bf16_over_fp32"} and ratios["tiny_bf16_over_fp32"] > 0
+    )
     assert any(line.startswith("machine: ") for line in lines) and any(line.startswith("| tiny |") for line in lines)
     (path,) = tmp_path.glob("*-bf16.json")
     tiny = json.loads(path.read_text())["result"]["models"]["tiny"]

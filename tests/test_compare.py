@@ -1,4 +1,5 @@
 """End-to-end ``famlab compare`` on fake sweeps, the ``famlab`` dispatcher, and the no-torch rule."""
+
 import json
 import os
 import subprocess
@@ -17,9 +18,14 @@ from famlab.report.stats import mean_ci, welch_t_test  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAM, FAM = [2.0, 2.1, 1.9], [1.6, 1.7, 2.5]
-RULE = {"claim": "FAM reaches the target in fewer steps than Adam", "method": "optimizer=fam",
-        "baseline": "optimizer=adam", "metric": "steps_to_target", "direction": "lower",
-        "min_effect": 0.15}
+RULE = {
+    "claim": "FAM reaches the target in fewer steps than Adam",
+    "method": "optimizer=fam",
+    "baseline": "optimizer=adam",
+    "metric": "steps_to_target",
+    "direction": "lower",
+    "min_effect": 0.15,
+}
 
 
 def make_sweep(root: Path) -> Path:
@@ -28,8 +34,7 @@ def make_sweep(root: Path) -> Path:
     for seed, end in enumerate(ADAM):
         write_run(sweep, str(seed), "adam", seed, curve=linear_curve(end), meta=meta, target=2.3)
     for seed, end in enumerate(FAM):
-        write_run(sweep, str(3 + seed), "fam", seed, curve=linear_curve(end), meta=meta, target=2.3,
-                  tokens_per_s=900.0)
+        write_run(sweep, str(3 + seed), "fam", seed, curve=linear_curve(end), meta=meta, target=2.3, tokens_per_s=900.0)
     write_run(sweep, "6", "fam", 3, status="failed", error="RuntimeError: loss is NaN", meta=meta)
     write_run(sweep, "7", "fam", 4, status=None, meta=meta)  # still running
     task = ["optimizer=adam,fam", "seed=0,1,2,3,4"]  # 10 jobs expected; 8 and 9 never started
@@ -78,8 +83,9 @@ def test_cli_overrides_and_explicit_run_dirs(tmp_path, capsys):
     out = tmp_path / "out"
     rule = json.dumps({**RULE, "metric": "best_val_loss", "claim": "custom claim"})
     runs = [str(sweep / str(i)) for i in range(6)]
-    code = main([*runs, "--baseline", "optimizer=fam", "--target", "2.0", "--out", str(out),
-                 "--verdict", rule, "--no-plots"])
+    code = main(
+        [*runs, "--baseline", "optimizer=fam", "--target", "2.0", "--out", str(out), "--verdict", rule, "--no-plots"]
+    )
     assert code == 0
     saved = json.loads((out / "report.json").read_text())
     assert saved["target"] == {"value": 2.0, "source": "--target"}
@@ -115,15 +121,19 @@ def test_famlab_dispatcher(tmp_path, monkeypatch, capsys):
 
 def test_module_entry_point_never_imports_torch(tmp_path):
     sweep = make_sweep(tmp_path)
-    code = ("import runpy, sys; sys.argv = ['famlab.compare', sys.argv[1], '--no-plots'];"
-            "import famlab.compare as c; rc = c.main();"
-            "assert 'torch' not in sys.modules and 'famlab.model' not in sys.modules; sys.exit(rc)")
+    code = (
+        "import runpy, sys; sys.argv = ['famlab.compare', sys.argv[1], '--no-plots'];"
+        "import famlab.compare as c; rc = c.main();"
+        "assert 'torch' not in sys.modules and 'famlab.model' not in sys.modules; sys.exit(rc)"
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "famlab.compare", "--help"], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "famlab.compare", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0 and "--baseline" in proc.stdout
 
 
@@ -137,5 +147,6 @@ def test_long_inline_verdict_is_json_not_a_path(tmp_path, capsys):
     assert ("x" * 300) in (tmp_path / "r" / "report.md").read_text()
     assert "famlab compare: error" not in capsys.readouterr().err
     from famlab.compare import load_verdict_rules
+
     assert load_verdict_rules([text])[0]["claim"] == rule["claim"]
     assert load_verdict_rules(["  " + json.dumps([rule, rule])])[1]["metric"] == "steps_to_target"

@@ -1,10 +1,11 @@
 """The `compile` switch wraps the model in torch.compile (off by default)."""
+
 from __future__ import annotations
 
 import torch
-from famlab_testing import TINY
 
 from famlab import api
+from famlab_testing import TINY
 
 
 def test_compile_switch_wraps_the_model(tmp_path, monkeypatch):

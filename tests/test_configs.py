@@ -1,17 +1,29 @@
 """Every option of every config group composes, builds and trains a few steps on the tiny model."""
+
 from __future__ import annotations
 
 import itertools
 
 import pytest
 import torch
-from famlab_testing import TINY, options, quick_steps
 
 from famlab import api
 from famlab.build import build_optimization
+from famlab_testing import TINY, options, quick_steps
 
-GROUPS = ["optimizer", "position", "attention", "data", "model", "scheduler", "trainer", "logger", "callbacks",
-          "launcher", "experiment"]
+GROUPS = [
+    "optimizer",
+    "position",
+    "attention",
+    "data",
+    "model",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "launcher",
+    "experiment",
+]
 
 
 def test_config_groups_exist_with_design_options():
@@ -73,8 +85,10 @@ def test_base_is_nanogpt_shakespeare_size():
 
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_schedulers_follow_trainer_max_steps(scheduler):
-    cfg = api.compose([*TINY, f"scheduler={scheduler}", "trainer.max_steps=20"]
-                      + ([] if scheduler == "constant" else ["scheduler.warmup_steps=4"]))
+    cfg = api.compose(
+        [*TINY, f"scheduler={scheduler}", "trainer.max_steps=20"]
+        + ([] if scheduler == "constant" else ["scheduler.warmup_steps=4"])
+    )
     model = api.build_model(cfg, vocab_size=32)
     factory, sched_factory = build_optimization(cfg, model)
     opt = factory(model)

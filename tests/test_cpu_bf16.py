@@ -1,12 +1,13 @@
 """trainer=cpu_bf16: bf16 mixed precision on the CPU composes, trains in bf16 and resumes exactly."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from famlab_testing import TINY
-from test_train import _train, _weights
 
 from famlab import api
+from famlab_testing import TINY
+from test_train import _train, _weights
 
 STOP = ["+callbacks.stop.step=5", "+callbacks.stop._target_=famlab.lit.interrupt.StopAtStep"]
 EIGHT = ["trainer=cpu_bf16", "trainer.max_steps=8", "trainer.val_check_interval=4"]

@@ -2,6 +2,7 @@
 line and exit status 1, summary.json says failed with that line, and resume=auto continues once
 space is free. Writes are made to fail by a fault hook (``famlab.lit.durable.open_tmp``) and, where
 this machine lets a test mount one, by a real small filesystem."""
+
 from __future__ import annotations
 
 import errno
@@ -13,17 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from famlab_testing import REPO
-from test_reliability import KILL_RUN, _assert_same_weights, _env, _reference, _weights
 
 from famlab.lit import durable
 from famlab.lit.csv_logger import _KeepingWriter
+from famlab_testing import REPO
+from test_reliability import KILL_RUN, _assert_same_weights, _env, _reference, _weights
 
 RUN = [*KILL_RUN, "trainer.max_steps=12", "trainer.val_check_interval=2"]
 
 # Runs train.py with checkpoint writes failing (ENOSPC after 1000 bytes) from the N-th checkpoint on;
 # from then on every durable write fails too (the disk is full) until the run's reserve file is removed.
-FAULTY_TRAIN = textwrap.dedent('''
+FAULTY_TRAIN = textwrap.dedent("""
     import errno, io, os, runpy, sys
     from famlab.lit import durable
     FAIL_AT, state = int(os.environ["FAIL_AT_CHECKPOINT"]), {"n": 0, "full": False}
@@ -59,14 +60,20 @@ FAULTY_TRAIN = textwrap.dedent('''
     durable.open_tmp, durable.Reserve.release = open_tmp, release
     sys.argv = ["train.py", *sys.argv[1:]]
     runpy.run_path("train.py", run_name="__main__")
-''')
+""")
 
 
 def _faulty(tmp_path: Path, args: list[str], fail_at: int) -> subprocess.CompletedProcess:
     script = tmp_path / "faulty_train.py"
     script.write_text(FAULTY_TRAIN)
-    return subprocess.run([sys.executable, str(script), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=_env(FAIL_AT_CHECKPOINT=str(fail_at)))
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(FAIL_AT_CHECKPOINT=str(fail_at)),
+    )
 
 
 def test_full_disk_during_a_checkpoint_then_resume_after_freeing_space(tmp_path):
@@ -75,8 +82,10 @@ def test_full_disk_during_a_checkpoint_then_resume_after_freeing_space(tmp_path)
     # checkpoints 1-2 (best and last at step 2) succeed; the 3rd (best-step=4) fails half-written
     out = _faulty(tmp_path, args, fail_at=3)
     assert out.returncode == 1, out.stderr[-3000:]
-    message = (f"no space left on device while writing {run_dir}/checkpoints/best-step=4.ckpt; the last good "
-               f"checkpoint is step 2; free space and rerun with resume=auto")
+    message = (
+        f"no space left on device while writing {run_dir}/checkpoints/best-step=4.ckpt; the last good "
+        f"checkpoint is step 2; free space and rerun with resume=auto"
+    )
     assert out.stderr.strip().splitlines()[-1] == f"famlab: error: {message}"
     assert "Traceback" not in out.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -86,8 +95,9 @@ def test_full_disk_during_a_checkpoint_then_resume_after_freeing_space(tmp_path)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best-step=2.ckpt", "last.ckpt"]
     # space freed: resume=auto continues from step 2 and ends where an uninterrupted run ends
-    done = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=_env())
+    done = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=_env()
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 12 and summary["error"] is None
@@ -102,7 +112,8 @@ def test_full_disk_before_any_checkpoint(tmp_path):
     assert out.returncode == 1, out.stderr[-3000:]
     assert out.stderr.strip().splitlines()[-1] == (
         f"famlab: error: no space left on device while writing {run_dir}/checkpoints/best-step=2.ckpt; no checkpoint "
-        f"was written yet; free space and rerun with resume=auto")
+        f"was written yet; free space and rerun with resume=auto"
+    )
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
     assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
 
@@ -150,8 +161,12 @@ def test_metrics_append_that_fails_leaves_no_partial_row(tmp_path, monkeypatch):
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="mounts a tmpfs")
@@ -162,8 +177,9 @@ def test_full_disk_on_a_real_small_filesystem(tmp_path):
     try:
         args = [*RUN, "model.dims=64", f"out_root={mnt}", "run_name=f", "resume=auto"]
         run_dir = mnt / "train" / "runs" / "f"
-        out = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
-                             timeout=300, env=_env())
+        out = subprocess.run(
+            [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=_env()
+        )
         assert out.returncode == 1, out.stderr[-3000:]
         line = out.stderr.strip().splitlines()[-1]
         assert line.startswith(f"famlab: error: no space left on device while writing {run_dir}/checkpoints/")
@@ -172,8 +188,9 @@ def test_full_disk_on_a_real_small_filesystem(tmp_path):
         assert summary["status"] == "failed" and line.endswith(summary["error"])
         assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp") or p.name == ".famlab.reserve"]
         subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)  # space freed
-        done = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
-                              timeout=300, env=_env())
+        done = subprocess.run(
+            [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=_env()
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     finally:

@@ -1,4 +1,5 @@
 """Bad input gets one clear line naming the key or file, before anything is written."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,10 +7,10 @@ import sys
 import time
 
 import pytest
-from famlab_testing import REPO, TINY
 
 from famlab import api
 from famlab.errors import ConfigError
+from famlab_testing import REPO, TINY
 
 
 def _run(tmp_path, *overrides):
@@ -27,12 +28,20 @@ CASES = [
     (["model.context=500000"], r"model.context=500000 is longer than the training split"),
     (["data=recall", "model.context=4"], r"model.context must be >= 8"),
     (["data=tiny_shakespeare"], r"could not load hub dataset 'karpathy/tiny_shakespeare'.*offline"),
-    (["data=text_files", "data.corpus.path=/nonexistent/file.txt"], r"data.corpus.path: /nonexistent/file.txt does not exist"),
+    (
+        ["data=text_files", "data.corpus.path=/nonexistent/file.txt"],
+        r"data.corpus.path: /nonexistent/file.txt does not exist",
+    ),
     (["data.tokenizer.kind=words"], r"data.tokenizer.kind='words' is not one of"),
     (["data=text_files"], r"data.corpus.path is required for data=text_files"),
-    (["optimizer=fam", "optimizer.analysis.handlers.default.n_bands=0"],
-     r"optimizer.analysis.handlers.default.n_bands=0 must be an integer >= 1"),
-    (["optimizer=fam", "optimizer.groups.attention.alpha=1.5"], r"optimizer.groups.attention.alpha=1.5 must be a number in \[0, 1\)"),
+    (
+        ["optimizer=fam", "optimizer.analysis.handlers.default.n_bands=0"],
+        r"optimizer.analysis.handlers.default.n_bands=0 must be an integer >= 1",
+    ),
+    (
+        ["optimizer=fam", "optimizer.groups.attention.alpha=1.5"],
+        r"optimizer.groups.attention.alpha=1.5 must be a number in \[0, 1\)",
+    ),
 ]
 
 

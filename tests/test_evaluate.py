@@ -1,4 +1,5 @@
 """famlab.evaluate: per-length loss/accuracy of a run, reports, summary merge, errors, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ from famlab.lit.summary import read_summary, write_json
 def make_run(tmp_path: Path, overrides: list[str]) -> Path:
     """A run directory as the pipeline writes it (config.yaml, summary.json, checkpoint), untrained weights."""
     run = tmp_path / "run"
-    cfg = api.compose(["model=tiny", "model.context=16", "data.batch_size=4", "data.val_batches=2", *overrides],
-                      run_dir=run)
+    cfg = api.compose(
+        ["model=tiny", "model.context=16", "data.batch_size=4", "data.val_batches=2", *overrides], run_dir=run
+    )
     with open_dict(cfg):
         cfg.pop("hydra")
     run.mkdir(parents=True)
@@ -25,9 +27,13 @@ def make_run(tmp_path: Path, overrides: list[str]) -> Path:
     torch.manual_seed(0)
     model = api.build_model(cfg)
     (run / "checkpoints").mkdir()
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, run / "checkpoints" / "last.ckpt")
-    write_json(run / "summary.json", {"status": "completed", "choices": {"position": "quaternion", "data": "x"},
-                                      "eval": {"other": 1}})
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, run / "checkpoints" / "last.ckpt"
+    )
+    write_json(
+        run / "summary.json",
+        {"status": "completed", "choices": {"position": "quaternion", "data": "x"}, "eval": {"other": 1}},
+    )
     return run
 
 
@@ -45,7 +51,9 @@ def test_recall_run_scored_per_length_and_reported(tmp_path):
     scored = target != -100
     expected = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
     assert lengths["32"]["loss"] == pytest.approx(expected.item(), rel=1e-5)
-    assert lengths["32"]["accuracy"] == pytest.approx(((logits.argmax(-1) == target) & scored).sum().item() / scored.sum().item())
+    assert lengths["32"]["accuracy"] == pytest.approx(
+        ((logits.argmax(-1) == target) & scored).sum().item() / scored.sum().item()
+    )
     assert lengths["32"]["scored"] == scored.sum().item()
     assert lengths["32"]["bpc"] == pytest.approx(lengths["32"]["loss"] / torch.log(torch.tensor(2.0)).item())
     assert "note" in lengths["128"] and "note" not in lengths["32"]  # 128 // 4 > num_keys
@@ -59,7 +67,7 @@ def test_recall_run_scored_per_length_and_reported(tmp_path):
 
 
 def test_too_long_for_validation_split_is_recorded_not_fatal(tmp_path, text_file):
-    run = make_run(tmp_path, [f"data=text_files", f"data.corpus.path={text_file}", "position=rotary"])
+    run = make_run(tmp_path, ["data=text_files", f"data.corpus.path={text_file}", "position=rotary"])
     report = evaluate.evaluate_run(run, [16, 10**6], batches=1, batch_size=2, checkpoint="last", device="cpu")
     assert "longer than the validation split" in report["context_lengths"][str(10**6)]["error"]
     ok = report["context_lengths"]["16"]

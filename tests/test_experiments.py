@@ -1,6 +1,7 @@
 """The claim experiments (conf/experiment/*.yaml): every file composes into a runnable sweep with a
 pre-registered hypothesis, control and verdict rule; one smoke sweep runs end to end through
 ``famlab compare``, whose numbers are recomputed here from the run directories."""
+
 from __future__ import annotations
 
 import json
@@ -8,20 +9,26 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from famlab.api import compose
 from famlab.report.verdict import validate_rule
-
 from famlab_testing import CONF, REPO, options
 
 EXPERIMENTS = options("experiment")
 GROUPS = {p.name for p in CONF.iterdir() if p.is_dir()}
-VERDICT_METRICS = ("final_val_loss", "best_val_loss", "steps_to_target", "time_to_target", "tokens_per_s",
-                   "optimizer_ms", "eval_loss@", "eval_accuracy@")
+VERDICT_METRICS = (
+    "final_val_loss",
+    "best_val_loss",
+    "steps_to_target",
+    "time_to_target",
+    "tokens_per_s",
+    "optimizer_ms",
+    "eval_loss@",
+    "eval_accuracy@",
+)
 T_975 = {1: 12.706204736174698, 2: 4.302652729749464}  # Student t quantiles, two-sided 95%
 
 
@@ -74,8 +81,14 @@ def test_experiment_composes_into_a_preregistered_sweep(name):
         assert "Expected time" in text
 
 
-CPU_TIER = ["claim_convergence", "claim_stability", "claim_long_context", "claim_long_context_recall",
-            "claim_param_handling", "claim_compute"]
+CPU_TIER = [
+    "claim_convergence",
+    "claim_stability",
+    "claim_long_context",
+    "claim_long_context_recall",
+    "claim_param_handling",
+    "claim_compute",
+]
 
 
 @pytest.mark.parametrize("claim", CPU_TIER)
@@ -111,8 +124,10 @@ def test_stage1_indexes_each_optimizers_own_grid(name):
         grid = dict(meta.lr_grid[optimizer])
         points = sweep_params(cfg)["lr_point"]
         assert list(grid) == points and list(grid.values()) == sorted(grid.values())
-        got = [compose([f"experiment={name}", f"optimizer={optimizer}", f"lr_point={p}"]).optimizer.lr
-               for p in (points[0], points[-1])]
+        got = [
+            compose([f"experiment={name}", f"optimizer={optimizer}", f"lr_point={p}"]).optimizer.lr
+            for p in (points[0], points[-1])
+        ]
         grid = list(grid.values())
         assert got == [grid[0], grid[-1]]
 
@@ -137,10 +152,21 @@ def _mean_ci(values: list[float]) -> tuple[float, float, float]:
 def test_compute_smoke_sweep_end_to_end(tmp_path):
     """A reduced claim_compute_smoke sweep (2 variants x 2 seeds x 12 steps) then famlab compare."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "train.py", "-m", "experiment=claim_compute_smoke", f"out_root={tmp_path}",
-           "sweep_name=t", "trainer.max_steps=12", "trainer.val_check_interval=6", "scheduler.warmup_steps=2",
-           "data.val_batches=2", "data.batch_size=4", "hydra.sweeper.params.attention='standard,adaptive_span'",
-           "hydra.sweeper.params.seed='0,1'"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "experiment=claim_compute_smoke",
+        f"out_root={tmp_path}",
+        "sweep_name=t",
+        "trainer.max_steps=12",
+        "trainer.val_check_interval=6",
+        "scheduler.warmup_steps=2",
+        "data.val_batches=2",
+        "data.batch_size=4",
+        "hydra.sweeper.params.attention='standard,adaptive_span'",
+        "hydra.sweeper.params.seed='0,1'",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "claim_compute_smoke" / "multiruns" / "t"
@@ -149,8 +175,14 @@ def test_compute_smoke_sweep_end_to_end(tmp_path):
     summaries = [json.loads((p / "summary.json").read_text()) for p in jobs]
     assert all(s["status"] == "completed" and s["steps"] == 12 for s in summaries)
     assert all(s["verdict_rule"] and len(s["verdict_rule"]) == 12 for s in summaries)
-    proc = subprocess.run([sys.executable, "-m", "famlab.compare", str(sweep), "--out", str(tmp_path / "rep")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "famlab.compare", str(sweep), "--out", str(tmp_path / "rep")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     md = (tmp_path / "rep" / "report.md").read_text()
@@ -181,8 +213,9 @@ def test_compute_smoke_sweep_end_to_end(tmp_path):
     span_rule = verdicts["adaptive_span reaches a lower val loss than dense attention"]
     base_best = sum(r["best_val_loss"] for r in by_arm["standard"]) / 2
     span_best = sum(r["best_val_loss"] for r in by_arm["adaptive_span"]) / 2
-    assert span_rule["comparisons"]["baseline"]["improvement"] == pytest.approx((base_best - span_best) / base_best,
-                                                                                rel=1e-6, abs=1e-12)
+    assert span_rule["comparisons"]["baseline"]["improvement"] == pytest.approx(
+        (base_best - span_best) / base_best, rel=1e-6, abs=1e-12
+    )
 
 
 def _script(name: str):
@@ -197,8 +230,11 @@ def _script(name: str):
 def test_lr_sensitivity_is_the_capped_mean_gap_to_the_best_lr():
     sens = _script("lr_sensitivity")
     init = 4.0
-    rows = [{"optimizer": "adamw", "lr": lr, "seed": seed, "loss": loss, "init": init}
-            for seed, losses in ((0, (3.0, 2.0, 4.0)), (1, (3.5, 2.5, 4.0))) for lr, loss in zip((1e-3, 1e-2, 1e-1), losses)]
+    rows = [
+        {"optimizer": "adamw", "lr": lr, "seed": seed, "loss": loss, "init": init}
+        for seed, losses in ((0, (3.0, 2.0, 4.0)), (1, (3.5, 2.5, 4.0)))
+        for lr, loss in zip((1e-3, 1e-2, 1e-1), losses)
+    ]
     rows.append({"optimizer": "fam", "lr": 1.0, "seed": 0, "loss": 2.0, "init": init})
     out = sens.sensitivity(rows)
     # seed 0: mean(3, 2, 4) - 2 = 1; seed 1: mean(3.5, 2.5, 4) - 2.5 = 5/6; fam has a one-point grid -> 0
@@ -212,6 +248,12 @@ def test_best_lr_runs_picks_each_arms_lowest_mean():
     def group(label, opt, mean):
         return {"label": label, "settings": {"optimizer": opt}, "estimates": {"best": {"mean": mean}}}
 
-    report = {"groups": [group("a1", "adam", 2.5), group("a2", "adam", 2.3), group("f1", "fam", 2.9),
-                         group("f2", "fam", None)]}
+    report = {
+        "groups": [
+            group("a1", "adam", 2.5),
+            group("a2", "adam", 2.3),
+            group("f1", "fam", 2.9),
+            group("f2", "fam", None),
+        ]
+    }
     assert best.best_groups(report, "optimizer", "best") == {"adam": "a2", "fam": "f1"}

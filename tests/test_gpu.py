@@ -1,6 +1,7 @@
 """Checks that need a CUDA GPU (marked ``gpu``; skipped without one, run by ``make gpu-check``):
 bf16 training through ``trainer=gpu``, fused AdamW and FAM stepping on the device, and
 ``torch.compile`` of the ``gpt2_small`` preset."""
+
 from __future__ import annotations
 
 import csv
@@ -9,11 +10,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from famlab_testing import TINY
 
 from famlab import api
 from famlab.build import build_optimization
 from famlab.lit.mfu import peak_flops
+from famlab_testing import TINY
 
 pytestmark = pytest.mark.gpu
 
@@ -50,8 +51,11 @@ def _state_on_device(opt) -> None:
 
 
 def test_bf16_training_with_trainer_gpu(tmp_path):
-    summary = api.train(api.compose([*TINY, "trainer=gpu", "trainer.max_steps=20", "trainer.val_check_interval=10"],
-                                    run_dir=tmp_path / "gpu"))
+    summary = api.train(
+        api.compose(
+            [*TINY, "trainer=gpu", "trainer.max_steps=20", "trainer.val_check_interval=10"], run_dir=tmp_path / "gpu"
+        )
+    )
     assert summary["status"] == "completed" and summary["steps"] == 20
     assert math.isfinite(summary["final_val_loss"])
     with open(tmp_path / "gpu" / "metrics.csv") as f:

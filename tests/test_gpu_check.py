@@ -1,5 +1,6 @@
 """``make gpu-check`` on a machine without CUDA prints its plan and exits 0; its step runner, judges
 and the benchmark options it relies on work here too."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,8 +24,14 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 def test_dry_run_lists_every_step_and_writes_nothing(tmp_path):
     results = REPO / "benchmarks" / "results"
     before = set(results.glob("*")) if results.exists() else set()
-    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--dry-run"], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "scripts/gpu_check.py", "--dry-run"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     for step in gpu_check.plan(tmp_path):
         assert f"[{step.name}]" in proc.stdout
@@ -34,26 +41,41 @@ def test_dry_run_lists_every_step_and_writes_nothing(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the plain run without CUDA")
 def test_without_cuda_the_plain_command_is_the_dry_run():
-    proc = subprocess.run([sys.executable, "scripts/gpu_check.py"], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "scripts/gpu_check.py"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and "no CUDA device" in proc.stdout
 
 
 def test_every_benchmark_in_the_plan_takes_device_cuda(tmp_path):
     benches = [s for s in gpu_check.plan(tmp_path) if s.name.startswith("bench_")]
-    assert {s.cmd[1] for s in benches} == {"benchmarks/throughput.py", "benchmarks/optimizer_step.py",
-                                           "benchmarks/position.py", "benchmarks/attention.py"}
+    assert {s.cmd[1] for s in benches} == {
+        "benchmarks/throughput.py",
+        "benchmarks/optimizer_step.py",
+        "benchmarks/position.py",
+        "benchmarks/attention.py",
+    }
     for step in benches:
         source = (REPO / step.cmd[1]).read_text()
         assert '"--device"' in source, step.cmd[1]
 
 
 def test_step_runner_records_figures_and_kills_a_step_past_its_limit(tmp_path):
-    ok = gpu_check.Step("json", [sys.executable, "-c", "print('noise'); print(json.dumps({'x_over_y': 0.5}))".replace(
-        "json.dumps", "__import__('json').dumps")], 30, gpu_check.judge_json_last_line)
+    ok = gpu_check.Step(
+        "json",
+        [
+            sys.executable,
+            "-c",
+            "print('noise'); print(json.dumps({'x_over_y': 0.5}))".replace("json.dumps", "__import__('json').dumps"),
+        ],
+        30,
+        gpu_check.judge_json_last_line,
+    )
     gpu_check.run_step(ok, ENV, left_s=600)
     assert ok.result["passed"] and ok.result["figures"] == {"x_over_y": 0.5}
-    slow = gpu_check.Step("slow", [sys.executable, "-c", "import time; time.sleep(60)"], 1, gpu_check.judge_json_last_line)
+    slow = gpu_check.Step(
+        "slow", [sys.executable, "-c", "import time; time.sleep(60)"], 1, gpu_check.judge_json_last_line
+    )
     gpu_check.run_step(slow, ENV, left_s=600)
     assert slow.result["rc"] == "timeout" and not slow.result["passed"] and slow.result["wall_s"] < 30
     late = gpu_check.Step("late", [sys.executable, "-c", "pass"], 100, gpu_check.judge_json_last_line)
@@ -76,8 +98,18 @@ def test_pytest_and_sweep_judges(tmp_path):
 
 
 def test_train_judge_reads_summary_and_mfu(tmp_path):
-    (tmp_path / "summary.json").write_text(json.dumps({"status": "completed", "steps": 300, "final_val_loss": 1.9,
-                                                       "tokens_per_s": 4e5, "wall_time_s": 20, "n_parameters": 10}))
+    (tmp_path / "summary.json").write_text(
+        json.dumps(
+            {
+                "status": "completed",
+                "steps": 300,
+                "final_val_loss": 1.9,
+                "tokens_per_s": 4e5,
+                "wall_time_s": 20,
+                "n_parameters": 10,
+            }
+        )
+    )
     (tmp_path / "metrics.csv").write_text("step,perf/mfu,val/loss\n10,0.05,\n20,0.2,\n30,0.3,\n40,,2.0\n")
     step = gpu_check.Step("train", [], 1, gpu_check.judge_train(tmp_path), result={"rc": 0})
     ok, figures = step.judge(step, "")
@@ -88,6 +120,12 @@ def test_train_judge_reads_summary_and_mfu(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 def test_throughput_device_cuda_without_cuda_is_a_usage_error():
-    proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--device", "cuda"], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/throughput.py", "--device", "cuda"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "--device cuda: torch sees no CUDA device" in proc.stderr

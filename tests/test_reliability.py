@@ -3,6 +3,7 @@
 Training runs here are real ``python train.py`` processes started in their own session, so a
 kill reaches the whole process group; every test waits for (or kills) what it started.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,18 +17,29 @@ from pathlib import Path
 
 import pytest
 import torch
-from famlab_testing import REPO, TINY
 
 from famlab import api
 from famlab.errors import ConfigError
+from famlab_testing import REPO, TINY
 
 # ~2 s of training after a ~10 s start-up; a checkpoint (last.ckpt) every 2 steps
-KILL_RUN = [*TINY, "model.dims=32", "model.context=32", "trainer.max_steps=30", "trainer.val_check_interval=2",
-            "data.val_batches=1"]
+KILL_RUN = [
+    *TINY,
+    "model.dims=32",
+    "model.context=32",
+    "trainer.max_steps=30",
+    "trainer.val_check_interval=2",
+    "data.val_batches=1",
+]
 STATEFUL = {
     "fam": ["optimizer=fam", "optimizer.analysis.fam_start_step=2", "optimizer.lr=0.05"],
-    "integrated": ["attention=integrated", "attention.win_size=8", "attention.max_span=16",
-                   "attention.refiner.update_every=2", "attention.refiner.epsilon=0.5"],
+    "integrated": [
+        "attention=integrated",
+        "attention.win_size=8",
+        "attention.max_span=16",
+        "attention.refiner.update_every=2",
+        "attention.refiner.epsilon=0.5",
+    ],
 }
 
 
@@ -53,8 +65,14 @@ def _no_orphans():
 def _launch(args: list[str], log: Path, **env) -> subprocess.Popen:
     """``python train.py <args>`` in a new session (its own process group)."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=_env(**env))
+        proc = subprocess.Popen(
+            [sys.executable, "train.py", *args],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=_env(**env),
+        )
     _LAUNCHED.append(proc)
     return proc
 
@@ -179,9 +197,27 @@ def test_sigterm_writes_last_checkpoint_at_current_step_and_resume_completes(tmp
 @pytest.mark.slow
 def test_reduced_soak_two_parallel_jobs_killed_and_relaunched(tmp_path):
     """benchmarks/soak.py with 2 joblib jobs (FAM + Q-learning refiner), one group kill: 30-90 s."""
-    out = subprocess.run([sys.executable, "benchmarks/soak.py", "--optimizers", "fam_soak", "--attentions",
-                          "standard,integrated", "--steps", "16", "--kills", "1", "--out", str(tmp_path / "soak")],
-                         cwd=REPO, capture_output=True, text=True, timeout=600, env=_env())
+    out = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/soak.py",
+            "--optimizers",
+            "fam_soak",
+            "--attentions",
+            "standard,integrated",
+            "--steps",
+            "16",
+            "--kills",
+            "1",
+            "--out",
+            str(tmp_path / "soak"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # every kill is relaunched; a kill may land after both jobs finished (late), then the relaunch is a no-op
@@ -191,12 +227,26 @@ def test_reduced_soak_two_parallel_jobs_killed_and_relaunched(tmp_path):
 
 # --- failing sweep jobs ---------------------------------------------------------------------------
 
+
 def test_sweep_records_failed_and_diverged_jobs_and_compare_lists_them(tmp_path):
     """heads=3 cannot divide dims=32 (ConfigError) and lr=1e30 diverges (NaN guard); the rest finish."""
-    sweep_args = [*KILL_RUN, "trainer.max_steps=8", "trainer.val_check_interval=4", "model.heads=3,4",
-                  "optimizer.lr=1e-3,1e30", f"out_root={tmp_path}", "sweep_name=s"]
-    out = subprocess.run([sys.executable, "train.py", "-m", *sweep_args], cwd=REPO, capture_output=True, text=True,
-                         timeout=600, env=_env())
+    sweep_args = [
+        *KILL_RUN,
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=4",
+        "model.heads=3,4",
+        "optimizer.lr=1e-3,1e30",
+        f"out_root={tmp_path}",
+        "sweep_name=s",
+    ]
+    out = subprocess.run(
+        [sys.executable, "train.py", "-m", *sweep_args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     sweep = tmp_path / "train" / "multiruns" / "s"
     summaries = {int(p.parent.name): json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
@@ -207,8 +257,14 @@ def test_sweep_records_failed_and_diverged_jobs_and_compare_lists_them(tmp_path)
         assert not (sweep / str(job) / "checkpoints").exists()
     assert summaries[2]["status"] == "completed" and summaries[2]["steps"] == 8
     assert summaries[3]["status"] == "diverged" and "non-finite loss or gradient at step" in summaries[3]["error"]
-    report = subprocess.run([sys.executable, "-m", "famlab.cli", "compare", str(sweep), "--no-plots"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300, env=_env())
+    report = subprocess.run(
+        [sys.executable, "-m", "famlab.cli", "compare", str(sweep), "--no-plots"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     text = (sweep / "report" / "report.md").read_text()
     assert "1 failed" in text and "1 diverged" in text
@@ -218,9 +274,12 @@ def test_sweep_records_failed_and_diverged_jobs_and_compare_lists_them(tmp_path)
 
 # --- bad checkpoints and run directories ----------------------------------------------------------
 
+
 def _tiny_run(tmp_path, name: str, *overrides) -> dict:
-    cfg = api.compose([*KILL_RUN, "trainer.max_steps=2", f"run_name={name}", f"out_root={tmp_path}", *overrides],
-                      run_dir=tmp_path / name)
+    cfg = api.compose(
+        [*KILL_RUN, "trainer.max_steps=2", f"run_name={name}", f"out_root={tmp_path}", *overrides],
+        run_dir=tmp_path / name,
+    )
     return api.train(cfg)
 
 
@@ -242,8 +301,11 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_overwritten(tmp_path
     _tiny_run(tmp_path, "src")
     bad = tmp_path / "truncated.ckpt"
     bad.write_bytes((tmp_path / "src" / "checkpoints" / "last.ckpt").read_bytes()[:5000])
-    with pytest.raises(ConfigError, match=rf"resume: checkpoint {bad} could not be read safely \(OSError: truncated, or "
-                                          r"not a PyTorch zip archive\); nothing was written"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"resume: checkpoint {bad} could not be read safely \(OSError: truncated, or "
+        r"not a PyTorch zip archive\); nothing was written",
+    ):
         _tiny_run(tmp_path, "new", f"resume={bad}")
     assert not (tmp_path / "new").exists()
     # resume=auto on a run whose last.ckpt was damaged: refused, every file of the run untouched
@@ -261,8 +323,11 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_overwritten(tmp_path
 def test_checkpoint_of_another_model_config_is_refused_before_writing(tmp_path):
     _tiny_run(tmp_path, "small")
     ckpt = tmp_path / "small" / "checkpoints" / "last.ckpt"
-    with pytest.raises(ConfigError, match=r"was written by another model configuration \(tok_emb.weight: checkpoint "
-                                          r"\[\d+, 32\], model \[\d+, 64\]; \d+ tensors differ\).*nothing was written"):
+    with pytest.raises(
+        ConfigError,
+        match=r"was written by another model configuration \(tok_emb.weight: checkpoint "
+        r"\[\d+, 32\], model \[\d+, 64\]; \d+ tensors differ\).*nothing was written",
+    ):
         _tiny_run(tmp_path, "wide", f"resume={ckpt}", "model.dims=64")
     with pytest.raises(ConfigError, match=r"missing from the checkpoint: \['blocks.0.attn.span_scale'"):
         _tiny_run(tmp_path, "other", f"resume={ckpt}", "attention=adaptive_span")
@@ -277,8 +342,11 @@ def test_resume_check_accepts_extra_state_modules(tmp_path):
 
 
 def test_global_batch_that_processes_cannot_split_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"^data.batch_size=3 must be divisible by the 2 processes "
-                                          r"\(trainer.devices=2 x trainer.num_nodes=1\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data.batch_size=3 must be divisible by the 2 processes "
+        r"\(trainer.devices=2 x trainer.num_nodes=1\)$",
+    ):
         _tiny_run(tmp_path, "ddp", "trainer=ddp_cpu", "data.batch_size=3")
     assert not (tmp_path / "ddp").exists()
 
@@ -305,20 +373,38 @@ def test_load_run_and_compare_on_a_directory_that_is_not_a_run(tmp_path):
     (tmp_path / "notes").mkdir()
     with pytest.raises(ConfigError, match=rf"run={tmp_path / 'notes'}: no config.yaml \(not a famlab run directory\)"):
         api.load_run(tmp_path / "notes")
-    out = subprocess.run([sys.executable, "-m", "famlab.cli", "compare", str(tmp_path / "notes")], cwd=REPO,
-                         capture_output=True, text=True, timeout=120, env=_env())
+    out = subprocess.run(
+        [sys.executable, "-m", "famlab.cli", "compare", str(tmp_path / "notes")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
     assert out.returncode != 0 and "no run directories" in out.stderr and "Traceback" not in out.stderr
 
 
 # --- secrets ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_wandb_api_key_is_never_written_to_the_run_directory(tmp_path):
     secret = "famlab" + os.urandom(16).hex()
-    args = [*[o for o in KILL_RUN if not o.startswith("logger")], "trainer.max_steps=4", "logger=wandb",
-            f"out_root={tmp_path}", "run_name=w"]
-    out = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env=_env(WANDB_API_KEY=secret))
+    args = [
+        *[o for o in KILL_RUN if not o.startswith("logger")],
+        "trainer.max_steps=4",
+        "logger=wandb",
+        f"out_root={tmp_path}",
+        "run_name=w",
+    ]
+    out = subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(WANDB_API_KEY=secret),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "train" / "runs" / "w"
     files = [p for p in run_dir.rglob("*") if p.is_file()]

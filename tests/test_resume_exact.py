@@ -1,14 +1,15 @@
 """Exact resume in the cases the plain resume test does not reach: dropout (the global torch RNG),
 gradient accumulation (the stream position), FAM's sampling generator, CUDA generator states."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
-from famlab_testing import TINY
 
 from famlab import api
+from famlab_testing import TINY
 
 STOP = ["+callbacks.stop._target_=famlab.lit.interrupt.StopAtStep", "+callbacks.stop.step=5"]
 SHORT = ["trainer.max_steps=8", "trainer.val_check_interval=4"]
@@ -28,7 +29,7 @@ def _state(run_dir: Path) -> dict:
         for p, s in opt["state"].items():
             flat.update({f"optimizer{i}.{p}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
         rng = opt.get("fam_rng")
-        for k, v in (rng.items() if isinstance(rng, dict) else [("", rng)] if rng is not None else []):
+        for k, v in rng.items() if isinstance(rng, dict) else [("", rng)] if rng is not None else []:
             flat[f"optimizer{i}.fam_rng.{k}"] = v
     return flat
 
@@ -50,8 +51,11 @@ def _stop_resume_compare(tmp_path, *overrides, atol: float = 0.0) -> tuple[dict,
 
 # every model size with dropout on; base keeps its own dropout (0.2), depth and heads, with narrower
 # layers and a shorter context so that three short runs stay cheap on a CPU
-SIZES = {"tiny": ["model.dropout=0.1"], "small": ["model=small", "model.dropout=0.1"],
-         "base": ["model=base", "model.dims=96", "model.context=64"]}
+SIZES = {
+    "tiny": ["model.dropout=0.1"],
+    "small": ["model=small", "model.dropout=0.1"],
+    "base": ["model=base", "model.dims=96", "model.context=64"],
+}
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))

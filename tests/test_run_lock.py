@@ -1,6 +1,7 @@
 """One writer per run directory: a second start is refused before it writes anything, a run killed
 with SIGKILL is taken over by resume=auto, two launches of one sweep never interleave in a job, and
 ``famlab compare`` tells a live run from one that died while running."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from famlab_testing import REPO
-from test_reliability import KILL_RUN, _env, _launch, _no_orphans, _snapshot, _stop, _val_count, _wait_for  # noqa: F401
 
 from famlab.report.runs import load_run
 from famlab.run_lock import LOCK_NAME, RunLock, RunLocked, lock_state
+from famlab_testing import REPO
+from test_reliability import KILL_RUN, _env, _launch, _no_orphans, _snapshot, _stop, _val_count, _wait_for  # noqa: F401
 
 LONG = [*KILL_RUN, "trainer.max_steps=40", "trainer.val_check_interval=4"]
 
@@ -40,9 +41,12 @@ def _assert_one_clean_run(run_dir: Path, steps: int) -> None:
 def test_lock_in_process(tmp_path):
     with RunLock(tmp_path / "r"):
         assert lock_state(tmp_path / "r") == "held" and str(os.getpid()) in (tmp_path / "r" / LOCK_NAME).read_text()
-        with pytest.raises(RunLocked, match=rf"^run directory {tmp_path / 'r'} is in use by another famlab process "
-                                            rf"\(host .+, pid {os.getpid()}, since .+\); wait for it to finish or stop "
-                                            r"it, then rerun with resume=auto \(nothing was written\)$"):
+        with pytest.raises(
+            RunLocked,
+            match=rf"^run directory {tmp_path / 'r'} is in use by another famlab process "
+            rf"\(host .+, pid {os.getpid()}, since .+\); wait for it to finish or stop "
+            r"it, then rerun with resume=auto \(nothing was written\)$",
+        ):
             RunLock(tmp_path / "r").acquire()
     assert lock_state(tmp_path / "r") == "free" and lock_state(tmp_path / "none") == "none"
 
@@ -73,8 +77,14 @@ def test_second_writer_is_refused_and_writes_nothing(tmp_path):
         assert load_run(run_dir).status == "running"  # compare: the lock is held
         before = _snapshot(run_dir)
         for extra in (["resume=auto"], []):  # resume=auto, and a fresh start of the same run_name
-            out = subprocess.run([sys.executable, "train.py", *args[:-1], *extra], cwd=REPO, capture_output=True,
-                                 text=True, timeout=300, env=_env())
+            out = subprocess.run(
+                [sys.executable, "train.py", *args[:-1], *extra],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=_env(),
+            )
             assert out.returncode == 2, out.stderr[-3000:]
             line = out.stderr.strip().splitlines()[-1]
             assert line.startswith(f"famlab: error: run directory {run_dir} is in use by another famlab process (host ")
@@ -113,8 +123,16 @@ def test_lock_of_a_killed_run_is_taken_over_by_resume_auto(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_launched_twice_concurrently_never_interleaves_a_job(tmp_path):
-    args = ["-m", *KILL_RUN, "trainer.max_steps=24", "trainer.val_check_interval=4", "seed=0,1",
-            f"out_root={tmp_path}", "sweep_name=s", "resume=auto"]
+    args = [
+        "-m",
+        *KILL_RUN,
+        "trainer.max_steps=24",
+        "trainer.val_check_interval=4",
+        "seed=0,1",
+        f"out_root={tmp_path}",
+        "sweep_name=s",
+        "resume=auto",
+    ]
     sweep = tmp_path / "train" / "multiruns" / "s"
     first = _launch(args, tmp_path / "first.log")
     assert _wait_for(first, lambda: _val_count(sweep / "0") >= 1), (tmp_path / "first.log").read_text()[-3000:]

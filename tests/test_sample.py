@@ -1,4 +1,5 @@
 """famlab.sample: generate() with and without a KV cache, seeded sampling, the CLI wiring."""
+
 from __future__ import annotations
 
 import types

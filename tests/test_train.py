@@ -1,4 +1,5 @@
 """End-to-end training through Lightning: run directory, exact resume, CLI, multirun."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from famlab_testing import REPO, TINY
 
 from famlab import api
 from famlab.errors import ConfigError
+from famlab_testing import REPO, TINY
 
 
 def _train(tmp_path, name, *overrides):
@@ -28,7 +29,14 @@ def _weights(run_dir: Path) -> dict:
 def test_run_directory_contract(tmp_path):
     summary = _train(tmp_path, "r")
     run = tmp_path / "r"
-    for name in ("config.yaml", "overrides.yaml", "summary.json", "metrics.csv", "tokenizer.json", "checkpoints/last.ckpt"):
+    for name in (
+        "config.yaml",
+        "overrides.yaml",
+        "summary.json",
+        "metrics.csv",
+        "tokenizer.json",
+        "checkpoints/last.ckpt",
+    ):
         assert (run / name).exists(), name
     assert summary["status"] == "completed" and summary["steps"] == 6
     assert summary["tokens_seen"] == 6 * 4 * 64
@@ -66,8 +74,14 @@ def test_optimizer_ms_times_the_update_not_the_forward_backward_closure(tmp_path
 
 def test_exact_resume_matches_uninterrupted(tmp_path):
     full = _train(tmp_path, "full", "trainer.max_steps=8", "trainer.val_check_interval=4")
-    part = _train(tmp_path, "part", "trainer.max_steps=8", "trainer.val_check_interval=4", "+callbacks.stop.step=5",
-                  "+callbacks.stop._target_=famlab.lit.interrupt.StopAtStep")
+    part = _train(
+        tmp_path,
+        "part",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=4",
+        "+callbacks.stop.step=5",
+        "+callbacks.stop._target_=famlab.lit.interrupt.StopAtStep",
+    )
     assert part["status"] == "interrupted" and part["steps"] == 5
     resumed = _train(tmp_path, "part", "trainer.max_steps=8", "trainer.val_check_interval=4", "resume=auto")
     assert resumed["status"] == "completed" and resumed["steps"] == 8

@@ -2,18 +2,19 @@
 auxiliary loss, the logged validation loss is the plain mean over the validation windows, the
 validation windows do not depend on the seed, and the training stream moves on and resumes where
 it stopped."""
+
 from __future__ import annotations
 
 import json
 
 import torch
 import torch.nn.functional as F
-from famlab_testing import TINY
 
 from famlab import api
 from famlab.build import build_datamodule, build_model
 from famlab.data.windows import StepWindows, sample_windows
 from famlab.lit.module import LitLM
+from famlab_testing import TINY
 
 
 def _first(loader, n: int) -> list[dict]:

@@ -1,6 +1,7 @@
 """The two-stage lr protocol without hand edits: a fake stage-1 sweep -> ``famlab compare
 --emit-best`` -> the stage-2 experiments read each arm's lr and the target; a winner at the edge of
 its grid, a missing arm or a missing file stops stage 2 with one line before anything is written."""
+
 from __future__ import annotations
 
 import os
@@ -20,11 +21,16 @@ from famlab.api import compose  # noqa: E402
 from famlab.compare import compare  # noqa: E402
 from famlab.errors import ConfigError  # noqa: E402
 from famlab.tuning import check_best_from  # noqa: E402
-
 from famlab_testing import REPO, options  # noqa: E402
 
-GRIDS = {"adamw": [1e-3, 3e-3, 1e-2], "adam": [1e-3, 3e-3, 1e-2], "fam_adam": [1e-3, 3e-3, 1e-2],
-         "fam": [0.1, 0.3, 1.0], "fam_matched": [0.1, 0.3, 1.0], "fam_constant": [0.1, 0.3, 1.0]}
+GRIDS = {
+    "adamw": [1e-3, 3e-3, 1e-2],
+    "adam": [1e-3, 3e-3, 1e-2],
+    "fam_adam": [1e-3, 3e-3, 1e-2],
+    "fam": [0.1, 0.3, 1.0],
+    "fam_matched": [0.1, 0.3, 1.0],
+    "fam_constant": [0.1, 0.3, 1.0],
+}
 ADAMW_SEEDS = [2.0, 2.1, 1.95]  # final losses of adamw's 3 seeds at its middle lr
 
 
@@ -44,8 +50,13 @@ def fake_stage1(root: Path, fam_best_point: int = 1) -> Path:
 
 def emit(tmp_path: Path, fam_best_point: int = 1) -> Path:
     out = tmp_path / "best.yaml"
-    compare([fake_stage1(tmp_path, fam_best_point)], out=tmp_path / "rep", plots=False, emit_best=out,
-            tuning={"target_arm": "adamw"})
+    compare(
+        [fake_stage1(tmp_path, fam_best_point)],
+        out=tmp_path / "rep",
+        plots=False,
+        emit_best=out,
+        tuning={"target_arm": "adamw"},
+    )
     return out
 
 
@@ -63,9 +74,14 @@ def test_stage1_feeds_stage2(tmp_path):
 
 def test_gpu_tier_reads_the_same_file(tmp_path):
     arms = ["adamw", "adam", "sgd", "fam", "fam_adam", "fam_temporal", "fam_constant"]
-    best = {"arm_key": "optimizer", "arms": {a: {"lr": 1e-3 * (i + 1), "grid": [1e-4, 1e-3 * (i + 1), 1.0],
-                                                  "at_edge": False, "edge": None} for i, a in enumerate(arms)},
-            "target": {"value": 3.5}}
+    best = {
+        "arm_key": "optimizer",
+        "arms": {
+            a: {"lr": 1e-3 * (i + 1), "grid": [1e-4, 1e-3 * (i + 1), 1.0], "at_edge": False, "edge": None}
+            for i, a in enumerate(arms)
+        },
+        "target": {"value": 3.5},
+    }
     path = tmp_path / "best.yaml"
     path.write_text(yaml.safe_dump(best))
     for i, arm in enumerate(arms):
@@ -86,8 +102,15 @@ def test_missing_file_and_missing_arm_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"has no tuned lr for optimizer=fam_matched"):
         check_best_from(cfg)
     # a sweep of the other arms only needs no fam_matched
-    check_best_from(compose(["experiment=claim_convergence_cpu", "optimizer=adamw",
-                             f"experiment_meta.best_from={tmp_path}/partial.yaml"]))
+    check_best_from(
+        compose(
+            [
+                "experiment=claim_convergence_cpu",
+                "optimizer=adamw",
+                f"experiment_meta.best_from={tmp_path}/partial.yaml",
+            ]
+        )
+    )
 
 
 def test_grid_edge_winner_stops_stage2_before_anything_is_written(tmp_path):
@@ -95,9 +118,21 @@ def test_grid_edge_winner_stops_stage2_before_anything_is_written(tmp_path):
     assert yaml.safe_load(best.read_text())["arms"]["fam"]["edge"] == "high"
     out = tmp_path / "outputs"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "train.py", "experiment=claim_convergence_cpu", f"out_root={out}",
-                           f"experiment_meta.best_from={best}", "sweep_name=s"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "experiment=claim_convergence_cpu",
+            f"out_root={out}",
+            f"experiment_meta.best_from={best}",
+            "sweep_name=s",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

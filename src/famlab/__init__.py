@@ -1,4 +1,5 @@
 """famlab: config-first transformer experiments."""
+
 from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
@@ -11,7 +12,9 @@ __version__ = "0.1.0"
 if not OmegaConf.has_resolver("famlab.min"):
     OmegaConf.register_new_resolver("famlab.min", lambda *values: min(int(v) for v in values))
 if not OmegaConf.has_resolver("famlab.warmup"):
-    OmegaConf.register_new_resolver("famlab.warmup", lambda max_steps, cap=100: min(int(cap), max(1, int(max_steps) // 10)))
+    OmegaConf.register_new_resolver(
+        "famlab.warmup", lambda max_steps, cap=100: min(int(cap), max(1, int(max_steps) // 10))
+    )
 
 
 def _best_lr(path, arm):

@@ -15,10 +15,12 @@ environment variable ``FAMLAB_ALLOW_TARGETS`` (comma-separated). A run directory
 ``allow_targets`` is not honoured when it is loaded (``load_run``, ``famlab sample``, ``famlab
 evaluate``): a directory cannot widen the list for itself.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
@@ -26,12 +28,31 @@ from famlab.errors import ConfigError
 
 ENV_VAR = "FAMLAB_ALLOW_TARGETS"
 CONFIG_KEY = "allow_targets"
-DEFAULT = ("famlab", "torch.optim", "lightning.pytorch.Trainer", "lightning.pytorch.callbacks",
-           "lightning.pytorch.loggers", "lightning.pytorch.strategies", "lightning.pytorch.profilers")
+DEFAULT = (
+    "famlab",
+    "torch.optim",
+    "lightning.pytorch.Trainer",
+    "lightning.pytorch.callbacks",
+    "lightning.pytorch.loggers",
+    "lightning.pytorch.strategies",
+    "lightning.pytorch.profilers",
+)
 # famlab functions that write to a path they are given, and the entry points: never config objects
-FAMLAB_REFUSED = ("famlab.lit.summary", "famlab.data.tokenizers.save_tokenizer", "famlab.run_dir", "famlab.train",
-                  "famlab.api", "famlab.cli", "famlab.compare", "famlab.evaluate", "famlab.sample", "famlab.report",
-                  "famlab.build", "famlab.allowlist", "famlab.paths")
+FAMLAB_REFUSED = (
+    "famlab.lit.summary",
+    "famlab.data.tokenizers.save_tokenizer",
+    "famlab.run_dir",
+    "famlab.train",
+    "famlab.api",
+    "famlab.cli",
+    "famlab.compare",
+    "famlab.evaluate",
+    "famlab.sample",
+    "famlab.report",
+    "famlab.build",
+    "famlab.allowlist",
+    "famlab.paths",
+)
 
 
 def _under(target: str, prefix: str) -> bool:
@@ -100,4 +121,5 @@ def check(node: Any, extra: Iterable[str] = (), where: str = "", skip: tuple[str
             raise ConfigError(
                 f"{key}={target} is not allowed: famlab instantiates only famlab's modules, torch.optim and "
                 f"Lightning's Trainer, callbacks, loggers, strategies and profilers; if you trust it, add its module to "
-                f"allow_targets=[...] or {ENV_VAR}; nothing was called")
+                f"allow_targets=[...] or {ENV_VAR}; nothing was called"
+            )

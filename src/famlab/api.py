@@ -5,11 +5,13 @@
 >>> summary = train(cfg, "outputs/nb/run1")
 >>> run = load_run("outputs/nb/run1")     # .cfg .model .tokenizer .datamodule .summary
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -63,9 +65,15 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)
-    ctx = RunContext(run_dir=Path(cfg.hydra.runtime.output_dir), overrides=list(cfg.hydra.overrides.task),
-                     choices={k: v for k, v in cfg.hydra.runtime.choices.items()
-                              if not k.startswith("hydra") and k != "local" and v is not None})
+    ctx = RunContext(
+        run_dir=Path(cfg.hydra.runtime.output_dir),
+        overrides=list(cfg.hydra.overrides.task),
+        choices={
+            k: v
+            for k, v in cfg.hydra.runtime.choices.items()
+            if not k.startswith("hydra") and k != "local" and v is not None
+        },
+    )
     ctx.existed = ctx.run_dir.exists() and any(ctx.run_dir.iterdir())
     return run(_without_hydra(cfg), ctx)
 
@@ -117,8 +125,12 @@ def load_run(path: str | Path, which: str = "best", map_location: str = "cpu", a
     try:
         state = torch.load(ckpt, map_location=map_location, weights_only=True)["state_dict"]
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"checkpoint {ckpt} could not be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    weights = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith("model.")}
+        raise ConfigError(
+            f"checkpoint {ckpt} could not be read ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
+    weights = {
+        k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith("model.")
+    }
     model.load_state_dict(weights)
     model.eval()
     return LoadedRun(run_dir, cfg, model, dm.tokenizer, dm, read_summary(run_dir), ckpt)

@@ -5,6 +5,7 @@ the node against :mod:`famlab.allowlist` (extended by the root config's ``allow_
 ``FAMLAB_ALLOW_TARGETS``), then turns a failure into a one-line :class:`ConfigError` naming the
 config group.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,9 @@ def instantiate(node: Any, group: str, **kwargs) -> Any:
         if isinstance(cause, ConfigError):
             raise cause from None
         msg = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        if isinstance(cause, ValueError) and msg.startswith(("model.", "data.", "optimizer.", "scheduler.",
-                                                             "position.", "attention.", "trainer.")):
+        if isinstance(cause, ValueError) and msg.startswith(
+            ("model.", "data.", "optimizer.", "scheduler.", "position.", "attention.", "trainer.")
+        ):
             raise ConfigError(msg) from None  # the message already names its key
         raise ConfigError(f"{group}: {msg}") from None
     except Exception as e:  # noqa: BLE001 - turned into one clear line
@@ -73,5 +75,7 @@ def build_optimization(cfg: DictConfig, model) -> tuple[Any, Any]:
         raise
     except (ValueError, TypeError) as e:
         msg = str(e).splitlines()[0]
-        raise ConfigError(msg if msg.startswith(("optimizer.", "scheduler.")) else f"optimizer/scheduler: {msg}") from None
+        raise ConfigError(
+            msg if msg.startswith(("optimizer.", "scheduler.")) else f"optimizer/scheduler: {msg}"
+        ) from None
     return optimizer, scheduler

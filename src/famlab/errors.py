@@ -1,4 +1,5 @@
 """User-facing errors: one clear line naming the config key or file and what is allowed."""
+
 from __future__ import annotations
 
 

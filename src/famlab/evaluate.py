@@ -18,6 +18,7 @@ context results.
 Defaults: ``eval.context_lengths`` = 1x, 2x, 4x the trained ``model.context``; ``eval.batches`` =
 ``data.val_batches``; ``eval.batch_size`` = ``data.batch_size``; ``eval.checkpoint`` = best.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ from famlab.data.synthetic import IGNORE  # unscored target positions
 from famlab.errors import ConfigError
 
 # the keys of conf/evaluate.yaml and conf/eval/default.yaml
-DEFAULTS = {"run": None, "eval": {"context_lengths": None, "batches": None, "batch_size": None,
-                                  "checkpoint": "best", "device": "auto"}}
+DEFAULTS = {
+    "run": None,
+    "eval": {"context_lengths": None, "batches": None, "batch_size": None, "checkpoint": "best", "device": "auto"},
+}
 
 
 @torch.no_grad()
@@ -71,8 +74,14 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"eval.device must be auto, cpu, cuda or cuda:<i>, got {name!r}") from None
 
 
-def evaluate_run(run_dir, context_lengths=None, batches: int | None = None, batch_size: int | None = None,
-                 checkpoint: str = "best", device: str = "auto") -> dict:
+def evaluate_run(
+    run_dir,
+    context_lengths=None,
+    batches: int | None = None,
+    batch_size: int | None = None,
+    checkpoint: str = "best",
+    device: str = "auto",
+) -> dict:
     """Evaluate the run at each context length, write the reports, return the ``eval_context.json`` dict."""
     from famlab.api import load_run
     from famlab.lit.summary import read_summary, update_summary, write_json
@@ -98,38 +107,61 @@ def evaluate_run(run_dir, context_lengths=None, batches: int | None = None, batc
             entry["note"] = f"data.num_keys={dm.task.num_keys} < context/4: key-value pairs capped, more queries"
         entry["times_trained"] = length / trained
         results[str(length)] = entry
-        print(f"context {length:>6}: " + (entry.get("error") or
-              f"loss {entry['loss']:.4f}  bpc {entry['bpc']:.4f}  acc {entry['accuracy']:.4f}"), file=sys.stderr)
+        print(
+            f"context {length:>6}: "
+            + (entry.get("error") or f"loss {entry['loss']:.4f}  bpc {entry['bpc']:.4f}  acc {entry['accuracy']:.4f}"),
+            file=sys.stderr,
+        )
     choices = run.summary.get("choices") or {}
     report = {
-        "run": str(run.run_dir), "checkpoint": str(run.checkpoint), "trained_context": trained,
+        "run": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "trained_context": trained,
         "data": "synthetic recall (accuracy on queried values)" if synthetic else "validation split (next-token)",
         "choices": {k: choices[k] for k in ("position", "attention", "optimizer", "data") if k in choices},
-        "batches": n, "batch_size": bs, "device": str(dev), "context_lengths": results,
+        "batches": n,
+        "batch_size": bs,
+        "device": str(dev),
+        "context_lengths": results,
     }
     out = Path(run.run_dir)
     write_json(out / "eval_context.json", report)
     (out / "eval_context.md").write_text(markdown(report))
     plot(report, out / "plots" / "eval_context.png")
     old = read_summary(out).get("eval") or {}
-    update_summary(out, eval={**old, "context_lengths": {k: {m: v[m] for m in ("loss", "bpc", "accuracy", "scored")
-                                                            if m in v} for k, v in results.items()},
-                              "context_trained": trained, "context_checkpoint": str(run.checkpoint)})
+    update_summary(
+        out,
+        eval={
+            **old,
+            "context_lengths": {
+                k: {m: v[m] for m in ("loss", "bpc", "accuracy", "scored") if m in v} for k, v in results.items()
+            },
+            "context_trained": trained,
+            "context_checkpoint": str(run.checkpoint),
+        },
+    )
     return report
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Length generalisation: {Path(report['run']).name}", "",
-             f"Trained at context {report['trained_context']}; {report['data']}; "
-             f"{report['batches']} batches x {report['batch_size']} sequences per length; checkpoint "
-             f"`{Path(report['checkpoint']).name}`; " + ", ".join(f"{k}={v}" for k, v in report["choices"].items()),
-             "", "| context | x trained | loss (nats) | bpc | accuracy | scored tokens |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Length generalisation: {Path(report['run']).name}",
+        "",
+        f"Trained at context {report['trained_context']}; {report['data']}; "
+        f"{report['batches']} batches x {report['batch_size']} sequences per length; checkpoint "
+        f"`{Path(report['checkpoint']).name}`; " + ", ".join(f"{k}={v}" for k, v in report["choices"].items()),
+        "",
+        "| context | x trained | loss (nats) | bpc | accuracy | scored tokens |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for length, e in report["context_lengths"].items():
         if "error" in e:
             lines.append(f"| {length} | {e['times_trained']:.2g} | {e['error']} | | | |")
         else:
-            lines.append(f"| {length} | {e['times_trained']:.2g} | {e['loss']:.4f} | {e['bpc']:.4f} | "
-                         f"{e['accuracy']:.4f} | {e['scored']} |")
+            lines.append(
+                f"| {length} | {e['times_trained']:.2g} | {e['loss']:.4f} | {e['bpc']:.4f} | "
+                f"{e['accuracy']:.4f} | {e['scored']} |"
+            )
     notes = sorted({e["note"] for e in report["context_lengths"].values() if "note" in e})
     return "\n".join(lines + [""] + [f"Note: {n}" for n in notes]) + "\n"
 
@@ -165,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     from famlab.hydra_cli import compose_cli
 
     args = list(sys.argv[1:] if argv is None else argv)
-    unknown = sorted({a.split("=")[0].lstrip("+~").split(".")[1] for a in args
-                      if a.lstrip("+~").startswith("eval.") and "=" in a} - set(DEFAULTS["eval"]))
+    unknown = sorted(
+        {a.split("=")[0].lstrip("+~").split(".")[1] for a in args if a.lstrip("+~").startswith("eval.") and "=" in a}
+        - set(DEFAULTS["eval"])
+    )
     if unknown:
         raise SystemExit(f"famlab.evaluate: unknown eval keys {unknown}; allowed {sorted(DEFAULTS['eval'])}")
     cfg = compose_cli("evaluate", args, "famlab evaluate")
@@ -176,8 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("famlab.evaluate: run=<run dir> is required (a directory written by famlab train)")
     e = cfg.eval
     try:
-        report = evaluate_run(cfg.run, OmegaConf.to_object(e.context_lengths) if OmegaConf.is_list(e.context_lengths)
-                              else e.context_lengths, e.batches, e.batch_size, str(e.checkpoint), str(e.device))
+        report = evaluate_run(
+            cfg.run,
+            OmegaConf.to_object(e.context_lengths) if OmegaConf.is_list(e.context_lengths) else e.context_lengths,
+            e.batches,
+            e.batch_size,
+            str(e.checkpoint),
+            str(e.device),
+        )
     except ConfigError as err:
         raise SystemExit(f"famlab.evaluate: {err}") from None
     print(json.dumps({k: v.get("loss") for k, v in report["context_lengths"].items()}))

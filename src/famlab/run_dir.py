@@ -7,6 +7,7 @@ overwritten by a fresh run: that needs ``resume=auto`` or another ``run_name``.
 write and writes Hydra's ``.hydra/`` records itself, so a second process started into a directory
 that a live process holds is refused having written nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,13 @@ from famlab.errors import ConfigError
 from famlab.lit.summary import update_summary
 from famlab.run_lock import LOCK_NAME, RunLock, RunLocked
 
-SPAWNING_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp", "deepspeed")
+SPAWNING_STRATEGIES = (
+    "ddp",
+    "ddp_find_unused_parameters_true",
+    "ddp_find_unused_parameters_false",
+    "fsdp",
+    "deepspeed",
+)
 
 
 @dataclass
@@ -34,11 +41,11 @@ class RunContext:
     launcher: str = ""
     existed: bool = False
     hydra_files: bool = False  # write Hydra's .hydra/ records (Hydra itself writes none: output_subdir null)
-    locked_out: bool = False   # another process holds the run directory: never touch it
+    locked_out: bool = False  # another process holds the run directory: never touch it
     resumed_step: int | None = None  # global step of the checkpoint resumed from
 
     @classmethod
-    def from_hydra(cls, cfg: DictConfig) -> "RunContext":
+    def from_hydra(cls, cfg: DictConfig) -> RunContext:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
@@ -47,9 +54,17 @@ class RunContext:
             return cls(run_dir=run_dir, existed=run_dir.exists())
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
-        choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and k != "local" and v is not None}
-        ctx = cls(run_dir=run_dir, multirun=hc.mode == RunMode.MULTIRUN, choices=choices,
-                  overrides=list(hc.overrides.task), launcher=str(hc.launcher.get("_target_", "")), hydra_files=True)
+        choices = {
+            k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and k != "local" and v is not None
+        }
+        ctx = cls(
+            run_dir=run_dir,
+            multirun=hc.mode == RunMode.MULTIRUN,
+            choices=choices,
+            overrides=list(hc.overrides.task),
+            launcher=str(hc.launcher.get("_target_", "")),
+            hydra_files=True,
+        )
         ctx.existed = any(p.name != ".hydra" for p in run_dir.iterdir()) if run_dir.exists() else False
         return ctx
 
@@ -66,8 +81,10 @@ class RunContext:
         devices, nodes, batch = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes", 1), cfg.data.get("batch_size")
         if isinstance(devices, int) and devices > 0 and isinstance(nodes, int) and isinstance(batch, int):
             if batch % (devices * nodes):  # else each spawned process fails with a traceback
-                raise ConfigError(f"data.batch_size={batch} must be divisible by the {devices * nodes} processes "
-                                  f"(trainer.devices={devices} x trainer.num_nodes={nodes})")
+                raise ConfigError(
+                    f"data.batch_size={batch} must be divisible by the {devices * nodes} processes "
+                    f"(trainer.devices={devices} x trainer.num_nodes={nodes})"
+                )
 
     def discard_if_empty(self) -> None:
         """Remove a run directory this invocation created but never wrote to."""
@@ -78,8 +95,13 @@ class RunContext:
 
     def record_failure(self, error: BaseException) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        update_summary(self.run_dir, status="failed", error=f"{type(error).__name__}: {error}",
-                       choices=self.choices, overrides=self.overrides)
+        update_summary(
+            self.run_dir,
+            status="failed",
+            error=f"{type(error).__name__}: {error}",
+            choices=self.choices,
+            overrides=self.overrides,
+        )
 
 
 def _find_checkpoint(path: Path) -> Path:
@@ -103,8 +125,10 @@ def check_checkpoint(path: Path, model=None) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001
         why = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"resume: checkpoint {path} could not be read safely ({type(e).__name__}: {why}); "
-                          f"nothing was written - pass resume=<another checkpoint> or remove it") from None
+        raise ConfigError(
+            f"resume: checkpoint {path} could not be read safely ({type(e).__name__}: {why}); "
+            f"nothing was written - pass resume=<another checkpoint> or remove it"
+        ) from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ConfigError(f"resume: {path} is not a Lightning checkpoint (no state_dict); nothing was written")
     if model is not None:
@@ -137,11 +161,16 @@ def _check_fits(path: Path, saved: dict, model) -> None:
     wrong = [f"{k}: checkpoint {saved[k]}, model {s}" for k, s in wanted.items() if k in saved and saved[k] != s]
     missing, extra = sorted(wanted.keys() - saved.keys()), sorted(saved.keys() - wanted.keys())
     if wrong or missing or extra:
-        what = wrong[:1] + [f"missing from the checkpoint: {missing[:3]}"] * bool(missing) \
+        what = (
+            wrong[:1]
+            + [f"missing from the checkpoint: {missing[:3]}"] * bool(missing)
             + [f"not in the model: {extra[:3]}"] * bool(extra)
-        raise ConfigError(f"resume: checkpoint {path} was written by another model configuration "
-                          f"({'; '.join(what)}; {len(wrong) + len(missing) + len(extra)} tensors differ); resume with "
-                          f"the config it was trained with, or start a fresh run; nothing was written")
+        )
+        raise ConfigError(
+            f"resume: checkpoint {path} was written by another model configuration "
+            f"({'; '.join(what)}; {len(wrong) + len(missing) + len(extra)} tensors differ); resume with "
+            f"the config it was trained with, or start a fresh run; nothing was written"
+        )
 
 
 def prepare_run(cfg: DictConfig, ctx: RunContext, model=None, lock: RunLock | None = None) -> str | None:
@@ -158,8 +187,10 @@ def prepare_run(cfg: DictConfig, ctx: RunContext, model=None, lock: RunLock | No
     resume = cfg.get("resume")
     if resume in (None, "", "null", "none"):
         if last.exists():
-            raise ConfigError(f"run directory {ctx.run_dir} already has checkpoints; pass resume=auto to continue "
-                              f"it, or choose another run_name (nothing was overwritten)")
+            raise ConfigError(
+                f"run directory {ctx.run_dir} already has checkpoints; pass resume=auto to continue "
+                f"it, or choose another run_name (nothing was overwritten)"
+            )
         ckpt = None
     elif resume == "auto":
         ckpt = str(last) if last.exists() else None
@@ -209,10 +240,19 @@ def wandb_kwargs(cfg: DictConfig, ctx: RunContext) -> dict:
     mode = cfg.logger.wandb.get("mode", "offline")
     if mode == "online" and not (os.environ.get("WANDB_API_KEY") or Path("~/.netrc").expanduser().exists()):
         mode = "offline"  # never prompt for a login
-    tags = [f"{g}={c}" for g, c in sorted(ctx.choices.items()) if g in ("optimizer", "position", "attention", "model", "data")]
-    return {"id": id_file.read_text().strip(), "resume": "allow", "mode": mode,
-            "tags": tags + [str(t) for t in cfg.get("tags") or []],
-            "name": f"{cfg.task_name}/{ctx.run_dir.name}", "settings": _wandb_settings()}
+    tags = [
+        f"{g}={c}"
+        for g, c in sorted(ctx.choices.items())
+        if g in ("optimizer", "position", "attention", "model", "data")
+    ]
+    return {
+        "id": id_file.read_text().strip(),
+        "resume": "allow",
+        "mode": mode,
+        "tags": tags + [str(t) for t in cfg.get("tags") or []],
+        "name": f"{cfg.task_name}/{ctx.run_dir.name}",
+        "settings": _wandb_settings(),
+    }
 
 
 def _wandb_settings():

@@ -12,6 +12,7 @@ start sooner sets ``FAMLAB_LOCK_WAIT_S`` (seconds to keep retrying a held lock; 
 
 Only global rank 0 of a multi-process run takes the lock (the other ranks are the same run).
 """
+
 from __future__ import annotations
 
 import errno
@@ -58,7 +59,7 @@ class RunLock:
         self.previous_owner = ""
         self.wait_s = float(os.environ.get(WAIT_VAR, 0) or 0) if wait_s is None else wait_s
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock, retrying for ``wait_s`` seconds (``FAMLAB_LOCK_WAIT_S``, default 0) while it is held."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.wait_s
@@ -75,22 +76,30 @@ class RunLock:
                 os.close(fd)
                 if e.errno in _BUSY:
                     raise self._refusal(owner) from None
-                log.warning("%s: file locks are not supported here (%s); one writer per run directory is not "
-                            "enforced", self.path, e)
+                log.warning(
+                    "%s: file locks are not supported here (%s); one writer per run directory is not enforced",
+                    self.path,
+                    e,
+                )
                 return self
         self.fd = fd
         self.previous_owner = _read(fd)
         if self.previous_owner:
-            log.warning("taking over run directory %s from a process that died while running (%s)",
-                        self.path.parent, self.previous_owner)
+            log.warning(
+                "taking over run directory %s from a process that died while running (%s)",
+                self.path.parent,
+                self.previous_owner,
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, (owner_line() + "\n").encode(), 0)
         os.fsync(fd)
         return self
 
     def _refusal(self, owner: str) -> RunLocked:
-        return RunLocked(f"run directory {self.path.parent} is in use by another famlab process ({owner}); wait "
-                         f"for it to finish or stop it, then rerun with resume=auto (nothing was written)")
+        return RunLocked(
+            f"run directory {self.path.parent} is in use by another famlab process ({owner}); wait "
+            f"for it to finish or stop it, then rerun with resume=auto (nothing was written)"
+        )
 
     def refuse_if_held(self) -> None:
         """Raise :class:`RunLocked` if another process holds the lock (after waiting up to ``wait_s``); reads only."""
@@ -117,7 +126,7 @@ class RunLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

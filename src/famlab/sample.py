@@ -5,12 +5,12 @@ seed=0 [device=cpu] [use_cache=true] [sampling=greedy]`` (Hydra overrides of ``c
 ``prompt`` is taken verbatim, spaces included) prints the continuation and, when the run's attention has update gates (``attention=update_gated``), how
 many key/value cache updates were skipped.
 """
+
 from __future__ import annotations
 
 import sys
 
 import torch
-
 
 
 def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
@@ -25,8 +25,16 @@ def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None, gen
 
 
 @torch.no_grad()
-def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             generator: torch.Generator | None = None, use_cache: bool = True, stats: dict | None = None):
+def generate(
+    model,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    stats: dict | None = None,
+):
     """Extend ``idx`` ``[B, T]`` by ``max_new_tokens`` sampled ids -> ``[B, T + max_new_tokens]``.
 
     With ``use_cache`` each step feeds only the new token through ``model(idx, cache=...)``.
@@ -84,15 +92,24 @@ def main(argv: list[str] | None = None) -> str | None:
     ids = run.tokenizer.encode(str(cfg.prompt)) or run.tokenizer.encode("\n")
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
     stats: dict = {}
-    out = generate(model, torch.tensor([ids], dtype=torch.long, device=device), int(cfg.max_new_tokens),
-                   float(cfg.temperature), None if cfg.top_k is None else int(cfg.top_k), generator,
-                   use_cache=bool(cfg.use_cache), stats=stats)
+    out = generate(
+        model,
+        torch.tensor([ids], dtype=torch.long, device=device),
+        int(cfg.max_new_tokens),
+        float(cfg.temperature),
+        None if cfg.top_k is None else int(cfg.top_k),
+        generator,
+        use_cache=bool(cfg.use_cache),
+        stats=stats,
+    )
     text = run.tokenizer.decode(out[0].tolist())
     print(text)
     if "total_updates" in stats:
         skipped, total = int(stats["skipped_updates"]), int(stats["total_updates"])
-        print(f"[update gates] skipped {skipped} of {total} key/value cache updates ({skipped / max(total, 1):.1%})",
-              file=sys.stderr)
+        print(
+            f"[update gates] skipped {skipped} of {total} key/value cache updates ({skipped / max(total, 1):.1%})",
+            file=sys.stderr,
+        )
     return text
 
 

@@ -5,6 +5,7 @@ Run directory (``outputs/<task>/runs/<run_name>`` or ``.../multiruns/<sweep>/<jo
     config.yaml  overrides.yaml  summary.json  metrics.csv  tokenizer.json  train.log  famlab.lock
     checkpoints/last.ckpt  checkpoints/best-step=N.ckpt  plots/  wandb/
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,8 @@ from famlab.lit.checkpoint_io import AtomicCheckpointIO
 from famlab.lit.durable import FULL_ERRNOS, DiskFull, Reserve
 from famlab.lit.fsdp import fsdp_strategy, is_fsdp
 from famlab.lit.interrupt import Preempted, preempted_message
-from famlab.lit.nonfinite import NonFiniteError
 from famlab.lit.module import LitLM
+from famlab.lit.nonfinite import NonFiniteError
 from famlab.lit.recorder import RunRecorder
 from famlab.lit.summary import hardware, update_summary
 from famlab.paths import CONF_DIR
@@ -62,9 +63,11 @@ def run(cfg: DictConfig, ctx: RunContext | None = None) -> dict:
         reserve.release()  # gives the summary room
         step = checkpoint_io.last_step if checkpoint_io.last_step is not None else ctx.resumed_step
         where = getattr(e, "filename", None) or f"a file in {ctx.run_dir}"
-        message = (f"no space left on device while writing {where}; "
-                   + (f"the last good checkpoint is step {step}" if step is not None else "no checkpoint was written yet")
-                   + "; free space and rerun with resume=auto")
+        message = (
+            f"no space left on device while writing {where}; "
+            + (f"the last good checkpoint is step {step}" if step is not None else "no checkpoint was written yet")
+            + "; free space and rerun with resume=auto"
+        )
         if lock is not None:
             try:
                 update_summary(ctx.run_dir, status="failed", error=message)
@@ -85,8 +88,16 @@ class RunFailed(RuntimeError):
     """The run stopped on its environment (a full disk); ``summary.json`` says ``failed`` with this message."""
 
 
-def _train(cfg: DictConfig, ctx: RunContext, dm, model, optimizer, scheduler, ckpt_path: str | None,
-           checkpoint_io: AtomicCheckpointIO) -> dict:
+def _train(
+    cfg: DictConfig,
+    ctx: RunContext,
+    dm,
+    model,
+    optimizer,
+    scheduler,
+    ckpt_path: str | None,
+    checkpoint_io: AtomicCheckpointIO,
+) -> dict:
     save_tokenizer(dm.tokenizer, ctx.run_dir / "tokenizer.json")
     file_log = logging.FileHandler(ctx.run_dir / "train.log")
     logging.getLogger().addHandler(file_log)
@@ -94,17 +105,36 @@ def _train(cfg: DictConfig, ctx: RunContext, dm, model, optimizer, scheduler, ck
     tokens_per_step = int(dm.batch_size) * int(dm.context) * accumulate
     target = OmegaConf.select(cfg, "experiment_meta.target")
     update_summary(
-        ctx.run_dir, status="running", error=None, experiment=str(cfg.task_name), choices=ctx.choices,
-        overrides=ctx.overrides, seed=int(cfg.seed), lr=float(cfg.optimizer.get("lr", float("nan"))),
-        n_parameters=model.num_parameters(), context=int(dm.context), hardware=hardware(), data=dm.meta,
-        max_steps=int(cfg.trainer.max_steps), run_dir=str(ctx.run_dir),
-        verdict_rule=OmegaConf.to_container(cfg.experiment_meta.verdict) if OmegaConf.select(cfg, "experiment_meta.verdict") else None,
+        ctx.run_dir,
+        status="running",
+        error=None,
+        experiment=str(cfg.task_name),
+        choices=ctx.choices,
+        overrides=ctx.overrides,
+        seed=int(cfg.seed),
+        lr=float(cfg.optimizer.get("lr", float("nan"))),
+        n_parameters=model.num_parameters(),
+        context=int(dm.context),
+        hardware=hardware(),
+        data=dm.meta,
+        max_steps=int(cfg.trainer.max_steps),
+        run_dir=str(ctx.run_dir),
+        verdict_rule=OmegaConf.to_container(cfg.experiment_meta.verdict)
+        if OmegaConf.select(cfg, "experiment_meta.verdict")
+        else None,
     )
     if cfg.get("compile"):
         model = torch.compile(model)
-    module = LitLM(model, optimizer, scheduler, total_steps=int(cfg.trainer.max_steps), bpc_factor=dm.bpc_factor(),
-                   log_every_n_steps=int(cfg.log_every_n_steps), tokens_per_step=tokens_per_step,
-                   config=OmegaConf.to_container(cfg, resolve=True))
+    module = LitLM(
+        model,
+        optimizer,
+        scheduler,
+        total_steps=int(cfg.trainer.max_steps),
+        bpc_factor=dm.bpc_factor(),
+        log_every_n_steps=int(cfg.log_every_n_steps),
+        tokens_per_step=tokens_per_step,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
     recorder = RunRecorder(ctx.run_dir, target=target, tokens_per_step=tokens_per_step)
     callbacks = [cb for cb in (instantiate(c, "callbacks") for c in (cfg.callbacks or {}).values() if c) if cb]
     callbacks.append(recorder)  # checkpoints: callbacks.model_checkpoint (conf/callbacks/model_checkpoint.yaml)
@@ -116,10 +146,17 @@ def _train(cfg: DictConfig, ctx: RunContext, dm, model, optimizer, scheduler, ck
             if extra:  # wandb gets the resolved config as a plain dict, plus the group choices to group by
                 loggers[-1].log_hyperparams({"choices": ctx.choices, **OmegaConf.to_container(cfg, resolve=True)})
     strategy = {"strategy": fsdp_strategy()} if is_fsdp(cfg.trainer.get("strategy", "auto")) else {}
-    trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[checkpoint_io],
-                          default_root_dir=str(ctx.run_dir),
-                          enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
-                          enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks), **strategy)
+    trainer = instantiate(
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[checkpoint_io],
+        default_root_dir=str(ctx.run_dir),
+        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks),
+        **strategy,
+    )
     status, error = "failed", None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
@@ -150,8 +187,13 @@ def _train(cfg: DictConfig, ctx: RunContext, dm, model, optimizer, scheduler, ck
             fields = recorder.fields(trainer, module) if recorder.history or not spawned else {}
             last = ctx.run_dir / "checkpoints" / "last.ckpt"
             try:
-                summary = update_summary(ctx.run_dir, status=status, error=error, **fields,
-                                         last_checkpoint=str(last) if last.exists() else None)
+                summary = update_summary(
+                    ctx.run_dir,
+                    status=status,
+                    error=error,
+                    **fields,
+                    last_checkpoint=str(last) if last.exists() else None,
+                )
             except OSError as write_error:
                 if status in ("completed", "interrupted"):
                     raise
@@ -208,8 +250,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
             return None
         raise
     print(f"run directory: {ctx.run_dir}")
-    print(f"final val/loss: {summary.get('final_val_loss')}  (best {summary.get('best_val_loss')} "
-          f"at step {summary.get('best_val_step')}, {summary.get('wall_time_s', 0):.0f} s)")
+    print(
+        f"final val/loss: {summary.get('final_val_loss')}  (best {summary.get('best_val_loss')} "
+        f"at step {summary.get('best_val_step')}, {summary.get('wall_time_s', 0):.0f} s)"
+    )
     return summary.get(str(cfg.get("optimized_metric") or "final_val_loss"))
 
 

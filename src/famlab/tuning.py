@@ -19,6 +19,7 @@ arm of the sweep without a winner, a winner at the edge of its grid or a missing
 process with one ``famlab: error:`` line and exit status 2. A relative path is taken from the
 current directory, else from the repository root.
 """
+
 from __future__ import annotations
 
 import sys
@@ -46,8 +47,9 @@ def load_best(path: str) -> dict:
     """The emitted file as a dict; ConfigError when it is missing or not such a file."""
     file = best_path(path)
     if not file.is_file():
-        raise ConfigError(f"{KEY}: {path} does not exist; run stage 1, then "
-                          f"famlab compare <stage-1 sweep dir> --emit-best {path}")
+        raise ConfigError(
+            f"{KEY}: {path} does not exist; run stage 1, then famlab compare <stage-1 sweep dir> --emit-best {path}"
+        )
     try:
         best = yaml.safe_load(file.read_text())
     except (yaml.YAMLError, OSError) as exc:
@@ -62,15 +64,19 @@ def arm_lr(best: dict, arm: str, path: str) -> float:
     key, arms = best["arm_key"], best["arms"]
     entry = arms.get(str(arm))
     if entry is None:
-        raise ConfigError(f"{KEY}: {path} has no tuned lr for {key}={arm} (it has {', '.join(map(str, arms))}); "
-                          f"add {key}={arm} to stage 1")
+        raise ConfigError(
+            f"{KEY}: {path} has no tuned lr for {key}={arm} (it has {', '.join(map(str, arms))}); "
+            f"add {key}={arm} to stage 1"
+        )
     grid = "[" + ", ".join(f"{x:g}" for x in entry.get("grid") or []) + "]"
     if entry.get("lr") is None:
         raise ConfigError(f"{KEY}: {path}: {key}={arm} has no completed stage-1 run on grid {grid}")
     if entry.get("at_edge"):
         where = {"low": "lowest", "high": "highest"}.get(entry.get("edge"), "only")
-        raise ConfigError(f"{KEY}: {path}: {key}={arm}: best lr {entry['lr']:g} is the {where} point of its "
-                          f"grid {grid}; widen that grid in stage 1, rerun it and --emit-best again")
+        raise ConfigError(
+            f"{KEY}: {path}: {key}={arm}: best lr {entry['lr']:g} is the {where} point of its "
+            f"grid {grid}; widen that grid in stage 1, rerun it and --emit-best again"
+        )
     return float(entry["lr"])
 
 

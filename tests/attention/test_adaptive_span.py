@@ -1,15 +1,16 @@
 """AdaptiveSpan: standard-attention limit, causality, caching, skipped keys, gradients, no host sync."""
+
 import math
 
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from famlab_testing import HostSyncCatcher
 
 from famlab.attention.adaptive_span import AdaptiveSpan
 from famlab.attention.cache import KVCache
 from famlab.attention.standard import StandardAttention
+from famlab_testing import HostSyncCatcher
 
 D, HEADS, T = 32, 4, 24
 
@@ -44,8 +45,8 @@ def test_soft_mask_equals_multiply_and_renormalise():
     mod.eval()
     x, pos = inputs()
     q, k, v = mod.project_qkv(x, pos)
-    T_ = (1.0 + 0.01 * 0.7)
-    p = ((q @ k.transpose(-2, -1)) / math.sqrt(mod.head_dim) / T_)
+    T_ = 1.0 + 0.01 * 0.7
+    p = (q @ k.transpose(-2, -1)) / math.sqrt(mod.head_dim) / T_
     d = (pos[:, None] - pos[None, :]).double()
     p = p.masked_fill(d < 0, float("-inf")).softmax(-1)
     m = ((4 + 4.8 - d) / 4).clamp(0, 1) * (d >= 0)
@@ -76,7 +77,7 @@ def test_no_causal_leakage_full_and_cached(init_span):
         x2[:, t:] = torch.randn_like(x2[:, t:])
         torch.testing.assert_close(mod(x2, pos)[:, :t], y[:, :t])
     cache = KVCache()  # decoding the perturbed sequence reproduces the clean prefix
-    outs = [mod(x2[:, :3], pos[:3], cache)] + [mod(x2[:, i:i + 1], pos[i:i + 1], cache) for i in range(3, t)]
+    outs = [mod(x2[:, :3], pos[:3], cache)] + [mod(x2[:, i : i + 1], pos[i : i + 1], cache) for i in range(3, t)]
     torch.testing.assert_close(torch.cat(outs, 1), y[:, :t])
 
 
@@ -88,7 +89,7 @@ def test_cached_decoding_equals_full_forward(prefill):
     full = mod(x, pos)
     cache = KVCache()
     outs = [mod(x[:, :prefill], pos[:prefill], cache)]
-    outs += [mod(x[:, i:i + 1], pos[i:i + 1], cache) for i in range(prefill, T)]
+    outs += [mod(x[:, i : i + 1], pos[i : i + 1], cache) for i in range(prefill, T)]
     torch.testing.assert_close(torch.cat(outs, 1), full)
 
 
@@ -156,8 +157,10 @@ def test_config_instantiates_with_context_interpolation():
     assert isinstance(mod, AdaptiveSpan) and mod.max_dist == 64
 
 
-@pytest.mark.parametrize("kw,key", [({"max_dist": 0}, "max_dist"), ({"ramp": 0}, "ramp"),
-                                    ({"init_span": 1.5}, "init_span"), ({"block": 0}, "block")])
+@pytest.mark.parametrize(
+    "kw,key",
+    [({"max_dist": 0}, "max_dist"), ({"ramp": 0}, "ramp"), ({"init_span": 1.5}, "init_span"), ({"block": 0}, "block")],
+)
 def test_bad_config_raises(kw, key):
     with pytest.raises(ValueError, match=key):
         AdaptiveSpan(D, HEADS, **kw)

@@ -1,4 +1,5 @@
 """Stateful attention parts restore under any rank/device index; myelinated under a process group."""
+
 from __future__ import annotations
 
 import copy
@@ -8,11 +9,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from famlab_testing import HostSyncCatcher
 
 from famlab.attention.adaptive_span import AdaptiveSpan
 from famlab.attention.integrated import IntegratedAttention
 from famlab.attention.myelinated import MyelinatedLayer
+from famlab_testing import HostSyncCatcher
 
 D, H, T = 16, 2, 12
 REFINER = {"enabled": True, "update_every": 2, "epsilon": 0.5, "seed": 3}

@@ -3,6 +3,7 @@
 Expected on a GPU: forward within 2e-3 and every gradient (span predictor included, through the
 captured span tensor) within 2e-3 relative of the blocked path, at two sequence lengths with the one
 dynamic-shape compile; no output before position t changes when tokens after t change."""
+
 from __future__ import annotations
 
 import copy

@@ -1,16 +1,17 @@
 """IntegratedAttention: full-attention limit, summary global branch (dense reference, causality),
 caching, gradients, refiner, no host sync."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from famlab_testing import HostSyncCatcher, group_option
 
 from famlab.attention.cache import KVCache
 from famlab.attention.core import merge_heads, split_heads
 from famlab.attention.integrated import IntegratedAttention
 from famlab.attention.refiner import Refiner
+from famlab_testing import HostSyncCatcher, group_option
 
 D, HEADS, T = 32, 4, 20
 REFINER = {"enabled": True, "states": 100, "actions": 10, "update_every": 2, "epsilon": 0.5, "seed": 1}
@@ -37,8 +38,15 @@ def test_full_window_and_span_without_refiner_equals_standard_attention(gate, bi
     from famlab.attention.standard import StandardAttention
     from famlab.position.rotary import RotaryEmbedding
 
-    mod = make(win_size=T, max_span=10_000, temp_scale=0.0, refiner=None, global_branch="full",
-               position=RotaryEmbedding(D // HEADS), bias=bias)
+    mod = make(
+        win_size=T,
+        max_span=10_000,
+        temp_scale=0.0,
+        refiner=None,
+        global_branch="full",
+        position=RotaryEmbedding(D // HEADS),
+        bias=bias,
+    )
     std = StandardAttention(D, HEADS, position=RotaryEmbedding(D // HEADS), bias=bias).double()
     with torch.no_grad():
         mod.gate.fill_(gate)
@@ -47,7 +55,7 @@ def test_full_window_and_span_without_refiner_equals_standard_attention(gate, bi
     x, pos = inputs()
     torch.testing.assert_close(mod(x, pos), std(x, pos))
     cache = KVCache()  # cached decoding reaches the same limit
-    outs = [mod(x[:, :5], pos[:5], cache)] + [mod(x[:, i:i + 1], pos[i:i + 1], cache) for i in range(5, T)]
+    outs = [mod(x[:, :5], pos[:5], cache)] + [mod(x[:, i : i + 1], pos[i : i + 1], cache) for i in range(5, T)]
     torch.testing.assert_close(torch.cat(outs, 1), std(x, pos))
 
 
@@ -77,19 +85,20 @@ def test_no_causal_leakage_full_and_cached(kw):
         x2[:, t:] = torch.randn_like(x2[:, t:])
         torch.testing.assert_close(mod(x2, pos)[:, :t], y[:, :t])
     cache = KVCache()  # decoding the perturbed sequence reproduces the clean prefix
-    outs = [mod(x2[:, :3], pos[:3], cache)] + [mod(x2[:, i:i + 1], pos[i:i + 1], cache) for i in range(3, t)]
+    outs = [mod(x2[:, :3], pos[:3], cache)] + [mod(x2[:, i : i + 1], pos[i : i + 1], cache) for i in range(3, t)]
     torch.testing.assert_close(torch.cat(outs, 1), y[:, :t])
 
 
-@pytest.mark.parametrize("prefill,focus,branch", [(1, 1, "summary"), (7, 2, "summary"), (9, 1, "full"),
-                                                   (3, 1, "summary")])
+@pytest.mark.parametrize(
+    "prefill,focus,branch", [(1, 1, "summary"), (7, 2, "summary"), (9, 1, "full"), (3, 1, "summary")]
+)
 def test_cached_decoding_equals_full_forward(prefill, focus, branch):
     mod = make(focus_iters=focus, refiner=REFINER, global_branch=branch)
     x, pos = inputs()
     full = mod(x, pos)
     cache = KVCache()
     outs = [mod(x[:, :prefill], pos[:prefill], cache)]
-    outs += [mod(x[:, i:i + 1], pos[i:i + 1], cache) for i in range(prefill, T)]
+    outs += [mod(x[:, i : i + 1], pos[i : i + 1], cache) for i in range(prefill, T)]
     torch.testing.assert_close(torch.cat(outs, 1), full)
     assert cache.extra["local"].k.shape[-2] == mod.window - 1  # local cache stays bounded
 
@@ -100,7 +109,7 @@ def test_summary_decoding_in_chunks_across_block_ends_keeps_only_summaries():
     full = mod(x, pos)
     cache, outs, start = KVCache(), [], 0
     for size in (2, 5, 1, 7, 5):  # chunk ends 2, 7, 8, 15, 20: inside blocks, on and across block ends
-        outs.append(mod(x[:, start:start + size], pos[start:start + size], cache))
+        outs.append(mod(x[:, start : start + size], pos[start : start + size], cache))
         start += size
     torch.testing.assert_close(torch.cat(outs, 1), full)
     assert len(cache) == T and cache.k.numel() == 0  # token count only, no per-token global keys
@@ -133,15 +142,15 @@ def summary_reference(mod, x, pos, block):
     q, k, v = (split_heads(t, HEADS) for t in mod.qkv(x).chunk(3, dim=-1))
     q = mod.position.rotate_qk(q, pos)
     n = x.shape[1] // block
-    k_sum = torch.stack([k[:, :, b * block:(b + 1) * block].mean(2) for b in range(n)], 2) if n else k[:, :, :0]
-    v_sum = torch.stack([v[:, :, b * block:(b + 1) * block].mean(2) for b in range(n)], 2) if n else v[:, :, :0]
+    k_sum = torch.stack([k[:, :, b * block : (b + 1) * block].mean(2) for b in range(n)], 2) if n else k[:, :, :0]
+    v_sum = torch.stack([v[:, :, b * block : (b + 1) * block].mean(2) for b in range(n)], 2) if n else v[:, :, :0]
     k_sum = mod.position.rotate_qk(k_sum, pos[torch.arange(n) * block + block - 1])
     mask = torch.tensor([[(b + 1) * block <= i + 1 for b in range(n)] for i in range(x.shape[1])], dtype=torch.bool)
     out = torch.zeros_like(q)
     for i in range(x.shape[1]):
         if mask[i].any():
-            w = (q[:, :, i:i + 1] @ k_sum[:, :, mask[i]].transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1)
-            out[:, :, i:i + 1] = w @ v_sum[:, :, mask[i]]
+            w = (q[:, :, i : i + 1] @ k_sum[:, :, mask[i]].transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1)
+            out[:, :, i : i + 1] = w @ v_sum[:, :, mask[i]]
     return merge_heads(out)
 
 
@@ -156,7 +165,7 @@ def test_summary_global_branch_equals_dense_block_mean_reference(block, rotary, 
     ref = summary_reference(mod, x, pos, block)
     q, k, k_raw, v = mod._project(x, pos)
     torch.testing.assert_close(merge_heads(mod._global(q, k, k_raw, v, pos, None)), ref)
-    assert (ref[:, :block - 1] == 0).all()  # no complete block yet: zero global output
+    assert (ref[:, : block - 1] == 0).all()  # no complete block yet: zero global output
 
 
 def test_summary_mode_changing_one_token_changes_nothing_before_it():
@@ -264,11 +273,17 @@ def test_configs_instantiate(name, has_refiner):
         assert mod.refiner.seed == 3
 
 
-@pytest.mark.parametrize("kw,key", [({"win_size": 0}, "win_size"), ({"backend": "cuda"}, "backend"),
-                                    ({"global_branch": "linear"}, "global_branch"),
-                                    ({"summary_block": 0}, "summary_block"),
-                                    ({"refiner": {"enabled": True, "bogus": 1}}, "refiner"),
-                                    ({"focus_iters": 0}, "focus_iters")])
+@pytest.mark.parametrize(
+    "kw,key",
+    [
+        ({"win_size": 0}, "win_size"),
+        ({"backend": "cuda"}, "backend"),
+        ({"global_branch": "linear"}, "global_branch"),
+        ({"summary_block": 0}, "summary_block"),
+        ({"refiner": {"enabled": True, "bogus": 1}}, "refiner"),
+        ({"focus_iters": 0}, "focus_iters"),
+    ],
+)
 def test_bad_config_raises(kw, key):
     with pytest.raises(ValueError, match=key):
         IntegratedAttention(D, HEADS, **kw)
@@ -300,5 +315,5 @@ def test_inside_transformer_lm_hooks_and_cached_generation(variant):
     with torch.no_grad():
         full = model(idx)
         cache = model.new_cache()
-        steps = [model(idx[:, :5], cache=cache)] + [model(idx[:, t:t + 1], cache=cache) for t in range(5, 12)]
+        steps = [model(idx[:, :5], cache=cache)] + [model(idx[:, t : t + 1], cache=cache) for t in range(5, 12)]
     torch.testing.assert_close(torch.cat(steps, 1), full)

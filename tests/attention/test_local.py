@@ -1,4 +1,5 @@
 """Blocked local attention equals its dense masked-SDPA reference, is causal and differentiable."""
+
 import math
 
 import pytest
@@ -135,8 +136,15 @@ def test_bad_arguments_raise():
 
 @pytest.mark.parametrize(
     "block,lookback,window,kind",
-    [(4, 9, None, "head"), (5, 12, None, "query"), (6, 5, 6, "query"), (8, 40, None, "head"),
-     (64, 0, None, "query"), (3, 8, None, "sequence"), (4, 3, 4, "none")],
+    [
+        (4, 9, None, "head"),
+        (5, 12, None, "query"),
+        (6, 5, 6, "query"),
+        (8, 40, None, "head"),
+        (64, 0, None, "query"),
+        (3, 8, None, "sequence"),
+        (4, 3, 4, "none"),
+    ],
 )
 def test_fused_path_equals_unfused_values_and_gradients(block, lookback, window, kind):
     """The fused CPU path (flash kernel + band-only span gradient) matches the unfused one."""
@@ -156,8 +164,9 @@ def test_fused_path_equals_unfused_values_and_gradients(block, lookback, window,
         q, k, v = (x.clone().requires_grad_() for x in base)
         span = None if span0 is None else span0.clone().requires_grad_()
         temp = temp0.clone().requires_grad_()
-        out = blocked_attention(q, k, v, block=block, lookback=lookback, window=window, span=span, ramp=3.0,
-                                temperature=temp, fused=fused)
+        out = blocked_attention(
+            q, k, v, block=block, lookback=lookback, window=window, span=span, ramp=3.0, temperature=temp, fused=fused
+        )
         (out * w).sum().backward()
         results.append([out, q.grad, k.grad, v.grad, temp.grad] + ([] if span is None else [span.grad]))
     for a, b in zip(*results):
@@ -174,7 +183,8 @@ def test_bfloat16_inputs_match_float32_reference(fused):
     span = torch.tensor([20.0, 150.0, 280.0]).view(1, H, 1)
     pos = torch.arange(T)
     ref = dense_local_attention(q, k, v, pos, pos, span=span, ramp=4.0)
-    out = blocked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), block=32, lookback=288, span=span, ramp=4.0,
-                            fused=fused)
+    out = blocked_attention(
+        q.bfloat16(), k.bfloat16(), v.bfloat16(), block=32, lookback=288, span=span, ramp=4.0, fused=fused
+    )
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=0)

@@ -1,4 +1,5 @@
 """Per-query span gradient of the fused CPU path (sub-window GEMMs + whole-window redo) is exact."""
+
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ def _inputs(seed):
 def _spans(kind, g):
     t = torch.arange(T, dtype=torch.float64)
     if kind == "smooth":  # slowly varying, like IntegratedAttention's running mean: every block fits its sub-window
-        return (4.0 + 6.0 * torch.sin(t / 23.0) ** 2 + 0.3 * torch.rand(B, 1, T, generator=g, dtype=torch.float64))
+        return 4.0 + 6.0 * torch.sin(t / 23.0) ** 2 + 0.3 * torch.rand(B, 1, T, generator=g, dtype=torch.float64)
     if kind == "jumps":  # alternates 0.4 / ~28 tokens: bands leave the sub-window, blocks are redone whole
         return torch.where(t % 3 == 0, 0.4, 27.5) + torch.rand(B, 1, T, generator=g, dtype=torch.float64)
     # per head and query, some beyond the window (band outside it: zero gradient)
@@ -32,8 +33,9 @@ def test_fused_span_gradient_equals_unfused(kind, block, lookback, window):
     results = []
     for fused in (True, False):
         q, k, v, span, temp = (x.clone().requires_grad_() for x in (q0, k0, v0, span0, temp0))
-        out = blocked_attention(q, k, v, block=block, lookback=lookback, window=window, span=span, ramp=3.0,
-                                temperature=temp, fused=fused)
+        out = blocked_attention(
+            q, k, v, block=block, lookback=lookback, window=window, span=span, ramp=3.0, temperature=temp, fused=fused
+        )
         (out * w).sum().backward()
         results.append([out, q.grad, k.grad, v.grad, temp.grad, span.grad])
     for a, b in zip(*results):

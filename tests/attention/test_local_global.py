@@ -1,14 +1,15 @@
 """attention=local_global: IntegratedAttention without the refiner, derived from integrated.yaml."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from famlab_testing import group_option
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from famlab.attention.integrated import IntegratedAttention
 from famlab.attention.local_global import LocalGlobalAttention
+from famlab_testing import group_option
 
 D, HEADS = 16, 2
 
@@ -20,8 +21,10 @@ def build(name: str):
 
 
 def test_inherits_every_integrated_setting_but_the_refiner():
-    integrated, local_global = (OmegaConf.to_container(group_option("attention", name), resolve=False)
-                                for name in ("integrated", "local_global"))
+    integrated, local_global = (
+        OmegaConf.to_container(group_option("attention", name), resolve=False)
+        for name in ("integrated", "local_global")
+    )
     assert local_global["refiner"] is None and integrated["refiner"]["enabled"]
     differ = {k for k in integrated if k not in ("_target_", "refiner") and integrated[k] != local_global[k]}
     assert not differ and set(integrated) == set(local_global)

@@ -1,4 +1,5 @@
 """MyelinatedLayer: causality, per-token decisions, gradients, seeded noise, real skipping, no syncs."""
+
 from __future__ import annotations
 
 import copy
@@ -9,11 +10,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from famlab_testing import HostSyncCatcher
 
 from famlab.attention.myelinated import MyelinatedLayer, decide_jump, prefix_mean
 from famlab.model.transformer import TransformerLM
 from famlab.sample import generate
+from famlab_testing import HostSyncCatcher
 
 D, H = 16, 2
 CONF = Path(__file__).resolve().parents[2] / "conf" / "attention"
@@ -66,9 +67,17 @@ def test_gradients_reach_every_decision_module():
     assert m.last_jump.sum() > 0 and m.last_active.sum() > 0
     out.pow(2).sum().backward()
     named = dict(m.named_parameters())
-    for name in ["policy_net.0.weight", "jump_weights", "memory_gate.weight", "working_memory", "mlp_gate.weight",
-                 *[f"node_predictors.{i}.1.weight" for i in range(3)], *[f"sublayers.{i}.gate.weight" for i in range(3)],
-                 "sublayers.0.adapter.weight", "sublayers.1.qkv.weight"]:
+    for name in [
+        "policy_net.0.weight",
+        "jump_weights",
+        "memory_gate.weight",
+        "working_memory",
+        "mlp_gate.weight",
+        *[f"node_predictors.{i}.1.weight" for i in range(3)],
+        *[f"sublayers.{i}.gate.weight" for i in range(3)],
+        "sublayers.0.adapter.weight",
+        "sublayers.1.qkv.weight",
+    ]:
         grad = named[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
 
@@ -160,7 +169,7 @@ def test_cached_decoding_matches_full_forward():
     with torch.no_grad():
         full = model(idx)
         cache = model.new_cache()
-        steps = [model(idx[:, :5], cache=cache)] + [model(idx[:, t:t + 1], cache=cache) for t in range(5, 14)]
+        steps = [model(idx[:, :5], cache=cache)] + [model(idx[:, t : t + 1], cache=cache) for t in range(5, 14)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
     assert len(cache[0]) == 14 and len(cache[0].extra["myelin"]["kv"][2]) == 14
 

@@ -1,4 +1,5 @@
 """Under bf16 autocast the span geometry and temperature of the local attention paths stay fp32."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,12 +1,13 @@
 """Refiner: Q-learning rule, seeded exploration, checkpoint round trip, schedule, no host sync."""
+
 import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-from famlab_testing import HostSyncCatcher
 
 from famlab.attention.refiner import Refiner
+from famlab_testing import HostSyncCatcher
 
 
 def losses(n, seed=0):
@@ -47,8 +48,17 @@ def test_seeded_exploration_is_reproducible_and_seed_dependent():
 
 
 def test_q_update_follows_the_q_learning_rule():
-    ref = Refiner(states=100, actions=4, alpha=0.5, gamma=0.9, epsilon=0.0, update_every=1, span_cost=0.1,
-                  loss_decay=0.0, baseline_decay=0.0)
+    ref = Refiner(
+        states=100,
+        actions=4,
+        alpha=0.5,
+        gamma=0.9,
+        epsilon=0.0,
+        update_every=1,
+        span_cost=0.1,
+        loss_decay=0.0,
+        baseline_decay=0.0,
+    )
     ref.update(torch.tensor(2.0), torch.tensor(0.5))  # first decision, no learning yet
     s, a, f = ref.state.clone(), ref.action.clone(), ref.factor.clone()
     assert ref.q_table.abs().sum() == 0
@@ -67,8 +77,7 @@ def test_q_update_follows_the_q_learning_rule():
 
 
 def test_reward_baseline_removes_the_common_loss_decrease():
-    ref = Refiner(states=100, actions=4, epsilon=0.0, update_every=1, span_cost=0.1, loss_decay=0.0,
-                  baseline_decay=0.5)
+    ref = Refiner(states=100, actions=4, epsilon=0.0, update_every=1, span_cost=0.1, loss_decay=0.0, baseline_decay=0.5)
     ref.update(torch.tensor(3.0), torch.tensor(0.5))  # first decision
     f1 = float(ref.factor)
     ref.update(torch.tensor(2.5), torch.tensor(0.5))  # decrease 0.5; baseline starts at it
@@ -119,8 +128,15 @@ def test_single_process_group_all_reduce_path():
     assert a == run(Refiner(100, 10, epsilon=0.3, update_every=1, seed=2), 10)
 
 
-@pytest.mark.parametrize("kw,key", [({"states": 0}, "states"), ({"update_every": 0}, "update_every"),
-                                    ({"epsilon": 1.5}, "epsilon"), ({"min_factor": 0.0}, "min_factor")])
+@pytest.mark.parametrize(
+    "kw,key",
+    [
+        ({"states": 0}, "states"),
+        ({"update_every": 0}, "update_every"),
+        ({"epsilon": 1.5}, "epsilon"),
+        ({"min_factor": 0.0}, "min_factor"),
+    ],
+)
 def test_bad_arguments_raise(kw, key):
     args = {"states": 10, "actions": 4, **kw}
     with pytest.raises(ValueError, match=key):

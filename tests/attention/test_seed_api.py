@@ -1,4 +1,5 @@
 """Each public seed API called with the seed's own argument lists binds as the seed meant."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,15 +38,18 @@ def test_myelinated_seed_positional_order():
     run(mod, 64)
 
 
-@pytest.mark.parametrize("build,key", [
-    (lambda: IntegratedAttention(64, 4, 512, 256, 0.01), "max_span"),  # the seed's temp_scale in max_span's slot
-    (lambda: IntegratedAttention(64, 4, 0.5), "max_dist"),
-    (lambda: IntegratedAttention(64, 4, 512, 0.9), "win_size"),
-    (lambda: AdaptiveSpan(64, 4, 0.5), "max_dist"),
-    (lambda: AdaptiveSpan(64, 4, 64, block=0.5), "block"),
-    (lambda: MyelinatedLayer(64, 4, 0.5), "layerA"),
-    (lambda: MyelinatedLayer(64, 4, 3, 0.1, 0.5), "max_dist"),
-])
+@pytest.mark.parametrize(
+    "build,key",
+    [
+        (lambda: IntegratedAttention(64, 4, 512, 256, 0.01), "max_span"),  # the seed's temp_scale in max_span's slot
+        (lambda: IntegratedAttention(64, 4, 0.5), "max_dist"),
+        (lambda: IntegratedAttention(64, 4, 512, 0.9), "win_size"),
+        (lambda: AdaptiveSpan(64, 4, 0.5), "max_dist"),
+        (lambda: AdaptiveSpan(64, 4, 64, block=0.5), "block"),
+        (lambda: MyelinatedLayer(64, 4, 0.5), "layerA"),
+        (lambda: MyelinatedLayer(64, 4, 3, 0.1, 0.5), "max_dist"),
+    ],
+)
 def test_sizes_that_truncate_to_zero_are_refused(build, key):
     with pytest.raises(ValueError, match=f"attention.{key}"):
         build()

@@ -1,4 +1,5 @@
 """Spans learn through the mask at every shipped context; the span penalty acts; no host reads."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -9,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from famlab_testing import HostSyncCatcher, group_option
 
 import famlab  # noqa: F401  (registers the famlab.min resolver used by the configs)
 from famlab.attention.adaptive_span import AdaptiveSpan
 from famlab.model.transformer import TransformerLM
+from famlab_testing import HostSyncCatcher, group_option
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 D, HEADS = 32, 4
@@ -23,8 +24,7 @@ CONTEXTS = [OmegaConf.load(CONF / "model" / f"{m}.yaml").context for m in ("tiny
 
 def build(name: str, context: int, **overrides):
     node = group_option("attention", name)
-    cfg = OmegaConf.merge({"model": {"context": context}, "seed": 0}, {"attention": node},
-                          {"attention": overrides})
+    cfg = OmegaConf.merge({"model": {"context": context}, "seed": 0}, {"attention": node}, {"attention": overrides})
     torch.manual_seed(0)
     return instantiate(cfg.attention)(dims=D, head=HEADS, position=None)
 
@@ -110,7 +110,7 @@ def test_training_step_and_cached_decoding_read_nothing_back():
         model(idx[:, :8], cache=cache)
         with HostSyncCatcher() as catcher:
             for t in range(8, 12):
-                model(idx[:, t:t + 1], cache=cache)
+                model(idx[:, t : t + 1], cache=cache)
         assert catcher.syncs == 0
         spans = [b.attn.spans() for b in model.blocks]
         assert all(b.attn.extent >= s.max() + b.attn.ramp for b, s in zip(model.blocks, spans))

@@ -1,4 +1,5 @@
 """Block-summary attention: block means, the complete-block mask, the own-key fallback, gradients."""
+
 import torch
 
 from famlab.attention.summary import block_means, complete_blocks, summary_attention

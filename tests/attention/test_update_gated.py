@@ -1,4 +1,5 @@
 """UpdateGatedAttention: standard in training, trainable predictors, update-gated KV cache."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -101,7 +102,7 @@ def test_cached_decoding_with_exact_updates_matches_full_forward():
     idx = torch.randint(0, 23, (2, 10), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         cache = model.new_cache()
-        steps = [model(idx[:, :3], cache=cache)] + [model(idx[:, t:t + 1], cache=cache) for t in range(3, 10)]
+        steps = [model(idx[:, :3], cache=cache)] + [model(idx[:, t : t + 1], cache=cache) for t in range(3, 10)]
         torch.testing.assert_close(torch.cat(steps, 1), model(idx), atol=1e-5, rtol=1e-5)
 
 

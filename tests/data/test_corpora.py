@@ -1,5 +1,6 @@
 """Corpus kinds from small generated files: text, jsonl, parquet, csv, arrow, save_to_disk,
 the standard-library corpus and enwik8's byte split; each streams and fingerprints its content."""
+
 from __future__ import annotations
 
 import json
@@ -109,8 +110,11 @@ def test_enwik8_byte_split_from_a_local_file(tmp_path):
 def test_table_file_errors_name_the_file_and_what_is_allowed(tmp_path):
     txt = tmp_path / "notes.txt"
     txt.write_text("plain\n")
-    with pytest.raises(ConfigError, match=r"notes.txt has suffix '.txt'; data=table_files reads .jsonl, .json, "
-                                          r".parquet, .csv, .arrow \(plain text: data=text_files\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"notes.txt has suffix '.txt'; data=table_files reads .jsonl, .json, "
+        r".parquet, .csv, .arrow \(plain text: data=text_files\)",
+    ):
         TableFiles(str(txt)).files()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n\n{"text": oops}\n')

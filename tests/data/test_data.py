@@ -1,17 +1,18 @@
 """Data: tokenizers, corpora, cached tokenization, step-seeded windows, the recall task."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-from famlab_testing import SHAKESPEARE
 
 from famlab.data.corpora import EmbeddedCorpus, TextFiles
 from famlab.data.datamodule import LMDataModule, RecallDataModule
 from famlab.data.synthetic import IGNORE, RecallTask
 from famlab.data.tokenizers import build_tokenizer, load_tokenizer, save_tokenizer
 from famlab.data.windows import StepWindows, sample_windows, step_generator
+from famlab_testing import SHAKESPEARE
 
 
 @pytest.mark.parametrize("kind,extra", [("bytes", {}), ("chars", {}), ("bpe", {"vocab_size": 300})])

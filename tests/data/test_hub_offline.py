@@ -1,6 +1,7 @@
 """Hub corpora and tokenizers without a network: one line within seconds, even when the user has
 not exported HF_HUB_OFFLINE (the hub client would otherwise retry for ~24 s); a prepared
 directory is used without any network."""
+
 from __future__ import annotations
 
 import os
@@ -9,11 +10,11 @@ import sys
 import time
 
 import pytest
-from famlab_testing import REPO
 
 from famlab.data import hub
 from famlab.data.datamodule import LMDataModule
 from famlab.data.hub_corpora import HubDataset
+from famlab_testing import REPO
 
 
 def _env(**extra) -> dict:
@@ -23,8 +24,14 @@ def _env(**extra) -> dict:
 
 def _prepare(tmp_path, env, *overrides):
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "famlab.data.prepare", f"data.cache_dir={tmp_path}", *overrides],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "famlab.data.prepare", f"data.cache_dir={tmp_path}", *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return out, time.perf_counter() - t0
 
 
@@ -32,27 +39,43 @@ def _prepare(tmp_path, env, *overrides):
 UNREACHABLE = {"HF_ENDPOINT": "http://127.0.0.1:9"}
 
 
-@pytest.mark.parametrize("data,message", [
-    ("wikitext2", "data: could not load hub dataset 'Salesforce/wikitext': the hub is unreachable (offline)"),
-    ("fineweb_edu", "data: could not load hub dataset 'HuggingFaceFW/fineweb-edu': the hub is unreachable (offline)"),
-    ("enwik8", "data: could not load hub dataset 'LTCB/enwik8': the hub is unreachable (offline)"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ("wikitext2", "data: could not load hub dataset 'Salesforce/wikitext': the hub is unreachable (offline)"),
+        (
+            "fineweb_edu",
+            "data: could not load hub dataset 'HuggingFaceFW/fineweb-edu': the hub is unreachable (offline)",
+        ),
+        ("enwik8", "data: could not load hub dataset 'LTCB/enwik8': the hub is unreachable (offline)"),
+    ],
+)
 def test_hub_preset_fails_within_seconds_without_offline_variables(tmp_path, data, message):
     out, seconds = _prepare(tmp_path, _env(**UNREACHABLE), f"data={data}")
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert lines == [lines[-1]] and lines[-1].startswith(f"famlab: error: {message}"), out.stderr  # one line, no retries
+    assert lines == [lines[-1]] and lines[-1].startswith(f"famlab: error: {message}"), (
+        out.stderr
+    )  # one line, no retries
     assert seconds < 5, seconds
 
 
 def test_pretrained_tokenizer_by_hub_name_fails_within_seconds(tmp_path):
     (tmp_path / "c.txt").write_text("some text\n" * 100)
-    out, seconds = _prepare(tmp_path, _env(**UNREACHABLE), "data=text_files", f"data.corpus.path={tmp_path}/c.txt",
-                            "data.tokenizer.kind=pretrained", "data.tokenizer.name=gpt2")
+    out, seconds = _prepare(
+        tmp_path,
+        _env(**UNREACHABLE),
+        "data=text_files",
+        f"data.corpus.path={tmp_path}/c.txt",
+        "data.tokenizer.kind=pretrained",
+        "data.tokenizer.name=gpt2",
+    )
     assert out.returncode == 2 and seconds < 5, (out.stderr, seconds)
-    assert out.stderr.strip() == ("famlab: error: data.tokenizer.name='gpt2': could not load tokenizer.json from the "
-                                  "hub: the hub is unreachable (offline) and no cached copy exists; use "
-                                  "data.tokenizer.kind=bytes|chars|bpe, or data.tokenizer.name=<path to a tokenizer.json>")
+    assert out.stderr.strip() == (
+        "famlab: error: data.tokenizer.name='gpt2': could not load tokenizer.json from the "
+        "hub: the hub is unreachable (offline) and no cached copy exists; use "
+        "data.tokenizer.kind=bytes|chars|bpe, or data.tokenizer.name=<path to a tokenizer.json>"
+    )
 
 
 def test_hub_preset_fails_fast_with_the_machines_own_network_settings(tmp_path):

@@ -1,5 +1,6 @@
 """Prepared token shards: identical to direct tokenization, reused, parallel == serial, windows
 across shard boundaries, token budgets, dtype by vocabulary, concurrent preparation."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from famlab_testing import REPO
 
 from famlab.data.corpora import TextFiles
 from famlab.data.datamodule import LMDataModule
@@ -18,6 +18,7 @@ from famlab.data.preparation import prepare_corpus
 from famlab.data.tokenizers import build_tokenizer
 from famlab.data.windows import sample_windows, step_generator
 from famlab.errors import ConfigError
+from famlab_testing import REPO
 
 
 def _corpus_dir(tmp_path, files=3, lines=4000):
@@ -26,7 +27,8 @@ def _corpus_dir(tmp_path, files=3, lines=4000):
     words = ["alpha", "beta", "gamma", "delta", "rotary", "momentum", "span", "layer", "café", "naïve"]
     for f in range(files):
         (d / f"part{f}.txt").write_text(
-            "\n".join(f"{f}:{i} {words[i % 10]} then {words[(i * 7 + f) % 10]}." for i in range(lines)) + "\n")
+            "\n".join(f"{f}:{i} {words[i % 10]} then {words[(i * 7 + f) % 10]}." for i in range(lines)) + "\n"
+        )
     return d
 
 
@@ -44,7 +46,8 @@ def test_shards_hold_exactly_the_tokenized_text(tmp_path, kind):
     assert p.tokenizer.decode(ids.tolist()) == text
     m = p.manifest
     assert m["dtype"] == "uint16" and m["total_tokens"] == len(ids) == sum(
-        s["tokens"] for s in m["streams"]["all"]["shards"])
+        s["tokens"] for s in m["streams"]["all"]["shards"]
+    )
     assert len(m["streams"]["all"]["shards"]) == -(-len(ids) // 10_000)  # shards of at most 10k tokens
     assert m["splits"]["val"]["tokens"] == int(len(ids) * 0.1)
     assert (p.path / "tokenizer.json").exists()
@@ -80,8 +83,9 @@ def test_token_budget_and_uint32_for_large_vocabularies(tmp_path):
     tok.save(str(tmp_path / "tokenizer.json"))
     f = tmp_path / "c.txt"
     f.write_text(" ".join(f"w{(i * 7919) % 70_000}" for i in range(5000)))
-    p = prepare_corpus(TextFiles(str(f)), {"kind": "pretrained", "name": str(tmp_path)}, str(tmp_path / "cache"),
-                       max_tokens=1000)
+    p = prepare_corpus(
+        TextFiles(str(f)), {"kind": "pretrained", "name": str(tmp_path)}, str(tmp_path / "cache"), max_tokens=1000
+    )
     assert p.manifest["dtype"] == "uint32" and p.manifest["truncated"] and p.manifest["total_tokens"] == 1000
     ids = torch.cat([p.split("train").to_tensor(), p.split("val").to_tensor()])
     assert ids[:3].tolist() == [0, 7919, 15838] and int(ids.max()) >= 65536
@@ -106,11 +110,14 @@ def test_stale_temporary_directory_is_removed_and_errors_leave_nothing(tmp_path)
     assert not [p for p in (tmp_path / "c2").iterdir() if p.is_dir()]
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["data.max_tokens=0"], "data.max_tokens must be a positive integer or null, got 0"),
-    (["data.tokenizer.kind=pretrained"], "data.tokenizer.name is required for data.tokenizer.kind=pretrained"),
-    (["data.tokenizer.kind=bpe", "data.tokenizer.vocab_size=100"], "data.tokenizer.vocab_size must be >= 257"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.max_tokens=0"], "data.max_tokens must be a positive integer or null, got 0"),
+        (["data.tokenizer.kind=pretrained"], "data.tokenizer.name is required for data.tokenizer.kind=pretrained"),
+        (["data.tokenizer.kind=bpe", "data.tokenizer.vocab_size=100"], "data.tokenizer.vocab_size must be >= 257"),
+    ],
+)
 def test_bad_data_settings_are_one_line(tmp_path, overrides, message):
     from famlab.data.prepare import prepare
 
@@ -122,10 +129,21 @@ def test_two_processes_preparing_at_once_end_with_one_valid_preparation(tmp_path
     d = _corpus_dir(tmp_path, files=4, lines=15_000)
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "famlab.data.prepare", "data=text_files", f"data.corpus.path={d}",
-           "data.tokenizer.kind=chars", f"data.cache_dir={cache}", "data.num_proc=1", "data.shard_tokens=500000"]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "famlab.data.prepare",
+        "data=text_files",
+        f"data.corpus.path={d}",
+        "data.tokenizer.kind=chars",
+        f"data.cache_dir={cache}",
+        "data.num_proc=1",
+        "data.shard_tokens=500000",
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     dirs = [p for p in cache.iterdir() if p.is_dir()]

@@ -1,19 +1,26 @@
 """Training on prepared shards: a run after ``famlab.data.prepare`` equals a run that prepares its
 data itself, and resume from token shards is exact (windows straddling shards)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from famlab_testing import TINY
 
 from famlab import api
 from famlab.data.prepare import prepare
+from famlab_testing import TINY
 
 
 @pytest.fixture
 def data(tmp_path, text_file):
-    return [f"data=text_files", f"data.corpus.path={text_file}", "data.shard_tokens=5000",
-            "data.tokenizer.kind=bpe", "data.tokenizer.vocab_size=300", f"data.cache_dir={tmp_path / 'cache'}"]
+    return [
+        "data=text_files",
+        f"data.corpus.path={text_file}",
+        "data.shard_tokens=5000",
+        "data.tokenizer.kind=bpe",
+        "data.tokenizer.vocab_size=300",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
 
 
 def _train(tmp_path, name, *overrides):
@@ -40,8 +47,14 @@ def test_prepared_run_equals_a_run_that_prepares_itself(tmp_path, data):
 def test_resume_on_token_shards_is_exact(tmp_path, data):
     steps = ["trainer.max_steps=8", "trainer.val_check_interval=4"]
     full = _train(tmp_path, "full", *data, *steps)
-    part = _train(tmp_path, "part", *data, *steps, "+callbacks.stop.step=5",
-                  "+callbacks.stop._target_=famlab.lit.interrupt.StopAtStep")
+    part = _train(
+        tmp_path,
+        "part",
+        *data,
+        *steps,
+        "+callbacks.stop.step=5",
+        "+callbacks.stop._target_=famlab.lit.interrupt.StopAtStep",
+    )
     assert part["status"] == "interrupted" and part["steps"] == 5
     resumed = _train(tmp_path, "part", *data, *steps, "resume=auto")
     assert resumed["status"] == "completed" and resumed["steps"] == 8

@@ -1,5 +1,6 @@
 """Two-process training on the CPU (gloo) equals one process with the same global batch, and
 stateful parts (FAM statistics, Q-tables, skip decisions) stay identical on every rank."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from famlab_testing import TINY, options
 
 from famlab import api
 from famlab.build import build_optimization
 from famlab.data.windows import sample_windows, step_generator
+from famlab_testing import TINY, options
 
 STEPS, GLOBAL_BATCH, SEQ = 4, 4, 24
 VARIANTS = [("attention", a) for a in options("attention")] + [("optimizer", o) for o in options("optimizer")]
@@ -76,14 +77,17 @@ def test_two_processes_match_one_for_every_attention_and_optimizer(tmp_path):
         (l0, s0), (l1, s1) = r0[key], r1[key]
         for name in s0:  # every rank holds identical parameters and buffers (Q-tables, skip state, ...)
             if torch.is_tensor(s0[name]):
-                torch.testing.assert_close(s0[name], s1[name], rtol=0, atol=0, msg=f"{key}: {name} differs across ranks")
+                torch.testing.assert_close(
+                    s0[name], s1[name], rtol=0, atol=0, msg=f"{key}: {name} differs across ranks"
+                )
             else:
                 assert s0[name] == s1[name], f"{key}: {name} differs across ranks"
         assert l0 == pytest.approx(single_losses, rel=2e-3, abs=2e-3), key
         for name in single_state:
             if torch.is_tensor(single_state[name]) and single_state[name].is_floating_point():
-                torch.testing.assert_close(s0[name], single_state[name], rtol=2e-3, atol=2e-3,
-                                           msg=f"{key}: {name} differs from one process")
+                torch.testing.assert_close(
+                    s0[name], single_state[name], rtol=2e-3, atol=2e-3, msg=f"{key}: {name} differs from one process"
+                )
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """FrequencyMonitor: JSONL rows per group every N steps, fam/ metrics, plot at train end; no-op without FAM."""
+
 from __future__ import annotations
 
 import csv
@@ -38,16 +39,32 @@ class TinyLM(pl.LightningModule):
 
 
 def _fit(tmp_path, make_optimizer, monitor, logger=False):
-    trainer = pl.Trainer(max_steps=7, default_root_dir=tmp_path, callbacks=[monitor], logger=logger,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu", devices=1, log_every_n_steps=1)
+    trainer = pl.Trainer(
+        max_steps=7,
+        default_root_dir=tmp_path,
+        callbacks=[monitor],
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        log_every_n_steps=1,
+    )
     trainer.fit(TinyLM(make_optimizer))
     return trainer
 
 
 def test_monitor_records_groups_logs_and_plots(tmp_path):
-    make = lambda model: fam(model, lr=0.05, analysis=EARLY, debug=True,
-                             debug_dir=str(tmp_path / "debug"), debug_interval=10**6, debug_every=2)
+    make = lambda model: fam(
+        model,
+        lr=0.05,
+        analysis=EARLY,
+        debug=True,
+        debug_dir=str(tmp_path / "debug"),
+        debug_interval=10**6,
+        debug_every=2,
+    )
     logger = CSVLogger(tmp_path, name="csv", version=0)
     _fit(tmp_path, make, FrequencyMonitor(every_n_steps=2), logger)
     rows = [json.loads(line) for line in (tmp_path / "fam_bands.jsonl").read_text().splitlines()]
@@ -73,9 +90,17 @@ def test_resume_drops_rows_after_the_restored_step(tmp_path):
     path = tmp_path / "fam_bands.jsonl"
     with path.open("a") as fh:  # rows a crashed later attempt wrote after the checkpoint
         fh.write(json.dumps({"step": 8, "group": "attention"}) + "\n")
-    resumed = pl.Trainer(max_steps=9, default_root_dir=tmp_path, callbacks=[FrequencyMonitor(every_n_steps=2,
-                         plot=False)], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", devices=1)
+    resumed = pl.Trainer(
+        max_steps=9,
+        default_root_dir=tmp_path,
+        callbacks=[FrequencyMonitor(every_n_steps=2, plot=False)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
     resumed.fit(TinyLM(make), ckpt_path=tmp_path / "at7.ckpt")
     steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
     assert steps == sorted(steps) and steps.count(8) == 4 and steps.count(2) == 4  # 4 groups per step, no dupes

@@ -1,5 +1,6 @@
 """``trainer=fsdp`` on the CPU: the pieces famlab adds, checked with two gloo ranks and plain FSDP
 (Lightning refuses FSDP without a GPU), and each refused combination as one line with exit 2."""
+
 from __future__ import annotations
 
 import datetime
@@ -14,7 +15,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from famlab_testing import TINY
 
 from famlab import api
 from famlab.build import build_optimization
@@ -24,6 +24,7 @@ from famlab.lit.module import LitLM
 from famlab.lit.position_monitor import position_metrics
 from famlab.model.transformer import Block
 from famlab.optim.factories import decay_groups
+from famlab_testing import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,14 +49,20 @@ def test_gradient_clipping_goes_through_fsdp_clip_grad_norm():
     assert calls == [1.0]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["optimizer=fam"], r"optimizer=fam needs whole parameter tensors.*trainer.strategy=fsdp"),
-    (["optimizer=fam_adam"], r"optimizer=fam\w* needs whole parameter tensors"),
-    (["attention=adaptive_span"], r"attention=adaptive_span updates its span parameters.*trainer=ddp"),
-    (["position=quaternion"], r"trainer=fsdp cannot shard the scalar parameter .*rscale"),
-    (["position=projection"], r"trainer=fsdp cannot shard the scalar parameter .*rscale"),
-    (["+trainer.gradient_clip_algorithm=value"], r"trainer.gradient_clip_algorithm=value is not supported with trainer=fsdp"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optimizer=fam"], r"optimizer=fam needs whole parameter tensors.*trainer.strategy=fsdp"),
+        (["optimizer=fam_adam"], r"optimizer=fam\w* needs whole parameter tensors"),
+        (["attention=adaptive_span"], r"attention=adaptive_span updates its span parameters.*trainer=ddp"),
+        (["position=quaternion"], r"trainer=fsdp cannot shard the scalar parameter .*rscale"),
+        (["position=projection"], r"trainer=fsdp cannot shard the scalar parameter .*rscale"),
+        (
+            ["+trainer.gradient_clip_algorithm=value"],
+            r"trainer.gradient_clip_algorithm=value is not supported with trainer=fsdp",
+        ),
+    ],
+)
 def test_unsupported_combinations_are_refused(overrides, message):
     cfg = api.compose([*TINY, "trainer=fsdp", *overrides])
     with pytest.raises(ConfigError, match=message):
@@ -64,9 +71,22 @@ def test_unsupported_combinations_are_refused(overrides, message):
 
 def test_refusal_is_one_line_exit_2_and_writes_nothing(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.run([sys.executable, "train.py", *TINY, "trainer=fsdp", "attention=adaptive_span",
-                           f"out_root={tmp_path}", "run_name=r"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *TINY,
+            "trainer=fsdp",
+            "attention=adaptive_span",
+            f"out_root={tmp_path}",
+            "run_name=r",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("famlab: error: attention=adaptive_span")
     assert not (tmp_path / "train" / "runs" / "r").exists()
@@ -92,8 +112,10 @@ def _rank(rank: int, port: int, out: str) -> None:
     reference.load_state_dict(model.state_dict())
     strategy = fsdp_strategy()
     sharded = FSDP(model, device_id=torch.device("cpu"), mixed_precision=strategy.mixed_precision, **strategy.kwargs)
-    groups = {g["group"]: sorted(n.replace("_fsdp_wrapped_module.", "") for n in g["names"])
-              for g in decay_groups(sharded, 0.1)}
+    groups = {
+        g["group"]: sorted(n.replace("_fsdp_wrapped_module.", "") for n in g["names"])
+        for g in decay_groups(sharded, 0.1)
+    }
     x = torch.randint(0, 40, (2, 17), generator=torch.Generator().manual_seed(1))
     for net in (sharded, reference):
         torch.nn.functional.cross_entropy(net(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
@@ -102,9 +124,18 @@ def _rank(rank: int, port: int, out: str) -> None:
     with FSDP.summon_full_params(sharded, writeback=False):
         positions = {k: v.clone() for k, v in position_metrics(model).items()}
     ref_positions = position_metrics(reference)
-    torch.save({"whole": whole, "groups": groups, "norm": norm, "ref_norm": ref_norm, "positions": positions,
-                "ref_positions": ref_positions, "buffers": {n: b.dtype for n, b in sharded.named_buffers()}},
-               f"{out}/rank{rank}.pt")
+    torch.save(
+        {
+            "whole": whole,
+            "groups": groups,
+            "norm": norm,
+            "ref_norm": ref_norm,
+            "positions": positions,
+            "ref_positions": ref_positions,
+            "buffers": {n: b.dtype for n, b in sharded.named_buffers()},
+        },
+        f"{out}/rank{rank}.pt",
+    )
     dist.destroy_process_group()
 
 

@@ -1,16 +1,17 @@
 """MFU: the analytic FLOPs per token against hand computations, the peak table, the gpt2_small
 preset on the meta device, and perf/mfu logged when (and only when) the device has a known peak."""
+
 from __future__ import annotations
 
 import csv
 
 import pytest
 import torch
-from famlab_testing import TINY
 
 import famlab.lit.module as lit_module
 from famlab import api
 from famlab.lit.mfu import device_peak_flops, flops_per_token, mfu, model_flops_per_token, peak_flops
+from famlab_testing import TINY
 
 
 def test_flops_per_token_is_six_per_parameter_plus_attention():
@@ -27,11 +28,22 @@ def test_model_flops_per_token_counts_unique_parameters_and_the_context():
     assert model_flops_per_token(model, seq_len=16) == 6 * n + 12 * 2 * 64 * 16
 
 
-@pytest.mark.parametrize("name, peak", [
-    ("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A10G", 70e12), ("NVIDIA A10", 125e12), ("NVIDIA L40S", 362e12),
-    ("NVIDIA L4", 121e12), ("Tesla V100-SXM2-16GB", 125e12), ("NVIDIA GeForce RTX 4090", 165e12),
-    ("Some Future GPU", None)])
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA A10G", 70e12),
+        ("NVIDIA A10", 125e12),
+        ("NVIDIA L40S", 362e12),
+        ("NVIDIA L4", 121e12),
+        ("Tesla V100-SXM2-16GB", 125e12),
+        ("NVIDIA GeForce RTX 4090", 165e12),
+        ("Some Future GPU", None),
+    ],
+)
 def test_peak_table_matches_device_names(name, peak):
     assert peak_flops(name) == peak
 

@@ -5,6 +5,7 @@ Two gloo processes stand in for two GPUs: only rank 1's loss is above ``max_loss
 other waiting in the next collective: here a short process-group timeout turns that hang into a
 failure); under ``policy=skip`` both must skip the same steps.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -118,8 +119,9 @@ def _rank(rank: int, world: int, port: int, policy: str, out: str) -> None:
 
 
 def _run_two(tmp_path, policy: str) -> list[dict]:
-    ctx = mp.start_processes(_rank, args=(2, _free_port(), policy, str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(
+        _rank, args=(2, _free_port(), policy, str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
     import time
 
     deadline = time.monotonic() + 120

@@ -1,4 +1,5 @@
 """PositionMonitor records every layer's position values to JSONL and plots them."""
+
 from __future__ import annotations
 
 import functools
@@ -34,8 +35,14 @@ class TinyLM(pl.LightningModule):
 
 
 def test_position_metrics_keys_per_layer():
-    model = TransformerLM(vocab_size=20, dims=24, layers=3, heads=2, context=16,
-                          position=functools.partial(RotaryEmbedding, use_quaternion=True))
+    model = TransformerLM(
+        vocab_size=20,
+        dims=24,
+        layers=3,
+        heads=2,
+        context=16,
+        position=functools.partial(RotaryEmbedding, use_quaternion=True),
+    )
     values = position_metrics(model)
     assert {"position/l0.freq_mean", "position/l2.rot_scale", "position/l1.axis0_z"} <= set(values)
     assert all(v.shape == (1,) and not v.requires_grad for v in values.values())
@@ -44,9 +51,17 @@ def test_position_metrics_keys_per_layer():
 def test_monitor_writes_jsonl_history_and_plot(tmp_path):
     module = TinyLM(functools.partial(RotaryEmbedding, use_quaternion=True))
     monitor = PositionMonitor(every_n_steps=2)
-    trainer = pl.Trainer(max_steps=5, default_root_dir=tmp_path, callbacks=[monitor], logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu", devices=1)
+    trainer = pl.Trainer(
+        max_steps=5,
+        default_root_dir=tmp_path,
+        callbacks=[monitor],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(module)
     rows = [json.loads(line) for line in (tmp_path / "position_values.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 2, 4, 5]
@@ -59,9 +74,17 @@ def test_monitor_writes_jsonl_history_and_plot(tmp_path):
 
 def test_monitor_without_learned_values_writes_nothing(tmp_path):
     module = TinyLM(None)  # NoPosition: no metrics
-    trainer = pl.Trainer(max_steps=2, default_root_dir=tmp_path, callbacks=[PositionMonitor(every_n_steps=1)],
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer = pl.Trainer(
+        max_steps=2,
+        default_root_dir=tmp_path,
+        callbacks=[PositionMonitor(every_n_steps=1)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(module)
     assert not (tmp_path / "position_values.jsonl").exists()
     assert not (tmp_path / "plots" / "position.png").exists()

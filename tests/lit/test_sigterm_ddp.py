@@ -3,6 +3,7 @@
 A rank that stopped alone would leave the other waiting in the checkpoint barrier or the next
 step's collectives; the subprocess' timeout turns such a hang into a failure.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+
 from famlab_testing import TINY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,13 +36,31 @@ class SigtermToRankZero(pl.Callback):
 @pytest.mark.slow
 def test_sigterm_to_rank_zero_saves_last_checkpoint_and_stops_every_rank(tmp_path):
     run_dir = tmp_path / "train" / "runs" / "t"
-    args = [*TINY, "trainer=ddp_cpu", "trainer.max_steps=40", "trainer.val_check_interval=20", "data.batch_size=4",
-            f"out_root={tmp_path}", "run_name=t",
-            "+callbacks.sigterm._target_=test_sigterm_ddp.SigtermToRankZero", "+callbacks.sigterm.step=3"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(Path(__file__).parent), str(REPO / "tests"),
-                                                          os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    args = [
+        *TINY,
+        "trainer=ddp_cpu",
+        "trainer.max_steps=40",
+        "trainer.val_check_interval=20",
+        "data.batch_size=4",
+        f"out_root={tmp_path}",
+        "run_name=t",
+        "+callbacks.sigterm._target_=test_sigterm_ddp.SigtermToRankZero",
+        "+callbacks.sigterm.step=3",
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(REPO / "src"), str(Path(__file__).parent), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:

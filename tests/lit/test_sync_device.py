@@ -6,23 +6,25 @@ type cpu"). Here the module lives on the meta device, so any tensor built withou
 ``self.device``). Then a real 2-rank gloo group whose synced values are checked by a patched
 ``all_reduce`` runs a Lightning validation end to end.
 """
+
 from __future__ import annotations
 
 import numbers
 
 import pytest
 import torch
-from famlab_testing import TINY
 
 from famlab import api
 from famlab.lit.module import LitLM
+from famlab_testing import TINY
 
 
 def _module(device: str) -> LitLM:
     cfg = api.compose(TINY)
     model = api.build_model(cfg, vocab_size=40)
-    return LitLM(model, optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1), scheduler=None,
-                 total_steps=10).to(device)
+    return LitLM(model, optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1), scheduler=None, total_steps=10).to(
+        device
+    )
 
 
 def _logged(module: LitLM) -> list[tuple[str, object, bool]]:
@@ -86,12 +88,24 @@ def test_ddp_validation_syncs_only_module_device_tensors(tmp_path, monkeypatch):
     monkeypatch.setattr(dist, "all_reduce", all_reduce)
     cfg = api.compose(TINY)
     dm = build_datamodule(cfg)
-    module = LitLM(api.build_model(cfg, vocab_size=dm.vocab_size), optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
-                   scheduler=None, total_steps=2)
+    module = LitLM(
+        api.build_model(cfg, vocab_size=dm.vocab_size),
+        optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+        scheduler=None,
+        total_steps=2,
+    )
     monkeypatch.setattr(lit_module, "torch", _ForeignDefaultTorch())
-    trainer = pl.Trainer(accelerator="cpu", devices=1, strategy=DDPStrategy(process_group_backend="gloo"),
-                         max_steps=2, limit_val_batches=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        strategy=DDPStrategy(process_group_backend="gloo"),
+        max_steps=2,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+    )
     try:
         trainer.validate(module, datamodule=dm, verbose=False)
     finally:

@@ -1,13 +1,14 @@
 """TransformerLM with every attention option: shapes, no causal leakage, cached decoding, hooks."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
-from famlab_testing import TINY, options
 
 from famlab import api
+from famlab_testing import TINY, options
 
 ATTENTION = options("attention")
 

@@ -1,4 +1,5 @@
 """Every conf/optimizer and conf/scheduler YAML instantiates through Hydra and is commented."""
+
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ SCHEDULERS = sorted((CONF / "scheduler").glob("*.yaml"))
 def _load(path: Path):
     """Compose ``<group>/<option>`` through Hydra (resolves the defaults lists of fam_* options)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(overrides=[f"+{path.parent.name}={path.stem}", "+trainer=cpu"])  # schedulers read trainer.max_steps
+        cfg = compose(
+            overrides=[f"+{path.parent.name}={path.stem}", "+trainer=cpu"]
+        )  # schedulers read trainer.max_steps
     return cfg[path.parent.name]
 
 

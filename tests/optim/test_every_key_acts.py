@@ -6,6 +6,7 @@ the first steps on a small model whose parameters fall in every FAM group (synth
 steps for the analysis to start); a refusal (``ValueError("optimizer....")``) also shows the key is read.
 A scheduler counts as changed when its learning-rate curve differs.
 """
+
 from __future__ import annotations
 
 import copy

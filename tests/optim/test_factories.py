@@ -1,4 +1,5 @@
 """Optimizer factories: decay/no-decay groups, tied weights once, validation naming optimizer.<key>."""
+
 import pytest
 import torch
 
@@ -38,10 +39,17 @@ def test_adamw_settings(model):
     opt.step()  # runs
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(lr=0.0), "optimizer.lr"), (dict(lr=-1), "optimizer.lr"), (dict(weight_decay=-0.1), "optimizer.weight_decay"),
-    (dict(betas=(0.9,)), "optimizer.betas"), (dict(betas=(0.9, 1.0)), r"optimizer.betas\[1\]"),
-    (dict(eps=0), "optimizer.eps")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(lr=0.0), "optimizer.lr"),
+        (dict(lr=-1), "optimizer.lr"),
+        (dict(weight_decay=-0.1), "optimizer.weight_decay"),
+        (dict(betas=(0.9,)), "optimizer.betas"),
+        (dict(betas=(0.9, 1.0)), r"optimizer.betas\[1\]"),
+        (dict(eps=0), "optimizer.eps"),
+    ],
+)
 def test_adamw_validation(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         F.adamw(model, **kwargs)
@@ -59,9 +67,16 @@ def test_sgd_validation(model):
 ANALYSIS = {**SEED_ANALYSIS, "fam_start_step": 3, "min_size": 256}
 
 
-@pytest.mark.parametrize("variant", [dict(), dict(base="adam", weight_decay=0.1),
-                                     dict(analysis={**ANALYSIS, "spectrum": "temporal", "window": 8}),
-                                     dict(analysis=None)], ids=["fam", "fam_adam", "fam_temporal", "fam_constant"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(),
+        dict(base="adam", weight_decay=0.1),
+        dict(analysis={**ANALYSIS, "spectrum": "temporal", "window": 8}),
+        dict(analysis=None),
+    ],
+    ids=["fam", "fam_adam", "fam_temporal", "fam_constant"],
+)
 def test_fam_variants_reduce_loss_on_a_tiny_model(variant):
     torch.manual_seed(0)
     model = TransformerLM(vocab_size=32, dims=32, layers=1, heads=2, context=16)

@@ -1,4 +1,5 @@
 """FAMOptimizer: reference equivalence, gating, analysis state, minimisation, state round trip, validation."""
+
 import copy
 import io
 
@@ -28,8 +29,10 @@ def _set_grads(params, grads):
 @pytest.mark.parametrize("mode", ["late_start", "analysis_off"])
 def test_inactive_fam_equals_reference_ema_momentum_sgd(mode):
     params = _params()
-    groups = [{"params": params[:2], "alpha": 0.8, "weight_decay": 0.01, "lr": 0.05},
-              {"params": params[2:], "alpha": 0.95, "weight_decay": 0.0, "lr": 0.02}]
+    groups = [
+        {"params": params[:2], "alpha": 0.8, "weight_decay": 0.01, "lr": 0.05},
+        {"params": params[2:], "alpha": 0.95, "weight_decay": 0.0, "lr": 0.02},
+    ]
     kw = dict(fam_start_step=10**9) if mode == "late_start" else dict(analysis=False, fam_start_step=0)
     opt = FAMOptimizer(groups, min_size=10, **kw)
     ref_p = [p.detach().clone() for p in params]
@@ -115,8 +118,9 @@ def _quadratic(opt_kwargs, steps):
     return f0, float(f().detach())
 
 
-@pytest.mark.parametrize("kwargs", [dict(lr=0.2), dict(lr=0.05, base="adam"), dict(lr=0.2, spectrum="temporal",
-                                                                                    window=8)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(lr=0.2), dict(lr=0.05, base="adam"), dict(lr=0.2, spectrum="temporal", window=8)]
+)
 def test_minimises_quadratic(kwargs):
     f0, f1 = _quadratic(kwargs, 150)
     assert f1 < 1e-3 * f0
@@ -140,8 +144,9 @@ def _model():
     return nn.Sequential(nn.Linear(24, 48), nn.Tanh(), nn.Linear(48, 24))
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(base="adam", weight_decay=0.1), dict(spectrum="temporal", window=8),
-                                    dict(analysis=False)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(), dict(base="adam", weight_decay=0.1), dict(spectrum="temporal", window=8), dict(analysis=False)]
+)
 def test_state_dict_round_trip_gives_identical_next_steps(kwargs):
     model = _model()
     opt = FAMOptimizer(model.parameters(), lr=0.01, fam_start_step=2, min_size=100, **kwargs)
@@ -203,9 +208,14 @@ def test_deepcopy_keeps_options_and_generator_state():
 
 def test_band_summary():
     model = _model()
-    opt = FAMOptimizer([{"params": list(model[0].parameters()), "handler": "attention", "group": "attn",
-                         "n_bands": 12}, {"params": list(model[2].parameters()), "group": "out"}],
-                       fam_start_step=1, min_size=100)
+    opt = FAMOptimizer(
+        [
+            {"params": list(model[0].parameters()), "handler": "attention", "group": "attn", "n_bands": 12},
+            {"params": list(model[2].parameters()), "group": "out"},
+        ],
+        fam_start_step=1,
+        min_size=100,
+    )
     for _ in range(3):
         opt.zero_grad()
         model(torch.randn(4, 24)).square().mean().backward()
@@ -218,11 +228,19 @@ def test_band_summary():
     torch.testing.assert_close(summary["out"]["alpha_eff"], weight_state["alpha_eff"])
 
 
-@pytest.mark.parametrize("kwargs,match", [(dict(lr=0), "optimizer.lr"), (dict(alpha=1.0), "optimizer.alpha"),
-                                          (dict(beta=-0.1), "optimizer.beta"), (dict(base="lion"), "optimizer.base"),
-                                          (dict(spectrum="x"), "optimizer.spectrum"),
-                                          (dict(n_bands=0), "optimizer.n_bands"), (dict(window=2), "optimizer.window"),
-                                          (dict(fam_start_step=-1), "optimizer.fam_start_step")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(lr=0), "optimizer.lr"),
+        (dict(alpha=1.0), "optimizer.alpha"),
+        (dict(beta=-0.1), "optimizer.beta"),
+        (dict(base="lion"), "optimizer.base"),
+        (dict(spectrum="x"), "optimizer.spectrum"),
+        (dict(n_bands=0), "optimizer.n_bands"),
+        (dict(window=2), "optimizer.window"),
+        (dict(fam_start_step=-1), "optimizer.fam_start_step"),
+    ],
+)
 def test_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FAMOptimizer([nn.Parameter(torch.zeros(3))], **kwargs)
@@ -240,6 +258,8 @@ def test_make_handler_layout_passthrough():
     opt = FAMOptimizer([{"params": [nn.Parameter(torch.zeros(3))], "handler": "attention"}], attention_layout="legacy")
     assert opt._handlers["attention"].band_layout() == "legacy" and make_handler("attention").band_layout() == "high"
     with pytest.raises(ValueError, match="n_bands"):
-        FAMOptimizer([{"params": [nn.Parameter(torch.zeros(3))], "handler": "attention", "n_bands": 1}],
-                     attention_layout="legacy")
+        FAMOptimizer(
+            [{"params": [nn.Parameter(torch.zeros(3))], "handler": "attention", "n_bands": 1}],
+            attention_layout="legacy",
+        )
     copy.deepcopy(opt)  # optimizers must stay deep-copyable (Lightning/EMA utilities do this)

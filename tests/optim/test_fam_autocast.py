@@ -1,4 +1,5 @@
 """FAMOptimizer.step() inside a user's torch.autocast region: no crash, and the same update as outside it."""
+
 import pytest
 import torch
 from torch import nn
@@ -6,8 +7,9 @@ from torch import nn
 from famlab.optim.fam import FAMOptimizer
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(spectrum="temporal", window=8), dict(base="adam")],
-                         ids=["spatial", "temporal", "adam"])
+@pytest.mark.parametrize(
+    "kwargs", [dict(), dict(spectrum="temporal", window=8), dict(base="adam")], ids=["spatial", "temporal", "adam"]
+)
 def test_step_inside_cpu_bf16_autocast_matches_the_step_outside(kwargs):
     def run(autocast: bool):
         torch.manual_seed(0)

@@ -1,4 +1,5 @@
 """FAMOptimizer(debug=True) writes a JSON Lines trace without Lightning."""
+
 import json
 
 import torch
@@ -14,10 +15,24 @@ def _model():
 
 def test_debug_jsonl_records_every_n_steps_and_flushes(tmp_path):
     model = _model()
-    opt = FAMOptimizer([{"params": list(model[0].parameters()), "handler": "attention", "group": "attn",
-                         "n_bands": 12, "names": ["w0", "b0"]},
-                        {"params": list(model[2].parameters()), "group": "out"}], fam_start_step=1, min_size=100,
-                       debug=True, debug_dir=str(tmp_path), debug_interval=4, debug_every=2)
+    opt = FAMOptimizer(
+        [
+            {
+                "params": list(model[0].parameters()),
+                "handler": "attention",
+                "group": "attn",
+                "n_bands": 12,
+                "names": ["w0", "b0"],
+            },
+            {"params": list(model[2].parameters()), "group": "out"},
+        ],
+        fam_start_step=1,
+        min_size=100,
+        debug=True,
+        debug_dir=str(tmp_path),
+        debug_interval=4,
+        debug_every=2,
+    )
     for _ in range(5):
         opt.zero_grad()
         model(torch.randn(4, 24)).square().mean().backward()
@@ -33,8 +48,9 @@ def test_debug_jsonl_records_every_n_steps_and_flushes(tmp_path):
 
 def test_debug_flushes_on_interval_without_explicit_call(tmp_path):
     p = nn.Parameter(torch.zeros(300))
-    opt = FAMOptimizer([p], fam_start_step=0, min_size=100, debug=True, debug_dir=str(tmp_path), debug_interval=3,
-                       debug_every=1)
+    opt = FAMOptimizer(
+        [p], fam_start_step=0, min_size=100, debug=True, debug_dir=str(tmp_path), debug_interval=3, debug_every=1
+    )
     for step in range(4):
         p.grad = torch.randn(300)
         opt.step()

@@ -1,5 +1,6 @@
 """FAM's sampling-generator state: keyed by device type (any rank restores it), and a resume that ignored it
 would change the next samples (a weight above the 10,000-element sampling threshold)."""
+
 import io
 
 import pytest
@@ -87,12 +88,14 @@ def test_settings_travel_in_the_state_dict_and_deepcopy():
     import copy
 
     params = _params()
-    opt = FAMOptimizer(params, lr=0.01, fam_start_step=0, min_size=100, base="adam", beta2=0.9, seed=7,
-                       spectrum="temporal", window=16)
+    opt = FAMOptimizer(
+        params, lr=0.01, fam_start_step=0, min_size=100, base="adam", beta2=0.9, seed=7, spectrum="temporal", window=16
+    )
     _steps(opt, params, 0, 2)
     saved = opt.state_dict()
     assert {k: saved["param_groups"][0][k] for k in ("base", "beta2", "seed", "spectrum", "window")} == dict(
-        base="adam", beta2=0.9, seed=7, spectrum="temporal", window=16)
+        base="adam", beta2=0.9, seed=7, spectrum="temporal", window=16
+    )
     twins = [nn.Parameter(p.detach().clone()) for p in params]
     restored = FAMOptimizer(twins, lr=0.01, fam_start_step=0, min_size=100)  # built with other settings
     restored.load_state_dict(saved)

@@ -1,21 +1,30 @@
 """Band layouts and momentum rules of every handler on constructed spectra (seed spec 1.3-1.4)."""
+
 import math
 
 import pytest
 import torch
 
-from famlab.optim.frequency import (AttentionFrequencyHandler, ConvFrequencyHandler, EmbeddingFrequencyHandler,
-                                    FrequencyHandler, band_edges, band_index, bins_per_band, make_handler,
-                                    normalized_spectrum)
+from famlab.optim.frequency import (
+    AttentionFrequencyHandler,
+    ConvFrequencyHandler,
+    EmbeddingFrequencyHandler,
+    FrequencyHandler,
+    band_edges,
+    band_index,
+    bins_per_band,
+    make_handler,
+    normalized_spectrum,
+)
 
 N = 4096  # T = 2049 bins
 gen = torch.Generator().manual_seed(0)
 t = torch.arange(N, dtype=torch.float32)
 WHITE = torch.randn(N, generator=gen)
-LOW = torch.sin(2 * math.pi * 3 * t / N) + 0.01 * WHITE                 # energy in bin 3
-HIGH = torch.cos(math.pi * t) + 0.01 * WHITE                             # energy in the Nyquist bin 2048
-HIGHISH = torch.sin(2 * math.pi * 1900 * t / N) + 0.01 * WHITE           # energy in bin 1900
-MID = torch.sin(2 * math.pi * 100 * t / N) + 0.01 * WHITE                # bin 100: conv band 6 (mid half)
+LOW = torch.sin(2 * math.pi * 3 * t / N) + 0.01 * WHITE  # energy in bin 3
+HIGH = torch.cos(math.pi * t) + 0.01 * WHITE  # energy in the Nyquist bin 2048
+HIGHISH = torch.sin(2 * math.pi * 1900 * t / N) + 0.01 * WHITE  # energy in bin 1900
+MID = torch.sin(2 * math.pi * 100 * t / N) + 0.01 * WHITE  # bin 100: conv band 6 (mid half)
 
 
 def seed_bands(signal, n, layout, eps=1e-8):
@@ -61,9 +70,15 @@ def test_high_layout_edges_2049_12():
     assert bins_per_band(2049, 12, "high") == [256] * 4 + [128] * 7 + [129]
 
 
-@pytest.mark.parametrize("handler,layout", [(FrequencyHandler(), "linear"), (ConvFrequencyHandler(), "log"),
-                                            (EmbeddingFrequencyHandler(), "linear"),
-                                            (AttentionFrequencyHandler("legacy"), "legacy")])
+@pytest.mark.parametrize(
+    "handler,layout",
+    [
+        (FrequencyHandler(), "linear"),
+        (ConvFrequencyHandler(), "log"),
+        (EmbeddingFrequencyHandler(), "linear"),
+        (AttentionFrequencyHandler("legacy"), "legacy"),
+    ],
+)
 @pytest.mark.parametrize("n", [4, 8, 10, 12])
 def test_batched_analyze_matches_loop_reference(handler, layout, n):
     signals = torch.stack([WHITE, LOW, HIGH, MID, torch.zeros(N)])
@@ -81,7 +96,7 @@ def alpha_for(handler, signal, n, alpha):
 
 def test_default_rule():
     h = FrequencyHandler()
-    assert alpha_for(h, WHITE, 8, 0.9) == pytest.approx(0.95)   # hi ~ 0.5 > 0.3
+    assert alpha_for(h, WHITE, 8, 0.9) == pytest.approx(0.95)  # hi ~ 0.5 > 0.3
     assert alpha_for(h, LOW, 8, 0.9) == pytest.approx(0.9)
     assert alpha_for(h, HIGHISH, 8, 0.9) == pytest.approx(0.95)
     assert alpha_for(h, HIGHISH, 8, 0.97) == pytest.approx(0.95)  # the cap is a min: "increase" lowers it
@@ -92,20 +107,20 @@ def test_default_rule():
 
 def test_conv_rule():
     h = ConvFrequencyHandler()
-    assert alpha_for(h, MID, 10, 0.9) == pytest.approx(0.97)     # mid > 0.4
+    assert alpha_for(h, MID, 10, 0.9) == pytest.approx(0.97)  # mid > 0.4
     assert alpha_for(h, HIGHISH, 10, 0.9) == pytest.approx(0.95)  # top quarter > 0.3
-    assert alpha_for(h, LOW, 10, 0.9) == pytest.approx(0.97)       # bin 3 is already "mid" in log bands
+    assert alpha_for(h, LOW, 10, 0.9) == pytest.approx(0.97)  # bin 3 is already "mid" in log bands
     assert alpha_for(h, 1.0 + 0.01 * WHITE, 10, 0.9) == pytest.approx(0.9)  # DC-dominated: band 0
-    assert alpha_for(h, WHITE, 10, 0.9) == pytest.approx(0.95)   # bin-count effect of log bands (spec 1.4)
+    assert alpha_for(h, WHITE, 10, 0.9) == pytest.approx(0.95)  # bin-count effect of log bands (spec 1.4)
     assert h.get_adaptive_momentum([0.0] * 2 + [0.41] + [0.0] * 4 + [0.59, 0, 0], 0.93) == pytest.approx(0.97)
 
 
 @pytest.mark.parametrize("layout", ["legacy", "high"])
 def test_attention_rule(layout):
     h = AttentionFrequencyHandler(layout)
-    assert alpha_for(h, LOW, 12, 0.92) == pytest.approx(0.87)      # argmax in the lowest quarter
+    assert alpha_for(h, LOW, 12, 0.92) == pytest.approx(0.87)  # argmax in the lowest quarter
     assert alpha_for(h, HIGHISH, 12, 0.92) == pytest.approx(0.98)  # bin 1900: top band
-    assert alpha_for(h, LOW, 12, 0.88) == pytest.approx(0.85)      # floor at 0.85
+    assert alpha_for(h, LOW, 12, 0.88) == pytest.approx(0.85)  # floor at 0.85
     H = torch.zeros(3, 12)
     H[0, 3], H[1, 9], H[2, 10] = 1.0, 1.0, 1.0  # k = n//4 -> alpha; k = 3n//4 -> alpha (strict >); k = 10 -> up
     assert torch.allclose(h.momentum(H, 0.92), torch.tensor([0.92, 0.92, 0.98]))
@@ -125,7 +140,7 @@ def test_high_layout_puts_a_near_nyquist_peak_in_the_top_bands():
 
 def test_embedding_rule():
     h = EmbeddingFrequencyHandler()
-    assert alpha_for(h, WHITE, 8, 0.95) == pytest.approx(0.98)   # top quarter ~ 0.25 > 0.2
+    assert alpha_for(h, WHITE, 8, 0.95) == pytest.approx(0.98)  # top quarter ~ 0.25 > 0.2
     assert alpha_for(h, LOW, 8, 0.95) == pytest.approx(0.95)
     assert h.get_adaptive_momentum([0.0] * 8, 0.95) == pytest.approx(0.95)  # zero gradient sample -> base
 

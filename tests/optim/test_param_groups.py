@@ -2,13 +2,19 @@
 
 (Tests src/famlab/optim/groups.py; not named test_groups.py, which tests/report/ already uses.)
 """
+
 import pytest
 import torch
 from torch import nn
 
 from famlab.model.transformer import TransformerLM
-from famlab.optim.groups import (GROUP_TABLE, add_handlers_to_groups, classify_by_name, format_group_table,
-                                 get_parameter_groups)
+from famlab.optim.groups import (
+    GROUP_TABLE,
+    add_handlers_to_groups,
+    classify_by_name,
+    format_group_table,
+    get_parameter_groups,
+)
 
 
 def _by_name(groups):
@@ -67,9 +73,17 @@ def test_module_type_then_name_fallback():
     assert [g["group"] for g in groups] == [k for k in GROUP_TABLE if k in {g["group"] for g in groups}]
 
 
-@pytest.mark.parametrize("name,group", [("encoder.attn.c_proj.weight", "attention"), ("x.cross_attn.w", "attention"),
-                                        ("wte.weight", "embedding"), ("conv1.weight", "conv"),
-                                        ("h.0.ln_1.weight", "norm"), ("layers.3.mlp.w1", "default")])
+@pytest.mark.parametrize(
+    "name,group",
+    [
+        ("encoder.attn.c_proj.weight", "attention"),
+        ("x.cross_attn.w", "attention"),
+        ("wte.weight", "embedding"),
+        ("conv1.weight", "conv"),
+        ("h.0.ln_1.weight", "norm"),
+        ("layers.3.mlp.w1", "default"),
+    ],
+)
 def test_classify_by_name(name, group):
     assert classify_by_name(name) == group
 
@@ -78,8 +92,9 @@ def test_add_handlers_to_groups():
     p = [nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2, 2))]
     (g,) = add_handlers_to_groups(p)
     assert g["handler"] == "default" and g["names"] == ["group0.0", "group0.1"]
-    groups = add_handlers_to_groups([{"params": p[:1], "names": ["blk.attn.q"]},
-                                     {"params": p[1:], "names": ["tok_embed"]}, {"params": p[1:]}])
+    groups = add_handlers_to_groups(
+        [{"params": p[:1], "names": ["blk.attn.q"]}, {"params": p[1:], "names": ["tok_embed"]}, {"params": p[1:]}]
+    )
     assert [x["handler"] for x in groups] == ["attention", "embedding", "default"]  # seed: always "attention"
     with pytest.raises(ValueError, match="names"):
         add_handlers_to_groups([{"params": p, "names": ["a"]}])

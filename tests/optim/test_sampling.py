@@ -1,4 +1,5 @@
 """Seed gradient sampling (rows x cols / flat / whole) and the temporal probe."""
+
 import torch
 
 from famlab.optim.sampling import sample_indices, spatial_sample, spatial_samples, temporal_probe
@@ -7,19 +8,19 @@ from famlab.optim.sampling import sample_indices, spatial_sample, spatial_sample
 def test_sample_lengths_follow_the_seed():
     gen = torch.Generator().manual_seed(0)
     assert spatial_sample(torch.randn(200, 100), gen).shape == (64 * 64,)
-    assert spatial_sample(torch.randn(20, 600), gen).shape == (20 * 64,)       # fewer than 64 rows: all rows
+    assert spatial_sample(torch.randn(20, 600), gen).shape == (20 * 64,)  # fewer than 64 rows: all rows
     assert spatial_sample(torch.randn(100, 101, 3), gen).shape == (64 * 64 * 3,)  # conv kernel dims kept
     assert spatial_sample(torch.randn(20000), gen).shape == (1000,)
-    assert spatial_sample(torch.randn(8000, 3), gen).shape == (64 * 3,)       # long range: randperm path
+    assert spatial_sample(torch.randn(8000, 3), gen).shape == (64 * 3,)  # long range: randperm path
     g = torch.randn(50, 50)
-    assert torch.equal(spatial_sample(g, gen), g.reshape(-1))                  # numel <= 10000: whole tensor
+    assert torch.equal(spatial_sample(g, gen), g.reshape(-1))  # numel <= 10000: whole tensor
 
 
 def test_samples_are_a_rows_by_cols_submatrix_without_repeats():
     g = torch.arange(300 * 80 * 2, dtype=torch.float32).reshape(300, 80, 2)
     s = spatial_sample(g, torch.Generator().manual_seed(1)).reshape(64, 64, 2)
     rows, cols = (s[:, :, 0] // 160).long(), ((s[:, :, 0] % 160) // 2).long()
-    assert torch.equal(s[..., 1], s[..., 0] + 1)                     # trailing dim kept in order
+    assert torch.equal(s[..., 1], s[..., 0] + 1)  # trailing dim kept in order
     assert (rows == rows[:, :1]).all() and (cols == cols[:1, :]).all()  # a rows x cols grid
     assert rows[:, 0].unique().numel() == 64 and cols[0].unique().numel() == 64  # without replacement
     assert torch.equal(s, g[rows[:, 0]][:, cols[0]])

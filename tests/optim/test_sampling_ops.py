@@ -1,4 +1,5 @@
 """Spatial sampling dispatches one random draw per shape group and axis, not one per parameter."""
+
 import collections
 
 import torch

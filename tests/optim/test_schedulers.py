@@ -1,4 +1,5 @@
 """Closed-form schedule values at e = 0, W, E, > E and the configuration errors."""
+
 import math
 
 import pytest
@@ -30,7 +31,7 @@ def test_fam_scheduler_values():
     assert lrs[mid] == pytest.approx(eta + (1 - eta) * (1 + math.cos(math.pi * (mid - W) / (E - W))) / 2)
     assert lrs[E] == pytest.approx(eta)
     assert lrs[E + 4] == pytest.approx(eta)  # clamped, no rise after E
-    assert all(a >= b for a, b in zip(lrs[W:E], lrs[W + 1:E + 1]))
+    assert all(a >= b for a, b in zip(lrs[W:E], lrs[W + 1 : E + 1]))
 
 
 def test_fam_scheduler_zero_warmup_and_errors():
@@ -67,8 +68,12 @@ def test_warmup_cosine_and_constant():
 
 
 def test_fam_scheduler2_plateau_then_cosine():
-    lrs = _lrs(S.FAMScheduler2(_opt(1.0), warmup_steps=2, total_steps=10, decay_start_step=4,
-                               warmup_start_lr=0.0, eta_min=0.0), 12)
+    lrs = _lrs(
+        S.FAMScheduler2(
+            _opt(1.0), warmup_steps=2, total_steps=10, decay_start_step=4, warmup_start_lr=0.0, eta_min=0.0
+        ),
+        12,
+    )
     assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.5)
     assert lrs[2] == lrs[3] == 1.0
     assert lrs[4] == pytest.approx(1.0 + 1e-8) and lrs[10] == pytest.approx(1e-8) and lrs[11] == lrs[10]

@@ -1,5 +1,6 @@
 """Temporal spectrum: every band layout covers the Nyquist bin, and period-2/3/4 gradient oscillations move
 alpha_eff by each handler's rule (window 64, the shipped band counts)."""
+
 import math
 
 import numpy as np
@@ -30,13 +31,13 @@ def _rule(handler: str, bands: np.ndarray, a: float) -> float:
     """The handlers' momentum rules, written out from their specification."""
     n = len(bands)
     if handler == "default":
-        return min(0.95, a + 0.05) if bands[n // 2:].sum() > 0.3 else a
+        return min(0.95, a + 0.05) if bands[n // 2 :].sum() > 0.3 else a
     if handler == "embedding":
-        return min(0.98, a + 0.08) if bands[(3 * n) // 4:].sum() > 0.2 else a
+        return min(0.98, a + 0.08) if bands[(3 * n) // 4 :].sum() > 0.2 else a
     if handler == "conv":
-        if bands[n // 4:(3 * n) // 4].sum() > 0.4:
+        if bands[n // 4 : (3 * n) // 4].sum() > 0.4:
             return min(0.97, a + 0.07)
-        return min(0.95, a + 0.05) if bands[(3 * n) // 4:].sum() > 0.3 else a
+        return min(0.95, a + 0.05) if bands[(3 * n) // 4 :].sum() > 0.3 else a
     k = int(np.argmax(bands))
     return max(0.85, a - 0.05) if k < n // 4 else (min(0.98, a + 0.08) if k > (3 * n) // 4 else a)
 
@@ -71,8 +72,14 @@ def test_every_layout_covers_the_nyquist_bin_over_time(layout, n):
 def test_periodic_gradients_move_alpha_eff_by_the_handler_rule(handler, period):
     direction = torch.randn(40, 30, generator=torch.Generator().manual_seed(0))
     p = nn.Parameter(torch.zeros(40, 30))
-    opt = FAMOptimizer([{"params": [p], "handler": handler, "n_bands": N_BANDS[handler], "alpha": ALPHA}],
-                       lr=1e-3, spectrum="temporal", window=WINDOW, fam_start_step=WINDOW, min_size=0)
+    opt = FAMOptimizer(
+        [{"params": [p], "handler": handler, "n_bands": N_BANDS[handler], "alpha": ALPHA}],
+        lr=1e-3,
+        spectrum="temporal",
+        window=WINDOW,
+        fam_start_step=WINDOW,
+        min_size=0,
+    )
     for t in range(WINDOW + 1):  # the analysis starts once the ring buffer is full (first analysis: H = b)
         p.grad = _signal(period, t) * direction
         opt.step()

@@ -1,4 +1,5 @@
 """The banded per-token map behind the quaternion path: same map as the reference rotations, exact gradients."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """CompactRotations: pair subset, position-proportional angles, learned frequencies, seed helpers."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Every conf/position/*.yaml builds the intended scheme through Hydra's instantiate."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """q_rotation against quaternion algebra and rotation matrices; triplet and projection paths."""
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,9 @@ def test_q_rotation_known_values_and_group_law():
 
 
 def test_rotation_matrix_is_special_orthogonal():
-    r = rotation_matrix(torch.randn(5, 3, generator=G, dtype=torch.float64), torch.randn(5, generator=G, dtype=torch.float64))
+    r = rotation_matrix(
+        torch.randn(5, 3, generator=G, dtype=torch.float64), torch.randn(5, generator=G, dtype=torch.float64)
+    )
     eye = torch.eye(3, dtype=torch.float64).expand(5, 3, 3)
     torch.testing.assert_close(r @ r.transpose(-1, -2), eye)
     torch.testing.assert_close(torch.linalg.det(r), torch.ones(5, dtype=torch.float64))
@@ -110,7 +113,9 @@ def test_orthonormal_rows():
     a = orthonormal_rows(w)
     torch.testing.assert_close(a @ a.T, torch.eye(3, dtype=torch.float64))
     # same row space, and already-orthonormal rows are returned unchanged
-    torch.testing.assert_close(w @ (torch.eye(10, dtype=torch.float64) - a.T @ a), torch.zeros(3, 10, dtype=torch.float64))
+    torch.testing.assert_close(
+        w @ (torch.eye(10, dtype=torch.float64) - a.T @ a), torch.zeros(3, 10, dtype=torch.float64)
+    )
     torch.testing.assert_close(orthonormal_rows(a), a)
 
 
@@ -178,8 +183,10 @@ def test_triplet_rotation_backward_matches_gradcheck():
     # and against autograd through the reference q_rotation
     g = torch.randn(2, 3, 4, 6, generator=G, dtype=torch.float64)
     ref = torch.cat([q_rotation(x[..., 3 * k : 3 * k + 3], angles[:, k], axes[k]) for k in range(2)], -1)
-    for a, b in zip(torch.autograd.grad(rotate_triplets(x, angles, axes), [x, angles, axes], g),
-                    torch.autograd.grad(ref, [x, angles, axes], g)):
+    for a, b in zip(
+        torch.autograd.grad(rotate_triplets(x, angles, axes), [x, angles, axes], g),
+        torch.autograd.grad(ref, [x, angles, axes], g),
+    ):
         torch.testing.assert_close(a, b)
 
 

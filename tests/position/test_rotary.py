@@ -1,4 +1,5 @@
 """RotaryEmbedding standard path, rotate_half, apply_rotary and learned_rotations against references."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Properties every position scheme must have (norms, relative scores, caching, gradients, LM use)."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Make the fake run-directory writer importable as ``fake_runs`` from the report tests."""
+
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """``famlab compare --emit-best``: each arm's best lr, its grid, the grid-edge flag and the target
 from the median of the target arm's seeds, on fake stage-1 sweeps."""
+
 from __future__ import annotations
 
 import statistics
@@ -47,8 +48,9 @@ def test_emit_best_winners_grids_edges_and_target(tmp_path):
     assert best["target"]["value"] == pytest.approx(round(statistics.median(at_400), 4))
     assert best["target"]["steps"] == [400, 400, 400] and best["target"]["n"] == 3
     assert best["target"]["arm"] == "adamw" and best["target"]["lr"] == 3e-3
-    assert edge_lines(best) == ["optimizer=fam: best lr 1 is the highest point of its grid [0.1, 0.3, 1]; "
-                                "widen the grid and rerun that arm"]
+    assert edge_lines(best) == [
+        "optimizer=fam: best lr 1 is the highest point of its grid [0.1, 0.3, 1]; widen the grid and rerun that arm"
+    ]
     assert data["best"]["edges"] == edge_lines(best)
 
 
@@ -75,6 +77,8 @@ def test_emit_best_options_from_experiment_meta_and_cli(tmp_path, capsys):
     assert best["arms"]["adamw"]["edge"] == "high"
     printed = capsys.readouterr().out
     assert "grid edge" in printed and "optimizer=adamw: best lr 0.003 is the highest point" in printed
-    assert main([str(sweep), "--out", str(tmp_path / "rep"), "--no-plots", "--emit-best", str(out),
-                 "--arm", "handling"]) == 2
+    assert (
+        main([str(sweep), "--out", str(tmp_path / "rep"), "--no-plots", "--emit-best", str(out), "--arm", "handling"])
+        == 2
+    )
     assert "no group has the arm setting 'handling'" in capsys.readouterr().err

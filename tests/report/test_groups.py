@@ -1,4 +1,5 @@
 """Grouping by non-seed settings and resolving group specs."""
+
 import pytest
 from fake_runs import write_run
 
@@ -33,8 +34,10 @@ def test_lr_sweep_labels_include_lr(tmp_path):
 
 
 def test_choices_fallback_when_no_overrides():
-    runs = [Run(path=f"r{i}", status="completed", overrides=[], choices={"optimizer": o, "hydra/x": "y"})
-            for i, o in enumerate(["adam", "fam", "fam"])]
+    runs = [
+        Run(path=f"r{i}", status="completed", overrides=[], choices={"optimizer": o, "hydra/x": "y"})
+        for i, o in enumerate(["adam", "fam", "fam"])
+    ]
     groups = group_runs(runs)
     assert [g.label for g in groups] == ["optimizer=adam", "optimizer=fam"]
     assert "hydra/x" not in run_settings(runs[0])
@@ -58,20 +61,30 @@ def test_matching_by_label_and_bad_spec(tmp_path):
 
 def test_absent_key_is_default_only_when_choices_are_known():
     full = {"optimizer": "adam"}
-    runs = [Run(path="a", status="completed", overrides=["optimizer=adam"], choices=full),
-            Run(path="b", status="completed", overrides=["optimizer=adam", "optimizer.lr=0.01"],
-                choices=full),
-            # a running job known only from .hydra/overrides.yaml: missing keys are unknown
-            Run(path="c", status="running", overrides=["optimizer=fam"]),
-            Run(path="d", status="completed", overrides=["optimizer=fam"], choices={"optimizer": "fam"})]
+    runs = [
+        Run(path="a", status="completed", overrides=["optimizer=adam"], choices=full),
+        Run(path="b", status="completed", overrides=["optimizer=adam", "optimizer.lr=0.01"], choices=full),
+        # a running job known only from .hydra/overrides.yaml: missing keys are unknown
+        Run(path="c", status="running", overrides=["optimizer=fam"]),
+        Run(path="d", status="completed", overrides=["optimizer=fam"], choices={"optimizer": "fam"}),
+    ]
     groups = group_runs(runs)
     assert [(g.label, len(g.runs)) for g in groups] == [
-        ("optimizer=adam", 1), ("optimizer=adam,optimizer.lr=0.01", 1), ("optimizer=fam", 2)]
+        ("optimizer=adam", 1),
+        ("optimizer=adam,optimizer.lr=0.01", 1),
+        ("optimizer=fam", 2),
+    ]
 
 
 def test_bookkeeping_overrides_do_not_split_groups():
-    runs = [Run(path=str(i), status="completed", choices={"optimizer": "adam"},
-                overrides=[f"out_root=/tmp/{i}", f"sweep_name=s{i}", f"seed={i}", "resume=auto"])
-            for i in range(3)]
+    runs = [
+        Run(
+            path=str(i),
+            status="completed",
+            choices={"optimizer": "adam"},
+            overrides=[f"out_root=/tmp/{i}", f"sweep_name=s{i}", f"seed={i}", "resume=auto"],
+        )
+        for i in range(3)
+    ]
     groups = group_runs(runs)
     assert [(g.label, len(g.runs)) for g in groups] == [("all", 3)]

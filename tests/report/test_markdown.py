@@ -1,4 +1,5 @@
 """Report table: context-length columns from ``eval.context_lengths``."""
+
 from fake_runs import linear_curve, write_run
 
 from famlab.report.groups import group_runs
@@ -9,11 +10,25 @@ from famlab.report.runs import discover_runs
 
 def test_context_length_loss_and_accuracy_columns(tmp_path):
     for seed in range(2):
-        write_run(tmp_path, f"adam{seed}", "adam", seed, curve=linear_curve(2.0),
-                  eval_contexts={"256": {"loss": 2.0 + seed, "bpc": 2.9, "accuracy": 0.5},
-                                 "64": {"loss": 1.5, "bpc": 2.1, "accuracy": None}})
-        write_run(tmp_path, f"fam{seed}", "fam", seed, curve=linear_curve(1.8),
-                  eval_contexts={"64": {"loss": 1.4, "bpc": 2.0, "accuracy": None}})
+        write_run(
+            tmp_path,
+            f"adam{seed}",
+            "adam",
+            seed,
+            curve=linear_curve(2.0),
+            eval_contexts={
+                "256": {"loss": 2.0 + seed, "bpc": 2.9, "accuracy": 0.5},
+                "64": {"loss": 1.5, "bpc": 2.1, "accuracy": None},
+            },
+        )
+        write_run(
+            tmp_path,
+            f"fam{seed}",
+            "fam",
+            seed,
+            curve=linear_curve(1.8),
+            eval_contexts={"64": {"loss": 1.4, "bpc": 2.0, "accuracy": None}},
+        )
     stats = [group_stats(g) for g in group_runs(discover_runs([tmp_path]))]
     header, rows = group_rows(stats, target=None)
     assert header[-3:] == ["loss@64", "loss@256", "acc@256"]

@@ -1,11 +1,17 @@
 """Figures are written as real PNGs when their data exist and skipped when they do not."""
+
 import numpy as np
 import pytest
 from fake_runs import linear_curve, write_run
 
 from famlab.report.groups import group_runs
 from famlab.report.plots import (
-    curve_groups, plot_context_lengths, plot_loss_curves, plot_lr_sensitivity, seed_band, write_plots,
+    curve_groups,
+    plot_context_lengths,
+    plot_loss_curves,
+    plot_lr_sensitivity,
+    seed_band,
+    write_plots,
     y_limits,
 )
 from famlab.report.results import group_stats
@@ -19,8 +25,15 @@ def _stats(tmp_path, lrs=(1e-3,), evals=True):
         for lr in lrs:
             for seed in range(2):
                 ctx = {"64": {"loss": 2.0 + seed, "accuracy": None}, "256": {"loss": 2.5, "accuracy": None}}
-                write_run(tmp_path, f"{opt}_{lr}_{seed}", opt, seed, lr=lr,
-                          curve=linear_curve(2.0 + 0.1 * seed), eval_contexts=ctx if evals else None)
+                write_run(
+                    tmp_path,
+                    f"{opt}_{lr}_{seed}",
+                    opt,
+                    seed,
+                    lr=lr,
+                    curve=linear_curve(2.0 + 0.1 * seed),
+                    eval_contexts=ctx if evals else None,
+                )
     return [group_stats(g) for g in group_runs(discover_runs([tmp_path]))]
 
 
@@ -49,8 +62,7 @@ def test_plots_skipped_without_data(tmp_path):
     assert plot_lr_sensitivity(stats, tmp_path / "lr.png") is None
     assert plot_context_lengths(stats, tmp_path / "ctx.png") is None
     assert not (tmp_path / "lr.png").exists()
-    assert set(write_plots(stats, "val/loss", tmp_path / "out")) == {"loss_curves",
-                                                                      "loss_vs_throughput"}
+    assert set(write_plots(stats, "val/loss", tmp_path / "out")) == {"loss_curves", "loss_vs_throughput"}
 
 
 def test_many_groups_show_best_and_baseline(tmp_path):

@@ -1,4 +1,5 @@
 """Per-run values, per-group estimates and baseline ratios from fake run dirs with known numbers."""
+
 import json
 import math
 
@@ -12,8 +13,16 @@ from famlab.report.stats import mean_ci, welch_t_test
 
 
 def test_run_result_values_and_target(tmp_path):
-    run = load_run(write_run(tmp_path, "r", curve=[(100, 3.0), (200, 2.4), (300, 2.6)],
-                             seconds_per_step=0.5, tokens_per_s=800.0, optimizer_ms=4.0))
+    run = load_run(
+        write_run(
+            tmp_path,
+            "r",
+            curve=[(100, 3.0), (200, 2.4), (300, 2.6)],
+            seconds_per_step=0.5,
+            tokens_per_s=800.0,
+            optimizer_ms=4.0,
+        )
+    )
     res = run_result(run, target=2.5)
     assert (res.final, res.best) == (2.6, 2.4)
     assert res.steps_to_target == 200 and res.reached is True
@@ -42,8 +51,11 @@ def test_summary_target_used_without_curve(tmp_path):
 
 
 def test_eval_context_lengths(tmp_path):
-    run = load_run(write_run(tmp_path, "r", eval_contexts={"64": {"loss": 2.0, "accuracy": 0.5},
-                                                            "256": {"loss": 2.7, "accuracy": None}}))
+    run = load_run(
+        write_run(
+            tmp_path, "r", eval_contexts={"64": {"loss": 2.0, "accuracy": 0.5}, "256": {"loss": 2.7, "accuracy": None}}
+        )
+    )
     res = run_result(run)
     assert res.eval_loss == {64: 2.0, 256: 2.7} and res.eval_accuracy == {64: 0.5}
     assert res.value("eval_loss@256") == 2.7
@@ -55,8 +67,14 @@ def _sweep(tmp_path):
     ends = {"adam": [2.0, 2.1, 1.9], "fam": [2.2, 2.35, 2.6]}
     for opt, values in ends.items():
         for seed, end in enumerate(values):
-            write_run(tmp_path, f"{opt}{seed}", opt, seed, curve=linear_curve(end),
-                      tokens_per_s=1000.0 + 10 * seed + (100 if opt == "fam" else 0))
+            write_run(
+                tmp_path,
+                f"{opt}{seed}",
+                opt,
+                seed,
+                curve=linear_curve(end),
+                tokens_per_s=1000.0 + 10 * seed + (100 if opt == "fam" else 0),
+            )
     write_run(tmp_path, "fam_failed", "fam", 7, status="failed", error="boom")
     write_run(tmp_path, "fam_div", "fam", 8, status="diverged", curve=[(100, 3.9), (200, float("nan"))])
     return ends, group_runs(discover_runs([tmp_path]))
@@ -95,14 +113,17 @@ def test_val_row_elapsed_preferred_and_val_history_fallback(tmp_path):
     run_dir = write_run(tmp_path, "r", curve=[(100, 3.0), (200, 2.0)])
     (run_dir / "metrics.csv").write_text(
         "step,train/loss,val/loss,perf/elapsed_s,perf/tokens_per_s\n"
-        "100,3.1,,10.0,500\n100,,3.0,11.5,\n200,2.1,,20.0,900\n200,,2.0,21.5,\n200,,,,1000\n")
+        "100,3.1,,10.0,500\n100,,3.0,11.5,\n200,2.1,,20.0,900\n200,,2.0,21.5,\n200,,,,1000\n"
+    )
     res = run_result(load_run(run_dir), target=2.5)
     assert res.steps_to_target == 200 and res.time_to_target == 21.5  # the val row's own time
     # no metrics.csv: the summary's val_history (written by the RunRecorder) is the curve
     (run_dir / "metrics.csv").unlink()
     summary = json.loads((run_dir / "summary.json").read_text())
-    summary["val_history"] = [{"step": 100, "val_loss": 2.8, "elapsed_s": 9.0},
-                              {"step": 200, "val_loss": 2.4, "elapsed_s": 19.0}]
+    summary["val_history"] = [
+        {"step": 100, "val_loss": 2.8, "elapsed_s": 9.0},
+        {"step": 200, "val_loss": 2.4, "elapsed_s": 19.0},
+    ]
     (run_dir / "summary.json").write_text(json.dumps(summary))
     res = run_result(load_run(run_dir), target=2.5)
     assert (res.steps_to_target, res.time_to_target) == (200, 19.0)
@@ -111,7 +132,8 @@ def test_val_row_elapsed_preferred_and_val_history_fallback(tmp_path):
 def test_perf_fallback_is_median_of_logged_values(tmp_path):
     run_dir = write_run(tmp_path, "r", status=None)
     (run_dir / "metrics.csv").write_text(
-        "step,perf/tokens_per_s,perf/optimizer_ms\n10,100,9\n20,900,2\n30,1000,3\n40,1100,4\n")
+        "step,perf/tokens_per_s,perf/optimizer_ms\n10,100,9\n20,900,2\n30,1000,3\n40,1100,4\n"
+    )
     res = run_result(load_run(run_dir))
     assert (res.tokens_per_s, res.optimizer_ms) == (950.0, 3.5)
 

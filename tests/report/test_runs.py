@@ -1,4 +1,5 @@
 """Run discovery and loading: statuses, sparse metrics, Hydra sweep manifests."""
+
 import yaml
 from fake_runs import write_run
 
@@ -53,8 +54,7 @@ def test_multirun_manifest_yields_missing_jobs(tmp_path):
 
 def test_metrics_table_sparse_columns(tmp_path):
     path = tmp_path / "metrics.csv"
-    path.write_text("step,train/loss,val/loss,perf/elapsed_s\n"
-                    "10,2.0,,1.5\n10,,1.9,\n20,1.8,,3.0\n20,,1.7,\n20,,,\n")
+    path.write_text("step,train/loss,val/loss,perf/elapsed_s\n10,2.0,,1.5\n10,,1.9,\n20,1.8,,3.0\n20,,1.7,\n20,,,\n")
     table = MetricsTable.read(path)
     val = table.series("val/loss")
     assert (val.steps, val.values) == ([10.0, 20.0], [1.9, 1.7])
@@ -64,8 +64,9 @@ def test_metrics_table_sparse_columns(tmp_path):
 
 
 def test_load_run_reads_summary_config_and_lr(tmp_path):
-    run = load_run(write_run(tmp_path, "r", optimizer="fam", seed=3, lr=0.003,
-                             meta={"baseline": "optimizer=adam", "target": 2.0}))
+    run = load_run(
+        write_run(tmp_path, "r", optimizer="fam", seed=3, lr=0.003, meta={"baseline": "optimizer=adam", "target": 2.0})
+    )
     assert run.seed == 3 and run.lr == 0.003
     assert run.choices["optimizer"] == "fam"
     assert run.experiment_meta["baseline"] == "optimizer=adam"
@@ -75,8 +76,9 @@ def test_load_run_reads_summary_config_and_lr(tmp_path):
 def test_manifest_with_named_job_dirs_reports_nothing_missing(tmp_path):
     sweep = tmp_path / "sweep"
     write_run(sweep, "optimizer=adam", seed=0)
-    manifest = {"hydra": {"sweep": {"subdir": "${hydra.job.override_dirname}"},
-                          "overrides": {"task": ["optimizer=adam,fam"]}}}
+    manifest = {
+        "hydra": {"sweep": {"subdir": "${hydra.job.override_dirname}"}, "overrides": {"task": ["optimizer=adam,fam"]}}
+    }
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(manifest))
     assert [r.status for r in discover_runs([sweep])] == ["completed"]
 
@@ -84,8 +86,7 @@ def test_manifest_with_named_job_dirs_reports_nothing_missing(tmp_path):
 def test_sweeper_params_count_towards_expected_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     write_run(sweep, "0")
-    manifest = {"hydra": {"overrides": {"task": ["seed=1,2"]},
-                          "sweeper": {"params": {"optimizer": "adam,fam,sgd"}}}}
+    manifest = {"hydra": {"overrides": {"task": ["seed=1,2"]}, "sweeper": {"params": {"optimizer": "adam,fam,sgd"}}}}
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(manifest))
     assert sum(r.status == "missing" for r in discover_runs([sweep])) == 5
 
@@ -96,10 +97,19 @@ def test_command_line_sweep_replaces_config_axis_of_same_key(tmp_path):
     sweep = tmp_path / "sweep"
     for num in range(10):
         write_run(sweep, str(num), seed=num)
-    manifest = {"hydra": {
-        "overrides": {"task": ["optimizer.lr=1e-3,3e-3", "seed=0,1,2", "+model.dims=8,16"]},
-        "sweeper": {"params": {"optimizer.lr": "1e-4,1e-3,3e-3", "seed": "0,1",
-                               "optimizer": "adam,fam", "model.dims": "8,16,32"}}}}
+    manifest = {
+        "hydra": {
+            "overrides": {"task": ["optimizer.lr=1e-3,3e-3", "seed=0,1,2", "+model.dims=8,16"]},
+            "sweeper": {
+                "params": {
+                    "optimizer.lr": "1e-4,1e-3,3e-3",
+                    "seed": "0,1",
+                    "optimizer": "adam,fam",
+                    "model.dims": "8,16,32",
+                }
+            },
+        }
+    }
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(manifest))
     missing = sorted(int(r.path.name) for r in discover_runs([sweep]) if r.status == "missing")
     assert missing == list(range(10, 24))  # 2 lr x 3 seeds x 2 optimizers x 2 dims = 24 expected

@@ -1,11 +1,19 @@
 """Statistics checked against published t-table values and independent numeric recomputation."""
+
 import math
 
 import pytest
 
 from famlab.report.stats import (
-    interpolate_at, mean_ci, regularized_incomplete_beta, sample_std, steps_to_target,
-    student_t_cdf, student_t_ppf, time_to_target, welch_t_test,
+    interpolate_at,
+    mean_ci,
+    regularized_incomplete_beta,
+    sample_std,
+    steps_to_target,
+    student_t_cdf,
+    student_t_ppf,
+    time_to_target,
+    welch_t_test,
 )
 
 
@@ -22,8 +30,7 @@ def t_cdf_by_simpson(t, df, n=20000):
     return 0.5 + total * h / 3
 
 
-@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228),
-                                          (30, 2.042), (120, 1.980)])
+@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042), (120, 1.980)])
 def test_t_quantile_matches_table(df, expected):
     assert student_t_ppf(0.975, df) == pytest.approx(expected, abs=5e-4)
 

@@ -1,4 +1,5 @@
 """Verdict outcomes on constructed run sets with known per-seed values."""
+
 import pytest
 from fake_runs import linear_curve, write_run
 
@@ -7,12 +8,23 @@ from famlab.report.results import group_stats
 from famlab.report.runs import discover_runs
 from famlab.report.stats import welch_t_test
 from famlab.report.verdict import (
-    INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, collect_rules, evaluate_rule, format_verdict, validate_rule,
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    collect_rules,
+    evaluate_rule,
+    format_verdict,
+    validate_rule,
 )
 
-RULE = {"claim": "FAM gets lower loss than Adam", "method": "optimizer=fam",
-        "baseline": "optimizer=adam", "metric": "best_val_loss", "direction": "lower",
-        "min_effect": 0.15}
+RULE = {
+    "claim": "FAM gets lower loss than Adam",
+    "method": "optimizer=fam",
+    "baseline": "optimizer=adam",
+    "metric": "best_val_loss",
+    "direction": "lower",
+    "min_effect": 0.15,
+}
 
 
 def stats_for(tmp_path, arms: dict, target=None, lrs=(1e-3,)):
@@ -25,8 +37,9 @@ def stats_for(tmp_path, arms: dict, target=None, lrs=(1e-3,)):
 
 
 def test_supported_with_ablation(tmp_path):
-    stats = stats_for(tmp_path, {"adam": [2.0, 2.02, 1.98], "fam": [1.50, 1.52, 1.51],
-                                 "fam_constant": [1.90, 1.95, 1.92]})
+    stats = stats_for(
+        tmp_path, {"adam": [2.0, 2.02, 1.98], "fam": [1.50, 1.52, 1.51], "fam_constant": [1.90, 1.95, 1.92]}
+    )
     result = evaluate_rule({**RULE, "ablation": "optimizer=fam_constant"}, stats, "scale: x")
     assert result["verdict"] == SUPPORTED
     base = result["comparisons"]["baseline"]
@@ -55,8 +68,9 @@ def test_not_supported_when_effect_below_min_effect(tmp_path):
 
 
 def test_not_supported_when_ablation_is_as_good(tmp_path):
-    stats = stats_for(tmp_path, {"adam": [2.0, 2.02, 1.98], "fam": [1.50, 1.52, 1.51],
-                                 "fam_constant": [1.49, 1.51, 1.50]})
+    stats = stats_for(
+        tmp_path, {"adam": [2.0, 2.02, 1.98], "fam": [1.50, 1.52, 1.51], "fam_constant": [1.49, 1.51, 1.50]}
+    )
     result = evaluate_rule({**RULE, "ablation": "optimizer=fam_constant"}, stats, "")
     assert result["comparisons"]["baseline"]["outcome"] == "better"
     assert result["comparisons"]["ablation"]["outcome"] == "not better"
@@ -87,8 +101,7 @@ def test_missing_arm_and_invalid_rule_are_inconclusive(tmp_path):
 def test_steps_to_target_unreached_method_blocks_support(tmp_path):
     # target 2.3: adam (ends 2.4) never reaches it (censored at its 500-step budget); fam reaches it
     # at step 300 in four seeds and never in the fifth, so the censored CI alone would say "better"
-    stats = stats_for(tmp_path, {"adam": [2.4, 2.4, 2.4], "fam": [1.0, 1.02, 1.04, 1.06, 2.5]},
-                      target=2.3)
+    stats = stats_for(tmp_path, {"adam": [2.4, 2.4, 2.4], "fam": [1.0, 1.02, 1.04, 1.06, 2.5]}, target=2.3)
     rule = {**RULE, "metric": "steps_to_target", "min_effect": 0.0}
     result = evaluate_rule(rule, stats, "")
     assert result["comparisons"]["baseline"]["ci"][0] > 0
@@ -100,8 +113,10 @@ def test_steps_to_target_unreached_method_blocks_support(tmp_path):
 
 
 def test_lr_sweep_arms_use_their_best_lr(tmp_path):
-    arms = {"adam": [lambda lr: 2.0 if lr == 1e-3 else 3.0, lambda lr: 2.02 if lr == 1e-3 else 3.0],
-            "fam": [lambda lr: 1.5 if lr == 3e-3 else 2.5, lambda lr: 1.52 if lr == 3e-3 else 2.5]}
+    arms = {
+        "adam": [lambda lr: 2.0 if lr == 1e-3 else 3.0, lambda lr: 2.02 if lr == 1e-3 else 3.0],
+        "fam": [lambda lr: 1.5 if lr == 3e-3 else 2.5, lambda lr: 1.52 if lr == 3e-3 else 2.5],
+    }
     stats = stats_for(tmp_path, arms, lrs=(1e-3, 3e-3))
     result = evaluate_rule({**RULE, "min_effect": 0.1}, stats, "")
     assert result["comparisons"]["baseline"]["against"] == "optimizer=adam,optimizer.lr=0.001"
@@ -131,8 +146,10 @@ def test_identical_crossings_are_not_exact(tmp_path):
 def test_unreached_target_in_every_lr_picks_best_val_loss(tmp_path):
     # target 1.0 reached by no run: steps_to_target (censored at the 500-step budget) ties across
     # lrs; the arm must not fall back to its first (worst) lr but to the best val loss
-    arms = {"adam": [2.0, 2.02], "fam": [lambda lr: 3.0 if lr == 1e-3 else 2.5,
-                                         lambda lr: 3.02 if lr == 1e-3 else 2.52]}
+    arms = {
+        "adam": [2.0, 2.02],
+        "fam": [lambda lr: 3.0 if lr == 1e-3 else 2.5, lambda lr: 3.02 if lr == 1e-3 else 2.52],
+    }
     stats = stats_for(tmp_path, arms, target=1.0, lrs=(1e-3, 3e-3))
     rule = {**RULE, "metric": "steps_to_target", "min_effect": 0.0}
     result = evaluate_rule(rule, stats, "")
@@ -144,8 +161,7 @@ def test_unreached_target_in_every_lr_picks_best_val_loss(tmp_path):
 
 def test_tie_on_metric_is_broken_by_best_val_loss(tmp_path):
     # target 3.0: both fam lrs cross at step 300 (3.6, 3.2, 2.8 / 3.56, 3.12, 2.68); lr 3e-3 ends lower
-    arms = {"adam": [2.0, 2.02], "fam": [lambda lr: 2.0 if lr == 1e-3 else 1.8,
-                                         lambda lr: 2.0 if lr == 1e-3 else 1.8]}
+    arms = {"adam": [2.0, 2.02], "fam": [lambda lr: 2.0 if lr == 1e-3 else 1.8, lambda lr: 2.0 if lr == 1e-3 else 1.8]}
     stats = stats_for(tmp_path, arms, target=3.0, lrs=(1e-3, 3e-3))
     steps = {s.label: s.values("steps_to_target") for s in stats}
     assert steps["optimizer=fam,optimizer.lr=0.001"] == steps["optimizer=fam,optimizer.lr=0.003"]
@@ -153,9 +169,11 @@ def test_tie_on_metric_is_broken_by_best_val_loss(tmp_path):
     note = next(r for r in result["reasons"] if "'optimizer=fam' matched" in r)
     assert "2 tie on steps_to_target" in note and note.endswith("optimizer=fam,optimizer.lr=0.003")
     # only the lr that reached the target competes (the other is censored at the same budget)
-    mixed = stats_for(tmp_path / "m", {"adam": [2.0, 2.02], "fam": [
-        lambda lr: 2.9 if lr == 1e-3 else 3.05, lambda lr: 2.9 if lr == 1e-3 else 3.05]},
-        target=2.95, lrs=(1e-3, 3e-3))
+    mixed = stats_for(
+        tmp_path / "m",
+        {"adam": [2.0, 2.02], "fam": [lambda lr: 2.9 if lr == 1e-3 else 3.05, lambda lr: 2.9 if lr == 1e-3 else 3.05]},
+        target=2.95,
+        lrs=(1e-3, 3e-3),
+    )
     picked = evaluate_rule({**RULE, "metric": "steps_to_target"}, mixed, "")
-    assert any(r.endswith("best on steps_to_target: optimizer=fam,optimizer.lr=0.001")
-               for r in picked["reasons"])
+    assert any(r.endswith("best on steps_to_target: optimizer=fam,optimizer.lr=0.001") for r in picked["reasons"])

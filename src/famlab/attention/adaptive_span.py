@@ -12,6 +12,7 @@ scaling). Logits are also divided by a per-head temperature ``T = 1 + temp_scale
 ``span_penalty > 0``, :meth:`AdaptiveSpan.aux_loss` adds the paper's L1 span loss
 (``attention=adaptive_span_penalty``).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,7 @@ from famlab.attention.core import AttentionBase
 from famlab.attention.local import blocked_attention, dense_local_attention
 
 
-def _refresh_after_load(module: "AdaptiveSpan", _incompatible_keys) -> None:
+def _refresh_after_load(module: AdaptiveSpan, _incompatible_keys) -> None:
     module.refresh_extent()
 
 
@@ -87,7 +88,9 @@ class AdaptiveSpan(AttentionBase):
         if init_span is None:
             init_span = max(0.0, self.max_dist - float(ramp)) / self.max_dist
         if not 0.0 <= init_span <= 1.0:
-            raise ValueError(f"attention.init_span must lie in [0, 1] (fraction of max_dist) or be null, got {init_span}")
+            raise ValueError(
+                f"attention.init_span must lie in [0, 1] (fraction of max_dist) or be null, got {init_span}"
+            )
         if span_penalty < 0 or temp_scale < 0:
             raise ValueError("attention.span_penalty and attention.temp_scale must be >= 0")
         self.block = _positive_int("block", block, "queries")
@@ -158,8 +161,15 @@ class AdaptiveSpan(AttentionBase):
         stats = self.record_stats
         if cache is None:
             res = blocked_attention(
-                q, k, v, block=self.block, lookback=self.extent, span=span, ramp=self.ramp,
-                temperature=temp, return_stats=stats,
+                q,
+                k,
+                v,
+                block=self.block,
+                lookback=self.extent,
+                span=span,
+                ramp=self.ramp,
+                temperature=temp,
+                return_stats=stats,
             )
         else:
             past, tq = len(cache), q.shape[-2]
@@ -190,7 +200,11 @@ class AdaptiveSpan(AttentionBase):
 
     def metrics(self) -> dict[str, torch.Tensor]:
         z = self.spans().detach()
-        out = {"span/mean": z.mean(), "span/max": z.max(), "span/temperature": self.temperature().detach().mean(),
-               "span/extent": z.new_tensor(float(self.extent))}
+        out = {
+            "span/mean": z.mean(),
+            "span/max": z.max(),
+            "span/temperature": self.temperature().detach().mean(),
+            "span/extent": z.new_tensor(float(self.extent)),
+        }
         out.update(self._stats)
         return out

@@ -24,6 +24,7 @@ mixer's ``position`` module) with ``getattr``; a mixer defines those it needs:
 
 Masks are boolean, ``True`` = may attend (as in ``F.scaled_dot_product_attention``).
 """
+
 from __future__ import annotations
 
 from typing import Protocol

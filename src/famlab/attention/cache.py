@@ -3,6 +3,7 @@
 One :class:`KVCache` per layer. Keys are stored *after* the position scheme rotated them, so
 a cached step only rotates the new token. Tensors are ``[B, H, T, hd]``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@
 Masks: boolean, ``True`` = may attend (as in ``F.scaled_dot_product_attention``). Convert any
 other convention at the boundary.
 """
+
 from __future__ import annotations
 
 import math

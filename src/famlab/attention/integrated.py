@@ -33,6 +33,7 @@ With ``global_branch="full"``, a window and span covering the context, ``temp_sc
 refiner, both branches are the same causal attention and the module equals
 :class:`~famlab.attention.standard.StandardAttention` with the same ``qkv``/``proj``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -47,8 +48,20 @@ from famlab.attention.local import blocked_attention, dense_local_attention, fle
 from famlab.attention.refiner import Refiner
 from famlab.attention.summary import block_means, summary_attention
 
-_REFINER_KEYS = {"enabled", "states", "actions", "alpha", "gamma", "epsilon", "update_every", "seed",
-                 "span_cost", "baseline_decay", "loss_decay", "min_factor"}
+_REFINER_KEYS = {
+    "enabled",
+    "states",
+    "actions",
+    "alpha",
+    "gamma",
+    "epsilon",
+    "update_every",
+    "seed",
+    "span_cost",
+    "baseline_decay",
+    "loss_decay",
+    "min_factor",
+}
 _BACKENDS = ("auto", "blocked", "flex")
 _GLOBAL_BRANCHES = ("summary", "full")
 # Local branch queries per block: keys per block = window - 1 + block, so blocks smaller than the
@@ -115,10 +128,13 @@ class IntegratedAttention(AttentionBase):
     ):
         super().__init__(dims, head, position, bias=bias)
         if isinstance(max_dist, nn.Module):
-            raise TypeError("IntegratedAttention: the third positional argument is max_dist; pass position=... by keyword")
+            raise TypeError(
+                "IntegratedAttention: the third positional argument is max_dist; pass position=... by keyword"
+            )
         sizes = {}
-        for key, value in dict(max_dist=max_dist, win_size=win_size, max_span=max_span,
-                               focus_iters=focus_iters).items():
+        for key, value in dict(
+            max_dist=max_dist, win_size=win_size, max_span=max_span, focus_iters=focus_iters
+        ).items():
             sizes[key] = int(value)  # validated after the cast: 0.5 tokens truncates to 0
             if sizes[key] <= 0:
                 raise ValueError(f"attention.{key} must be a positive integer, got {value!r}")
@@ -209,7 +225,7 @@ class IntegratedAttention(AttentionBase):
         last position."""
         block = self.summary_block
         k_sum, v_sum = block_means(k_raw, block), block_means(v, block)
-        ends = positions[block - 1::block][: k_sum.shape[-2]]
+        ends = positions[block - 1 :: block][: k_sum.shape[-2]]
         return self.position.rotate_qk(k_sum, ends), v_sum
 
     def _span(self, g: torch.Tensor, cache: KVCache | None):
@@ -238,12 +254,22 @@ class IntegratedAttention(AttentionBase):
         blocks of ``min(64, window)`` (same result, fewer masked scores)."""
         use_flex = self.backend == "flex" or (self.backend == "auto" and q.is_cuda and not self.record_stats)
         if use_flex:
-            out = flex_sliding_window_attention(q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp,
-                                                compile=q.is_cuda)
+            out = flex_sliding_window_attention(
+                q, k, v, self.window, span=span, ramp=self.ramp, temperature=temp, compile=q.is_cuda
+            )
             return out, None
-        res = blocked_attention(q, k, v, block=min(_LOCAL_QUERY_BLOCK, self.window), lookback=self.window - 1,
-                                window=self.window, span=span, ramp=self.ramp, temperature=temp,
-                                return_stats=self.record_stats)
+        res = blocked_attention(
+            q,
+            k,
+            v,
+            block=min(_LOCAL_QUERY_BLOCK, self.window),
+            lookback=self.window - 1,
+            window=self.window,
+            span=span,
+            ramp=self.ramp,
+            temperature=temp,
+            return_stats=self.record_stats,
+        )
         return res if self.record_stats else (res, None)
 
     def _local(self, q, k, v, span, temp, cache):
@@ -253,7 +279,7 @@ class IntegratedAttention(AttentionBase):
             past, tq = local.extra.get("start", 0) + len(local), q.shape[-2]
             k_all, v_all = local.append(k, v)
             keep = min(self.window - 1, k_all.shape[-2])  # what the next query can still see
-            local.k, local.v = k_all[..., k_all.shape[-2] - keep:, :], v_all[..., v_all.shape[-2] - keep:, :]
+            local.k, local.v = k_all[..., k_all.shape[-2] - keep :, :], v_all[..., v_all.shape[-2] - keep :, :]
             local.extra["start"] = past + tq - keep
             q_pos = torch.arange(past, past + tq, device=q.device)
             k_pos = torch.arange(past + tq - k_all.shape[-2], past + tq, device=q.device)
@@ -262,8 +288,18 @@ class IntegratedAttention(AttentionBase):
             if cache is None:
                 y, stats = self.sliding_window(q, k, v, span, temp)
             else:
-                res = dense_local_attention(q, k_all, v_all, q_pos, k_pos, window=self.window, span=span,
-                                            ramp=self.ramp, temperature=temp, return_stats=self.record_stats)
+                res = dense_local_attention(
+                    q,
+                    k_all,
+                    v_all,
+                    q_pos,
+                    k_pos,
+                    window=self.window,
+                    span=span,
+                    ramp=self.ramp,
+                    temperature=temp,
+                    return_stats=self.record_stats,
+                )
                 y, stats = res if self.record_stats else (res, None)
             if it + 1 < self.focus_iters:
                 q = q + y

@@ -19,6 +19,7 @@ head, per sequence or per query), so gradients reach whatever produced them.
 * :func:`flex_sliding_window_attention` is the FlexAttention version (block mask + score
   modifier) used on CUDA.
 """
+
 from __future__ import annotations
 
 import math
@@ -117,7 +118,14 @@ def blocked_attention(
         if return_stats:
             raise ValueError("blocked_attention: return_stats needs the unfused path (fused=False)")
         return fused_blocked_attention(
-            q, k, v, block=block, lookback=lookback, window=window, span=_per_query(span, q), ramp=ramp,
+            q,
+            k,
+            v,
+            block=block,
+            lookback=lookback,
+            window=window,
+            span=_per_query(span, q),
+            ramp=ramp,
             temperature=_per_query(temperature, q),
         )
     T = q.shape[-2]
@@ -187,9 +195,15 @@ def dense_local_attention(
         valid = valid & (dist < window)
     sp, tp = _per_query(span, q), _per_query(temperature, q)
     out, info = _attend(
-        q, k, v, dist, valid,
-        None if sp is None else sp[..., None], ramp,
-        None if tp is None else tp[..., None], return_stats,
+        q,
+        k,
+        v,
+        dist,
+        valid,
+        None if sp is None else sp[..., None],
+        ramp,
+        None if tp is None else tp[..., None],
+        return_stats,
     )
     if not return_stats:
         return out
@@ -216,8 +230,17 @@ def sliding_window_attention(
     if window <= 0:
         raise ValueError(f"sliding_window_attention: window must be positive, got {window}")
     return blocked_attention(
-        q, k, v, block=window, lookback=window - 1, window=window, span=span, ramp=ramp,
-        temperature=temperature, return_stats=return_stats, fused=fused,
+        q,
+        k,
+        v,
+        block=window,
+        lookback=window - 1,
+        window=window,
+        span=span,
+        ramp=ramp,
+        temperature=temperature,
+        return_stats=return_stats,
+        fused=fused,
     )
 
 
@@ -228,8 +251,9 @@ _compiled_flex = None
 _block_masks: dict = {}
 
 
-def flex_sliding_window_attention(q, k, v, window: int, span=None, ramp: float = 32.0, temperature=None,
-                                  compile: bool = True):
+def flex_sliding_window_attention(
+    q, k, v, window: int, span=None, ramp: float = 32.0, temperature=None, compile: bool = True
+):
     """:func:`sliding_window_attention` through FlexAttention (block-sparse band mask + soft-span
     score modifier).
 

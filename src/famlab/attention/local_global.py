@@ -5,6 +5,7 @@ The local branch's span comes from the span predictor alone (span factor fixed a
 else, shapes included, is ``attention=integrated``'s. Comparing the two options isolates what the
 refiner contributes. ``x`` ``[B, T, dims]`` -> ``[B, T, dims]``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ class LocalGlobalAttention(IntegratedAttention):
 
     def __init__(self, dims: int, head: int, *args, refiner: Mapping | None = None, **kwargs):
         if refiner is not None and (not isinstance(refiner, Mapping) or refiner.get("enabled", True)):
-            raise ValueError("attention.refiner: attention=local_global has no refiner (null); "
-                             "use attention=integrated for the Q-learning refiner")
+            raise ValueError(
+                "attention.refiner: attention=local_global has no refiner (null); "
+                "use attention=integrated for the Q-learning refiner"
+            )
         super().__init__(dims, head, *args, refiner=None, **kwargs)

@@ -34,6 +34,7 @@ every parameter takes part in every step (skipped deltas are multiplied by 0). R
 training drops the straight-through gradient the masked path would give the node predictors of
 that sub-layer for that step.
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,8 +66,9 @@ def prefix_mean(x: torch.Tensor, prev_sum: torch.Tensor | None = None, prev_coun
     return csum / count[:, None], csum[:, -1:]
 
 
-def apply_jump(log_policy, jump_weights, sublayer, num_sublayers, x, block_input, memory, *, eligible,
-               noise=None, tau=1.0):
+def apply_jump(
+    log_policy, jump_weights, sublayer, num_sublayers, x, block_input, memory, *, eligible, noise=None, tau=1.0
+):
     """Per-token jump decision after sub-layer ``sublayer`` (batched and differentiable).
 
     ``log_policy`` ``[B, T, 3]`` log policy; ``x``, ``block_input`` (the mixer's input ``x0``) and
@@ -146,9 +148,19 @@ class MyelinatedLayer(nn.Module):
     :attr:`num_sublayers`, with ``layerA`` kept as a read-only alias).
     """
 
-    def __init__(self, dims: int, head: int, layerA: int = 3, sparsity_threshold: float = 0.1,
-                 max_dist: int = 512, *, position: nn.Module | None = None, tau: float = 1.0,
-                 skip_compute: str = "eval", seed: int = 0):
+    def __init__(
+        self,
+        dims: int,
+        head: int,
+        layerA: int = 3,
+        sparsity_threshold: float = 0.1,
+        max_dist: int = 512,
+        *,
+        position: nn.Module | None = None,
+        tau: float = 1.0,
+        skip_compute: str = "eval",
+        seed: int = 0,
+    ):
         super().__init__()
         if isinstance(layerA, nn.Module):
             raise TypeError("MyelinatedLayer: the third positional argument is layerA; pass position=... by keyword")
@@ -157,7 +169,9 @@ class MyelinatedLayer(nn.Module):
         if not 0.0 < sparsity_threshold < 1.0:
             raise ValueError(f"attention.sparsity_threshold must be in (0, 1), got {sparsity_threshold}")
         if tau <= 0 or int(max_dist) < 1:
-            raise ValueError(f"attention.tau must be > 0 and attention.max_dist an integer >= 1, got {tau}, {max_dist!r}")
+            raise ValueError(
+                f"attention.tau must be > 0 and attention.max_dist an integer >= 1, got {tau}, {max_dist!r}"
+            )
         max_dist = int(max_dist)
         if skip_compute not in SKIP_COMPUTE:
             raise ValueError(f"attention.skip_compute must be one of {SKIP_COMPUTE}, got {skip_compute!r}")
@@ -273,14 +287,23 @@ class MyelinatedLayer(nn.Module):
                 state["x_sum"][i] = total
             g = torch.sigmoid(self.memory_gate(running_x))
             memory = memory + active * (g * memory + (1 - g) * running_x - memory)
-            x, jump, length = apply_jump(log_policy, self.jump_weights, i, n, x, x0, memory,
-                                         eligible=here * (1 - skip),
-                                         noise=None if noise is None else noise[:, :, i], tau=self.tau)
+            x, jump, length = apply_jump(
+                log_policy,
+                self.jump_weights,
+                i,
+                n,
+                x,
+                x0,
+                memory,
+                eligible=here * (1 - skip),
+                noise=None if noise is None else noise[:, :, i],
+                tau=self.tau,
+            )
             if i < n - 1:
                 arrivals[i + 1] = arrivals[i + 1] + here - jump
                 for step in range(3):
                     target = min(i + 1 + step, n - 1)
-                    arrivals[target] = arrivals[target] + jump * length[..., step:step + 1]
+                    arrivals[target] = arrivals[target] + jump * length[..., step : step + 1]
             stats.append(torch.stack([1 - active.mean(), jump.mean(), g.mean()]).detach())
             actives.append(active.detach().squeeze(-1))
             jumps.append(jump.detach().squeeze(-1))
@@ -291,8 +314,13 @@ class MyelinatedLayer(nn.Module):
 
     def _new_cache_state(self) -> dict:
         n = self.num_sublayers
-        return {"x0_sum": None, "imp_sum": [None] * n, "x_sum": [None] * n, "keep": [None] * n,
-                "kv": [None] + [KVCache() for _ in range(n - 1)]}
+        return {
+            "x0_sum": None,
+            "imp_sum": [None] * n,
+            "x_sum": [None] * n,
+            "keep": [None] * n,
+            "kv": [None] + [KVCache() for _ in range(n - 1)],
+        }
 
     # --- diagnostics ------------------------------------------------------------------
     def _accumulate(self, stats: torch.Tensor) -> None:

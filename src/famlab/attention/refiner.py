@@ -22,6 +22,7 @@ local branch multiplies its span by:
 * Action ``a`` maps to the span factor ``min_factor + (1 - min_factor) * a / (actions - 1)``;
   before the first decision the factor is 1 (the largest action).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,7 +33,7 @@ _SPAN_EDGES = torch.linspace(0.1, 0.9, 9)
 _TREND_EDGES = torch.tensor([-0.05, -0.02, -0.01, -0.005, -0.001, 0.001, 0.005, 0.01, 0.02])
 
 
-def _sync_after_load(module: "Refiner", _incompatible_keys) -> None:
+def _sync_after_load(module: Refiner, _incompatible_keys) -> None:
     module._host_step = int(module.step)  # one host read, at checkpoint load only
 
 
@@ -58,8 +59,9 @@ class Refiner(nn.Module):
             raise ValueError(f"attention.refiner.states and .actions must be >= 1, got {states}, {actions}")
         if update_every < 1:
             raise ValueError(f"attention.refiner.update_every must be >= 1, got {update_every}")
-        for key, value in dict(alpha=alpha, gamma=gamma, epsilon=epsilon, loss_decay=loss_decay,
-                               baseline_decay=baseline_decay).items():
+        for key, value in dict(
+            alpha=alpha, gamma=gamma, epsilon=epsilon, loss_decay=loss_decay, baseline_decay=baseline_decay
+        ).items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"attention.refiner.{key} must lie in [0, 1], got {value}")
         if not 0.0 < min_factor <= 1.0:
@@ -161,11 +163,13 @@ class Refiner(nn.Module):
     def metrics(self) -> dict[str, torch.Tensor]:
         hist = self.action_counts / self.action_counts.sum().clamp_min(1.0)
         out = {f"refiner/action_hist_{a}": hist[a] for a in range(self.actions)}
-        out.update({
-            "refiner/factor": self.factor.clone(),
-            "refiner/epsilon": torch.tensor(self.epsilon, device=self.factor.device),
-            "refiner/reward": self.reward.clone(),
-            "refiner/baseline": self.baseline.clone(),
-            "refiner/state": self.state[0].float(),
-        })
+        out.update(
+            {
+                "refiner/factor": self.factor.clone(),
+                "refiner/epsilon": torch.tensor(self.epsilon, device=self.factor.device),
+                "refiner/reward": self.reward.clone(),
+                "refiner/baseline": self.baseline.clone(),
+                "refiner/state": self.state[0].float(),
+            }
+        )
         return out

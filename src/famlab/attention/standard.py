@@ -1,4 +1,5 @@
 """Standard causal multi-head attention through ``F.scaled_dot_product_attention``."""
+
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@ block landmarks of Mohtashami & Jaggi (2023) and the compression branch of Nativ
 Attention (Yuan et al. 2025); unlike landmark attention it does not retrieve the tokens of the
 chosen blocks (the caller's local branch covers the recent ones).
 """
+
 from __future__ import annotations
 
 import math

@@ -17,6 +17,7 @@ much the loss would change between the exact and the rounded key, to first order
 ``aux_loss() = update_cost * (mean p_key + mean p_value)`` prices exact storage, so the
 predictors keep exact K/V only where it pays.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,12 @@ from famlab.attention.cache import KVCache
 from famlab.attention.core import AttentionBase, causal_mask
 from famlab.attention.myelinated import straight_through
 
-CACHE_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2,
-                "bfloat16": torch.bfloat16, "float16": torch.float16}
+CACHE_DTYPES = {
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "float8_e5m2": torch.float8_e5m2,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def _predictor(dims: int) -> nn.Module:
@@ -64,8 +69,16 @@ class UpdatePredictors(nn.Module):
 class UpdateGatedAttention(AttentionBase):
     """Causal MHA with update-gated K/V caching; ``[B, T, D] -> [B, T, D]`` (module docstring)."""
 
-    def __init__(self, dims: int, head: int, position=None, update_threshold: float = 0.5,
-                 cache_dtype: str = "float8_e4m3fn", update_cost: float = 0.01, bias: bool = False):
+    def __init__(
+        self,
+        dims: int,
+        head: int,
+        position=None,
+        update_threshold: float = 0.5,
+        cache_dtype: str = "float8_e4m3fn",
+        update_cost: float = 0.01,
+        bias: bool = False,
+    ):
         super().__init__(dims, head, position, bias=bias)
         if cache_dtype not in CACHE_DTYPES:
             raise ValueError(f"attention.cache_dtype must be one of {sorted(CACHE_DTYPES)}, got {cache_dtype!r}")
@@ -110,8 +123,9 @@ class UpdateGatedAttention(AttentionBase):
         mask = causal_mask(positions - positions[0] + past, k_pos)
         y = self.out(self.attend(q, k_all, v_all, mask=mask))
         uk, uv = self.should_update_key(x), self.should_update_value(x)  # [B, T]
-        cache.append(torch.where(uk[:, None, :, None], k, self.stale(k)),
-                     torch.where(uv[:, None, :, None], v, self.stale(v)))
+        cache.append(
+            torch.where(uk[:, None, :, None], k, self.stale(k)), torch.where(uv[:, None, :, None], v, self.stale(v))
+        )
         skipped = (~uk).sum() + (~uv).sum()
         extra = cache.extra
         if "skipped_updates" not in extra:

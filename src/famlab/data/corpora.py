@@ -11,6 +11,7 @@ Options: :class:`EmbeddedCorpus` (CPython's ``pydoc_data.topics``), :class:`Stdl
 Column files, saved datasets and hub datasets live in ``famlab.data.tables`` and
 ``famlab.data.hub_corpora``.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -19,8 +20,8 @@ import hashlib
 import os
 import sys
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from famlab.data.fingerprint import combine, file_digest
 from famlab.errors import ConfigError
@@ -56,7 +57,9 @@ def read_utf8(path: Path, key: str = "data.corpus.path") -> Iterator[str]:
             try:
                 text = decoder.decode(block, final=not block)
             except UnicodeDecodeError as e:
-                raise ConfigError(f"{key}: {path} is not UTF-8 text (invalid byte at offset {offset + e.start})") from None
+                raise ConfigError(
+                    f"{key}: {path} is not UTF-8 text (invalid byte at offset {offset + e.start})"
+                ) from None
             offset += len(block)
             content = content or bool(text.strip())
             if text:
@@ -113,8 +116,11 @@ class StdlibCorpus(Corpus):
         self.root = Path(root or sysconfig.get_paths()["stdlib"])
 
     def files(self) -> list[Path]:
-        out = [p for p in self.root.rglob("*.py")
-               if not (set(p.relative_to(self.root).parts[:-1]) & self.EXCLUDE) and not p.name.startswith("test_")]
+        out = [
+            p
+            for p in self.root.rglob("*.py")
+            if not (set(p.relative_to(self.root).parts[:-1]) & self.EXCLUDE) and not p.name.startswith("test_")
+        ]
         if not out:
             raise ConfigError(f"data=stdlib: no Python source files under {self.root}")
         return sorted(out, key=lambda p: p.relative_to(self.root).as_posix())

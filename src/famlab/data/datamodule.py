@@ -3,6 +3,7 @@
 ``tokenizer``, ``vocab_size``, ``meta`` (for the run summary) and ``eval_batches(context, n)``
 (fixed windows at any context length, used by validation and length-generalisation evals).
 """
+
 from __future__ import annotations
 
 import math
@@ -56,10 +57,21 @@ class LMDataModule(StepStreamMixin, pl.LightningDataModule):
     validation windows are read from its token shards on disk. Without a named validation split
     the last ``val_fraction`` of tokens is validation."""
 
-    def __init__(self, corpus, tokenizer: dict | None = None, context: int = 128, batch_size: int = 16,
-                 val_fraction: float = 0.1, val_batches: int = 16, seed: int = 0,
-                 cache_dir: str = "~/.cache/famlab", max_tokens: int | None = None, streaming: bool = False,
-                 num_proc: int | None = None, shard_tokens: int = SHARD_TOKENS):
+    def __init__(
+        self,
+        corpus,
+        tokenizer: dict | None = None,
+        context: int = 128,
+        batch_size: int = 16,
+        val_fraction: float = 0.1,
+        val_batches: int = 16,
+        seed: int = 0,
+        cache_dir: str = "~/.cache/famlab",
+        max_tokens: int | None = None,
+        streaming: bool = False,
+        num_proc: int | None = None,
+        shard_tokens: int = SHARD_TOKENS,
+    ):
         super().__init__()
         self.corpus, self.tok_cfg = corpus, dict(tokenizer or {"kind": "bytes"})
         self.context = _positive("model.context", context)
@@ -68,19 +80,31 @@ class LMDataModule(StepStreamMixin, pl.LightningDataModule):
         if not 0 < val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         self.val_fraction, self.seed, self.cache_dir = val_fraction, seed, cache_dir
-        self.max_tokens, self.streaming, self.num_proc, self.shard_tokens = max_tokens, streaming, num_proc, shard_tokens
+        self.max_tokens, self.streaming, self.num_proc, self.shard_tokens = (
+            max_tokens,
+            streaming,
+            num_proc,
+            shard_tokens,
+        )
         self.tokenizer = None
         self.train_tokens = self.val_tokens = None
         self.prepared = None
         self.meta: dict = {}
 
-    def prepare(self) -> "LMDataModule":
+    def prepare(self) -> LMDataModule:
         """Prepare the corpus (or reuse its prepared directory) and open the splits; idempotent.
         Raises ConfigError."""
         if self.train_tokens is not None:
             return self
-        prepared = prepare_corpus(self.corpus, self.tok_cfg, self.cache_dir, self.val_fraction, self.max_tokens,
-                                  self.num_proc, self.shard_tokens)
+        prepared = prepare_corpus(
+            self.corpus,
+            self.tok_cfg,
+            self.cache_dir,
+            self.val_fraction,
+            self.max_tokens,
+            self.num_proc,
+            self.shard_tokens,
+        )
         train, val = prepared.split("train"), prepared.split("val")
         for split, t in (("training", train), ("validation", val)):
             if t.numel() <= self.context + 1:
@@ -92,11 +116,19 @@ class LMDataModule(StepStreamMixin, pl.LightningDataModule):
         self.train_tokens, self.val_tokens = train, val
         m = prepared.manifest
         self.meta = {
-            "corpus": m["corpus"], "fingerprint": m["fingerprint"], "python": m["python"],
-            "tokenizer": self.tokenizer.kind, "vocab_size": self.tokenizer.vocab_size,
-            "train_tokens": train.numel(), "val_tokens": val.numel(), "unigram_loss": m["unigram_loss"],
-            "chars_per_token": m["chars_per_token"], "prepared": str(prepared.path), "dtype": m["dtype"],
-            "max_tokens": m["max_tokens"], "truncated": m["truncated"],
+            "corpus": m["corpus"],
+            "fingerprint": m["fingerprint"],
+            "python": m["python"],
+            "tokenizer": self.tokenizer.kind,
+            "vocab_size": self.tokenizer.vocab_size,
+            "train_tokens": train.numel(),
+            "val_tokens": val.numel(),
+            "unigram_loss": m["unigram_loss"],
+            "chars_per_token": m["chars_per_token"],
+            "prepared": str(prepared.path),
+            "dtype": m["dtype"],
+            "max_tokens": m["max_tokens"],
+            "truncated": m["truncated"],
         }
         return self
 
@@ -118,20 +150,33 @@ class LMDataModule(StepStreamMixin, pl.LightningDataModule):
         """``n`` fixed validation batches of length ``context`` (seed-independent)."""
         self.prepare()
         if self.val_tokens.numel() <= context + 1:
-            raise ConfigError(f"eval context {context} is longer than the validation split ({self.val_tokens.numel()} tokens)")
+            raise ConfigError(
+                f"eval context {context} is longer than the validation split ({self.val_tokens.numel()} tokens)"
+            )
         g = step_generator(VAL_SEED, 0)
         return [sample_windows(self.val_tokens, context, batch_size or self.batch_size, g) for _ in range(n)]
 
     def val_dataloader(self):
-        return DataLoader(self.eval_batches(self.context, self.val_batches), batch_size=None, num_workers=0,
-                          generator=loader_generator(self.seed))
+        return DataLoader(
+            self.eval_batches(self.context, self.val_batches),
+            batch_size=None,
+            num_workers=0,
+            generator=loader_generator(self.seed),
+        )
 
 
 class RecallDataModule(StepStreamMixin, pl.LightningDataModule):
     """The synthetic MQAR task (``data=recall``): fresh sequences every step, accuracy as metric."""
 
-    def __init__(self, num_keys: int = 256, num_values: int = 64, context: int = 64, batch_size: int = 32,
-                 val_batches: int = 8, seed: int = 0):
+    def __init__(
+        self,
+        num_keys: int = 256,
+        num_values: int = 64,
+        context: int = 64,
+        batch_size: int = 32,
+        val_batches: int = 8,
+        seed: int = 0,
+    ):
         super().__init__()
         self.task = RecallTask(_positive("data.num_keys", num_keys), _positive("data.num_values", num_values))
         self.context = _positive("model.context", context)
@@ -141,11 +186,16 @@ class RecallDataModule(StepStreamMixin, pl.LightningDataModule):
         self.val_batches = _positive("data.val_batches", val_batches)
         self.seed = seed
         self.tokenizer = _RecallTokenizer(self.task)
-        self.meta = {"corpus": "mqar", "fingerprint": self.task.fingerprint, "python": sys.version.split()[0],
-                     "tokenizer": "recall", "vocab_size": self.task.vocab_size,
-                     "unigram_loss": math.log(self.task.num_values)}
+        self.meta = {
+            "corpus": "mqar",
+            "fingerprint": self.task.fingerprint,
+            "python": sys.version.split()[0],
+            "tokenizer": "recall",
+            "vocab_size": self.task.vocab_size,
+            "unigram_loss": math.log(self.task.num_values),
+        }
 
-    def prepare(self) -> "RecallDataModule":
+    def prepare(self) -> RecallDataModule:
         return self
 
     @property
@@ -163,8 +213,12 @@ class RecallDataModule(StepStreamMixin, pl.LightningDataModule):
         return [self.task.batch(context, batch_size or self.batch_size, g) for _ in range(n)]
 
     def val_dataloader(self):
-        return DataLoader(self.eval_batches(self.context, self.val_batches), batch_size=None, num_workers=0,
-                          generator=loader_generator(self.seed))
+        return DataLoader(
+            self.eval_batches(self.context, self.val_batches),
+            batch_size=None,
+            num_workers=0,
+            generator=loader_generator(self.seed),
+        )
 
 
 class _RecallTokenizer(ByteTokenizer):

@@ -4,6 +4,7 @@ A file's digest is the sha256 of its bytes, streamed in 1 MiB chunks, and memois
 ``<cache>/file-digests.json`` under (absolute path, size, mtime) so that a second run over an
 unchanged 1 GB corpus does not read it again; a changed size or mtime recomputes it.
 """
+
 from __future__ import annotations
 
 import hashlib

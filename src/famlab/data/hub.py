@@ -7,6 +7,7 @@ environment and the already-imported libraries' module constants to offline mode
 ``datasets.load_dataset`` and ``hf_hub_download`` answer from the local cache or fail at once.
 Call it before every hub access; the answer is computed once per process.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,18 +63,33 @@ def decide_offline(timeout: float = 3.0) -> bool:
     return _decided
 
 
-def load_hub_dataset(hub_name: str, config: str | None, split: str, streaming: bool = False,
-                     revision: str | None = None, cache_dir: str | None = None):
+def load_hub_dataset(
+    hub_name: str,
+    config: str | None,
+    split: str,
+    streaming: bool = False,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+):
     """``datasets.load_dataset`` after :func:`decide_offline`; any failure is one ConfigError line."""
     offline = decide_offline()
     import datasets
 
     try:
-        return datasets.load_dataset(hub_name, config, split=split, streaming=streaming, revision=revision,
-                                     cache_dir=os.path.expanduser(cache_dir) if cache_dir else None)
+        return datasets.load_dataset(
+            hub_name,
+            config,
+            split=split,
+            streaming=streaming,
+            revision=revision,
+            cache_dir=os.path.expanduser(cache_dir) if cache_dir else None,
+        )
     except Exception as e:  # noqa: BLE001 - any failure becomes one clear line
-        why = ("the hub is unreachable (offline) and no cached copy exists" if offline
-               else (str(e).splitlines() or [type(e).__name__])[0])
+        why = (
+            "the hub is unreachable (offline) and no cached copy exists"
+            if offline
+            else (str(e).splitlines() or [type(e).__name__])[0]
+        )
         raise ConfigError(
             f"data: could not load hub dataset {hub_name!r}: {why}; use data=text_files "
             f"data.corpus.path=<your .txt files>, data=stdlib or data=embedded offline"
@@ -88,7 +104,12 @@ def hub_file(repo_id: str, filename: str, key: str) -> str:
     try:
         return hf_hub_download(repo_id, filename)
     except Exception as e:  # noqa: BLE001
-        why = ("the hub is unreachable (offline) and no cached copy exists" if offline
-               else (str(e).splitlines() or [type(e).__name__])[0])
-        raise ConfigError(f"{key}={repo_id!r}: could not load {filename} from the hub: {why}; "
-                          f"use data.tokenizer.kind=bytes|chars|bpe, or {key}=<path to a tokenizer.json>") from None
+        why = (
+            "the hub is unreachable (offline) and no cached copy exists"
+            if offline
+            else (str(e).splitlines() or [type(e).__name__])[0]
+        )
+        raise ConfigError(
+            f"{key}={repo_id!r}: could not load {filename} from the hub: {why}; "
+            f"use data.tokenizer.kind=bytes|chars|bpe, or {key}=<path to a tokenizer.json>"
+        ) from None

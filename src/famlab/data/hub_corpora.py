@@ -5,11 +5,12 @@ enwik8 at the byte level with the standard 90M / 5M / 5M split (:class:`Enwik8`)
 The fingerprint names the dataset (name, config, splits, revision), so a prepared directory is
 found and used without any network. Offline, loading fails within seconds (``famlab.data.hub``).
 """
+
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from famlab.data.corpora import PIECE, Corpus
 from famlab.data.fingerprint import combine, file_digest
@@ -27,9 +28,18 @@ class HubDataset(Corpus):
     they download. Each row's ``text_field`` is one document followed by ``separator``.
     """
 
-    def __init__(self, hub_name: str, config: str | None = None, split: str = "train", text_field: str = "text",
-                 val_split: str | None = None, streaming: bool = False, revision: str | None = None,
-                 separator: str = "\n", cache_dir: str | None = None):
+    def __init__(
+        self,
+        hub_name: str,
+        config: str | None = None,
+        split: str = "train",
+        text_field: str = "text",
+        val_split: str | None = None,
+        streaming: bool = False,
+        revision: str | None = None,
+        separator: str = "\n",
+        cache_dir: str | None = None,
+    ):
         if not hub_name:
             raise ConfigError("data.corpus.hub_name is required (a hub dataset id such as roneneldan/TinyStories)")
         self.hub_name, self.config, self.split, self.text_field = hub_name, config, split, text_field
@@ -40,13 +50,24 @@ class HubDataset(Corpus):
 
     @property
     def fingerprint(self) -> str:
-        return combine(["hub", self.hub_name, self.config, self.split, self.val_split, self.text_field,
-                        self.revision or "main", self.separator])
+        return combine(
+            [
+                "hub",
+                self.hub_name,
+                self.config,
+                self.split,
+                self.val_split,
+                self.text_field,
+                self.revision or "main",
+                self.separator,
+            ]
+        )
 
     def _load(self, split: str):
         if split not in self._loaded:
-            self._loaded[split] = load_hub_dataset(self.hub_name, self.config, split, self.streaming, self.revision,
-                                                   self.cache_dir)
+            self._loaded[split] = load_hub_dataset(
+                self.hub_name, self.config, split, self.streaming, self.revision, self.cache_dir
+            )
         return self._loaded[split]
 
     def check(self) -> None:
@@ -86,9 +107,16 @@ class Enwik8(Corpus):
 
     name = "enwik8"
 
-    def __init__(self, path: str | None = None, hub_name: str = "LTCB/enwik8", config: str = "enwik8-raw",
-                 revision: str | None = "refs/convert/parquet", train_bytes: int = 90_000_000,
-                 val_bytes: int = 5_000_000, cache_dir: str | None = None):
+    def __init__(
+        self,
+        path: str | None = None,
+        hub_name: str = "LTCB/enwik8",
+        config: str = "enwik8-raw",
+        revision: str | None = "refs/convert/parquet",
+        train_bytes: int = 90_000_000,
+        val_bytes: int = 5_000_000,
+        cache_dir: str | None = None,
+    ):
         self.path = Path(str(path)).expanduser() if path else None
         if self.path is not None and not self.path.is_file():
             raise ConfigError(f"data.corpus.path: {self.path} does not exist (an enwik8 or enwik8.zip file)")
@@ -138,5 +166,8 @@ class Enwik8(Corpus):
 
     def named_splits(self):
         t, v = self.train_bytes, self.val_bytes
-        return {"train": lambda: self._range(0, t), "val": lambda: self._range(t, t + v),
-                "test": lambda: self._range(t + v, None)}
+        return {
+            "train": lambda: self._range(0, t),
+            "val": lambda: self._range(t, t + v),
+            "test": lambda: self._range(t + v, None),
+        }

@@ -12,6 +12,7 @@ the shards. It writes into a temporary directory and renames it into place while
 lock: a second process preparing the same data waits and reuses the result, and a killed process
 leaves only a temporary directory that the next preparation removes.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,10 @@ def tokenizer_settings(tok_cfg: dict) -> dict:
         TOKENIZERS["bpe"](vocab_size=out["vocab_size"])  # validates
     if kind == "pretrained":
         if not cfg.get("name"):
-            raise ConfigError("data.tokenizer.name is required for data.tokenizer.kind=pretrained "
-                              "(a hub model id such as gpt2, or a path to a tokenizer.json)")
+            raise ConfigError(
+                "data.tokenizer.name is required for data.tokenizer.kind=pretrained "
+                "(a hub model id such as gpt2, or a path to a tokenizer.json)"
+            )
         out["name"] = str(cfg["name"])
     return out
 
@@ -96,15 +99,23 @@ def _ready(path: Path) -> bool:
 
 def prepared_path(corpus, tok_cfg: dict, cache_dir: str | None, val_fraction: float, max_tokens: int | None) -> Path:
     settings = tokenizer_settings(tok_cfg)
-    key = combine([FORMAT, corpus.name, corpus.fingerprint, json.dumps(settings, sort_keys=True), val_fraction,
-                   max_tokens])
+    key = combine(
+        [FORMAT, corpus.name, corpus.fingerprint, json.dumps(settings, sort_keys=True), val_fraction, max_tokens]
+    )
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(corpus.name))
     return cache_root(cache_dir) / f"{slug}-{settings['kind']}-{key}"
 
 
-def prepare_corpus(corpus, tok_cfg: dict, cache_dir: str | None = None, val_fraction: float = 0.1,
-                   max_tokens: int | None = None, num_proc: int | None = None, shard_tokens: int = SHARD_TOKENS,
-                   progress: bool | None = None) -> Prepared:
+def prepare_corpus(
+    corpus,
+    tok_cfg: dict,
+    cache_dir: str | None = None,
+    val_fraction: float = 0.1,
+    max_tokens: int | None = None,
+    num_proc: int | None = None,
+    shard_tokens: int = SHARD_TOKENS,
+    progress: bool | None = None,
+) -> Prepared:
     """The prepared directory for (corpus, tokenizer, split, budget): reused if present, else written."""
     if not 0 < val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
@@ -126,8 +137,17 @@ def prepare_corpus(corpus, tok_cfg: dict, cache_dir: str | None = None, val_frac
         tmp = final.parent / f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            manifest = write_prepared(tmp, corpus, tokenizer, settings, val_fraction, max_tokens,
-                                      num_proc or min(8, os.cpu_count() or 1), shard_tokens, progress)
+            manifest = write_prepared(
+                tmp,
+                corpus,
+                tokenizer,
+                settings,
+                val_fraction,
+                max_tokens,
+                num_proc or min(8, os.cpu_count() or 1),
+                shard_tokens,
+                progress,
+            )
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -137,8 +157,13 @@ def prepare_corpus(corpus, tok_cfg: dict, cache_dir: str | None = None, val_frac
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    log.info("prepared %s tokens (%s) in %.1f s: %s", f"{manifest['total_tokens']:,}", manifest["dtype"],
-             manifest["seconds"], final)
+    log.info(
+        "prepared %s tokens (%s) in %.1f s: %s",
+        f"{manifest['total_tokens']:,}",
+        manifest["dtype"],
+        manifest["seconds"],
+        final,
+    )
     return load_prepared(final, reused=False)
 
 
@@ -211,8 +236,17 @@ def tokenized(docs, tokenizer, num_proc: int):
             yield result.get(), m
 
 
-def write_prepared(root: Path, corpus, tokenizer, settings: dict, val_fraction: float, max_tokens: int | None,
-                   num_proc: int, shard_tokens: int, progress: bool | None) -> dict:
+def write_prepared(
+    root: Path,
+    corpus,
+    tokenizer,
+    settings: dict,
+    val_fraction: float,
+    max_tokens: int | None,
+    num_proc: int,
+    shard_tokens: int,
+    progress: bool | None,
+) -> dict:
     """Fit, tokenize and write shards, tokenizer.json and (last) manifest.json into ``root``."""
     from tqdm import tqdm
 
@@ -227,8 +261,13 @@ def write_prepared(root: Path, corpus, tokenizer, settings: dict, val_fraction: 
     vocab, dtype = tokenizer.vocab_size, token_dtype(tokenizer.vocab_size)
     counts = np.zeros(vocab, dtype=np.int64)
     out_streams, chars, truncated = {}, 0, False
-    bar = tqdm(total=corpus.size_hint, unit="B", unit_scale=True, desc=f"tokenizing {corpus.name}",
-               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    bar = tqdm(
+        total=corpus.size_hint,
+        unit="B",
+        unit_scale=True,
+        desc=f"tokenizing {corpus.name}",
+        disable=(not sys.stderr.isatty()) if progress is None else not progress,
+    )
     for name, make in streams.items():
         source = docs if name == first else iter(make())
         budget = max_tokens if name in ("all", "train") else None
@@ -256,20 +295,32 @@ def write_prepared(root: Path, corpus, tokenizer, settings: dict, val_fraction: 
         splits = {name: {"stream": name, "start": 0, "stop": s["tokens"]} for name, s in out_streams.items()}
     else:
         n_val = int(total * val_fraction)
-        splits = {"train": {"stream": "all", "start": 0, "stop": total - n_val},
-                  "val": {"stream": "all", "start": total - n_val, "stop": total}}
+        splits = {
+            "train": {"stream": "all", "start": 0, "stop": total - n_val},
+            "val": {"stream": "all", "start": total - n_val, "stop": total},
+        }
         for ids in read_range(root, out_streams["all"]["shards"], dtype, total - n_val, total):
             counts -= np.bincount(ids, minlength=vocab)[:vocab]
     for s in splits.values():
         s["tokens"] = s["stop"] - s["start"]
     p = counts[counts > 0] / max(1, counts.sum())
     manifest = {
-        "format": FORMAT, "corpus": corpus.name, "fingerprint": corpus.fingerprint,
-        "python": sys.version.split()[0], "tokenizer": {**settings, "vocab_size": vocab},
-        "dtype": dtype.name, "val_fraction": None if named else val_fraction, "max_tokens": max_tokens,
-        "truncated": truncated, "characters": chars, "total_tokens": total,
-        "chars_per_token": chars / total, "unigram_loss": float(-(p * np.log(p)).sum()),
-        "streams": out_streams, "splits": splits, "seconds": round(time.perf_counter() - t0, 3),
+        "format": FORMAT,
+        "corpus": corpus.name,
+        "fingerprint": corpus.fingerprint,
+        "python": sys.version.split()[0],
+        "tokenizer": {**settings, "vocab_size": vocab},
+        "dtype": dtype.name,
+        "val_fraction": None if named else val_fraction,
+        "max_tokens": max_tokens,
+        "truncated": truncated,
+        "characters": chars,
+        "total_tokens": total,
+        "chars_per_token": chars / total,
+        "unigram_loss": float(-(p * np.log(p)).sum()),
+        "streams": out_streams,
+        "splits": splits,
+        "seconds": round(time.perf_counter() - t0, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -5,6 +5,7 @@ directory is the one every training run with the same data options reuses (nothi
 trained or written). Prints the prepared directory and its manifest's counts; exit status 2 with
 one ``famlab: error: ...`` line on bad input.
 """
+
 from __future__ import annotations
 
 import sys
@@ -46,12 +47,27 @@ def prepare(overrides: list[str]) -> dict:
         raise ConfigError(f"data: {data.get('_target_')} is generated on the fly; there is nothing to prepare")
     corpus = instantiate(data.corpus, "data")
     tok_cfg = OmegaConf.to_container(data.tokenizer, resolve=True) if data.get("tokenizer") else None
-    p = prepare_corpus(corpus, tok_cfg, data.get("cache_dir"), data.get("val_fraction", 0.1), data.get("max_tokens"),
-                       data.get("num_proc"), data.get("shard_tokens", SHARD_TOKENS), progress=None)
+    p = prepare_corpus(
+        corpus,
+        tok_cfg,
+        data.get("cache_dir"),
+        data.get("val_fraction", 0.1),
+        data.get("max_tokens"),
+        data.get("num_proc"),
+        data.get("shard_tokens", SHARD_TOKENS),
+        progress=None,
+    )
     m = p.manifest
-    return {"path": str(p.path), "reused": p.reused, "corpus": m["corpus"],
-            "tokenizer": m["tokenizer"]["kind"], "vocab_size": m["tokenizer"]["vocab_size"], "dtype": m["dtype"],
-            "splits": {k: v["tokens"] for k, v in m["splits"].items()}, "seconds": m["seconds"]}
+    return {
+        "path": str(p.path),
+        "reused": p.reused,
+        "corpus": m["corpus"],
+        "tokenizer": m["tokenizer"]["kind"],
+        "vocab_size": m["tokenizer"]["vocab_size"],
+        "dtype": m["dtype"],
+        "splits": {k: v["tokens"] for k, v in m["splits"].items()},
+        "seconds": m["seconds"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     splits = ", ".join(f"{k} {v:,}" for k, v in out["splits"].items())
     print(f"{'reused' if out['reused'] else 'prepared'} {out['path']}")
-    print(f"  {out['corpus']}: {out['tokenizer']} tokenizer (vocab {out['vocab_size']}, {out['dtype']}); "
-          f"tokens: {splits}")
+    print(
+        f"  {out['corpus']}: {out['tokenizer']} tokenizer (vocab {out['vocab_size']}, {out['dtype']}); tokens: {splits}"
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ A stream of token ids is stored as consecutive raw files ``<stream>-00000.bin``,
 on demand (the operating system's page cache keeps hot data in RAM), so the process's memory does
 not grow with the corpus. A store pickles without its file handles (``ddp_spawn`` children reopen).
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ Only the value positions are scored (targets elsewhere are -100), and accuracy t
 metric. Sequences of any length can be drawn, so trained runs can be evaluated at longer
 contexts than they saw.
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,11 +7,12 @@
 
 Each record's text is one document followed by ``separator`` (default a line break).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from famlab.data.corpora import Corpus, match_files
 from famlab.data.fingerprint import combine, file_digest
@@ -72,7 +73,9 @@ def _jsonl_batches(path: Path, field: str) -> Iterator[list]:
             try:
                 record = json.loads(line)
             except ValueError:
-                raise ConfigError(f"data.corpus.path: {path} line {n} is not a JSON object (expected one per line)") from None
+                raise ConfigError(
+                    f"data.corpus.path: {path} line {n} is not a JSON object (expected one per line)"
+                ) from None
             if not isinstance(record, dict) or field not in record:
                 raise _missing(field, record.keys() if isinstance(record, dict) else [], f"{path} line {n}")
             batch.append(record[field])
@@ -83,8 +86,13 @@ def _jsonl_batches(path: Path, field: str) -> Iterator[list]:
         yield batch
 
 
-READERS = {".jsonl": _jsonl_batches, ".json": _jsonl_batches, ".parquet": _parquet_batches,
-           ".csv": _csv_batches, ".arrow": _arrow_batches}
+READERS = {
+    ".jsonl": _jsonl_batches,
+    ".json": _jsonl_batches,
+    ".parquet": _parquet_batches,
+    ".csv": _csv_batches,
+    ".arrow": _arrow_batches,
+}
 
 
 def _texts(batches: Iterator[list], separator: str) -> Iterator[str]:
@@ -106,8 +114,10 @@ class TableFiles(Corpus):
         files = match_files(self.path, SUFFIXES)
         for f in files:
             if f.suffix not in READERS:
-                raise ConfigError(f"data.corpus.path: {f} has suffix {f.suffix!r}; data=table_files reads "
-                                  f"{', '.join(SUFFIXES)} (plain text: data=text_files)")
+                raise ConfigError(
+                    f"data.corpus.path: {f} has suffix {f.suffix!r}; data=table_files reads "
+                    f"{', '.join(SUFFIXES)} (plain text: data=text_files)"
+                )
         return files
 
     @property
@@ -120,8 +130,9 @@ class TableFiles(Corpus):
 
     @property
     def fingerprint(self) -> str:
-        return combine([self.text_field, self.separator,
-                        *(f"{f.name}:{f.stat().st_size}:{file_digest(f)}" for f in self.files())])
+        return combine(
+            [self.text_field, self.separator, *(f"{f.name}:{f.stat().st_size}:{file_digest(f)}" for f in self.files())]
+        )
 
 
 class SavedDataset(Corpus):
@@ -144,8 +155,10 @@ class SavedDataset(Corpus):
                 raise ConfigError(f"data.corpus.split={self.split!r} is not a split of {self.path} (splits: {splits})")
             return self.path / str(self.split)
         if not (self.path / "state.json").exists():
-            raise ConfigError(f"data.corpus.path: {self.path} is not a directory written by save_to_disk "
-                              f"(no state.json or dataset_dict.json)")
+            raise ConfigError(
+                f"data.corpus.path: {self.path} is not a directory written by save_to_disk "
+                f"(no state.json or dataset_dict.json)"
+            )
         return self.path
 
     def arrow_files(self) -> list[Path]:
@@ -163,5 +176,11 @@ class SavedDataset(Corpus):
 
     @property
     def fingerprint(self) -> str:
-        return combine([self.split, self.text_field, self.separator,
-                        *(f"{f.name}:{f.stat().st_size}:{file_digest(f)}" for f in self.arrow_files())])
+        return combine(
+            [
+                self.split,
+                self.text_field,
+                self.separator,
+                *(f"{f.name}:{f.stat().st_size}:{file_digest(f)}" for f in self.arrow_files()),
+            ]
+        )

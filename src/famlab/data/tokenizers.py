@@ -6,6 +6,7 @@ All share ``encode(str) -> list[int]``, ``encode_array(str | bytes)`` and ``enco
 ``fit(sample_text)``, and ``state()`` / :func:`tokenizer_from_state` so a run directory or a
 prepared data directory can be reloaded without the corpus or a network.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ class ByteTokenizer:
     def __init__(self, **_):
         pass
 
-    def fit(self, text: str) -> "ByteTokenizer":
+    def fit(self, text: str) -> ByteTokenizer:
         return self
 
     def encode(self, text: str) -> list[int]:
@@ -41,8 +42,9 @@ class ByteTokenizer:
         return np.frombuffer(raw, dtype=np.uint8)
 
     def encode_many(self, docs: list) -> np.ndarray:
-        return np.frombuffer(b"".join(d if isinstance(d, (bytes, bytearray)) else d.encode("utf-8") for d in docs),
-                             dtype=np.uint8)
+        return np.frombuffer(
+            b"".join(d if isinstance(d, (bytes, bytearray)) else d.encode("utf-8") for d in docs), dtype=np.uint8
+        )
 
     def decode(self, ids) -> str:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
@@ -66,7 +68,7 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return max(1, len(self.chars))
 
-    def fit(self, text: str) -> "CharTokenizer":
+    def fit(self, text: str) -> CharTokenizer:
         self.__init__("".join(sorted(set(text))))
         return self
 
@@ -134,7 +136,7 @@ class BPETokenizer(_HFTokenizer):
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size() if self._tok else self.target_vocab
 
-    def fit(self, text: str) -> "BPETokenizer":
+    def fit(self, text: str) -> BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
@@ -166,8 +168,10 @@ class PretrainedTokenizer(_HFTokenizer):
             self.name, self._tok = name, Tokenizer.from_str(serialized)
             return
         if not name:
-            raise ConfigError("data.tokenizer.name is required for data.tokenizer.kind=pretrained "
-                              "(a hub model id such as gpt2, or a path to a tokenizer.json)")
+            raise ConfigError(
+                "data.tokenizer.name is required for data.tokenizer.kind=pretrained "
+                "(a hub model id such as gpt2, or a path to a tokenizer.json)"
+            )
         self.name = str(name)
         path = Path(self.name).expanduser()
         if path.is_dir():
@@ -178,7 +182,7 @@ class PretrainedTokenizer(_HFTokenizer):
             path = Path(hub_file(self.name, "tokenizer.json", "data.tokenizer.name"))
         self._tok = Tokenizer.from_file(str(path))
 
-    def fit(self, text: str) -> "PretrainedTokenizer":
+    def fit(self, text: str) -> PretrainedTokenizer:
         return self
 
     def state(self) -> dict:

@@ -5,6 +5,7 @@ exactly the batches an uninterrupted run would have seen. Under DDP the *global*
 step is drawn once and each rank takes its slice, so a two-process run sees the same data as
 one process with the same global batch.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ full disk) removes its ``.tmp`` file and raises (:class:`~famlab.lit.durable.Dis
 disk is full); ``last_step`` is the step of the last ``last.ckpt`` written. Loading uses
 ``weights_only=True`` so a checkpoint from elsewhere cannot execute code.
 """
+
 from __future__ import annotations
 
 import os

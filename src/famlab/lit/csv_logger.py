@@ -6,6 +6,7 @@ it resumes from (they will be logged again, identically). Rewrites (a new column
 truncation) go through a fsynced temporary file and a rename; appended rows are fsynced, and an
 append that fails (a full disk) is cut back so no partial row is left.
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,7 +69,10 @@ class _KeepingWriter(_ExperimentWriter):
             return
         with open(self.metrics_file_path, newline="") as f:
             reader = csv.DictReader(f)
-            keys, rows = list(reader.fieldnames or []), [r for r in reader if r.get("step") and int(float(r["step"])) <= step]
+            keys, rows = (
+                list(reader.fieldnames or []),
+                [r for r in reader if r.get("step") and int(float(r["step"])) <= step],
+            )
         self._rewrite(keys, rows)
 
 

@@ -5,12 +5,14 @@ the new complete one. A write that fails removes its temporary file, and a failu
 disk is full (``ENOSPC``/``EDQUOT``, or a writer such as ``torch.save`` that reports it as a
 ``RuntimeError`` while the filesystem has no space left) becomes :class:`DiskFull` naming the file.
 """
+
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 NEARLY_FULL = 64 * 1024  # bytes: below this a failed write is taken as "the disk is full"

@@ -13,6 +13,7 @@ one heatmap of band energy over steps per group plus the momentum of every group
 ``dirpath`` if given, else ``trainer.default_root_dir``; files are written on global rank 0 only. On resume,
 rows newer than the restored step are dropped first, so the file has one row per (step, group).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,11 +37,13 @@ def find_fam(trainer) -> FAMOptimizer | None:
 class FrequencyMonitor(Callback):
     """Log and record FAM band energies / alpha_eff every ``every_n_steps`` optimizer steps."""
 
-    def __init__(self, every_n_steps: int = 50, dirpath: str | None = None, filename: str = "fam_bands.jsonl",
-                 plot: bool = True):
+    def __init__(
+        self, every_n_steps: int = 50, dirpath: str | None = None, filename: str = "fam_bands.jsonl", plot: bool = True
+    ):
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError("callbacks.frequency_monitor.every_n_steps must be an integer >= 1, "
-                             f"got {every_n_steps!r}")
+            raise ValueError(
+                f"callbacks.frequency_monitor.every_n_steps must be an integer >= 1, got {every_n_steps!r}"
+            )
         self.every_n_steps, self.dirpath, self.filename, self.plot = every_n_steps, dirpath, filename, plot
         self._last_step = -1
 
@@ -67,19 +70,31 @@ class FrequencyMonitor(Callback):
         self._last_step = step
         summary = opt.band_summary()
         device = next(iter(summary.values()))["bands"].device
-        flat = torch.cat([torch.cat([s["alpha_eff"].reshape(1).float().to(device), s["bands"].float().to(device)])
-                          for s in summary.values()])
+        flat = torch.cat(
+            [
+                torch.cat([s["alpha_eff"].reshape(1).float().to(device), s["bands"].float().to(device)])
+                for s in summary.values()
+            ]
+        )
         values = flat.tolist()  # the single host sync every N steps
         metrics, rows, offset = {}, [], 0
         for group, s in summary.items():
             n = s["bands"].numel()
-            alpha, bands = values[offset], values[offset + 1:offset + 1 + n]
+            alpha, bands = values[offset], values[offset + 1 : offset + 1 + n]
             offset += 1 + n
             metrics[f"fam/{group}.alpha_eff"] = alpha
             if s["active"]:  # groups without FAM-active tensors have no bands worth a column
                 metrics.update({f"fam/{group}.band{i}": b for i, b in enumerate(bands)})
-            rows.append({"step": step, "group": group, "handler": s["handler"], "active": s["active"],
-                         "alpha_eff": alpha, "bands": bands})
+            rows.append(
+                {
+                    "step": step,
+                    "group": group,
+                    "handler": s["handler"],
+                    "active": s["active"],
+                    "alpha_eff": alpha,
+                    "bands": bands,
+                }
+            )
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
         if trainer.is_global_zero:
             path = self.run_dir(trainer) / self.filename
@@ -116,8 +131,13 @@ def plot_bands(jsonl: Path, out: Path) -> Path | None:
         rows.sort(key=lambda r: r["step"])
         steps = [r["step"] for r in rows]
         grid = torch.tensor([r["bands"] for r in rows]).T  # [n_bands, steps]
-        im = ax.imshow(grid.numpy(), aspect="auto", origin="lower", interpolation="nearest",
-                       extent=(steps[0], steps[-1], -0.5, grid.shape[0] - 0.5))
+        im = ax.imshow(
+            grid.numpy(),
+            aspect="auto",
+            origin="lower",
+            interpolation="nearest",
+            extent=(steps[0], steps[-1], -0.5, grid.shape[0] - 0.5),
+        )
         ax.set_title(f"{group} ({rows[0]['handler']}): band energy")
         ax.set_ylabel("band")
         fig.colorbar(im, ax=ax)

@@ -16,6 +16,7 @@ spectrum needs whole tensors), ``attention=adaptive_span`` (its ``post_step`` cl
 parameters, which are flattened shards here), models with scalar parameters (FSDP cannot shard
 them: ``position=quaternion`` and ``projection``), and ``trainer.gradient_clip_algorithm=value``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -64,17 +65,25 @@ def refuse_unsupported(cfg: DictConfig, model: torch.nn.Module | None = None) ->
     name = "fsdp"
     optimizer = str(cfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1]
     if "fam" in optimizer:
-        raise ConfigError(f"optimizer={optimizer} needs whole parameter tensors for its frequency analysis and refuses "
-                          f"trainer.strategy={name}; use trainer=ddp, or optimizer=adamw|adam|sgd with trainer=fsdp")
+        raise ConfigError(
+            f"optimizer={optimizer} needs whole parameter tensors for its frequency analysis and refuses "
+            f"trainer.strategy={name}; use trainer=ddp, or optimizer=adamw|adam|sgd with trainer=fsdp"
+        )
     attention = str(cfg.attention.get("_target_", "")).lower()
     for option in UNSUPPORTED_ATTENTION:
         if option.replace("_", "") in attention.replace("_", ""):
-            raise ConfigError(f"attention={option} updates its span parameters after each step, which FSDP keeps as "
-                              f"flattened shards; use trainer=ddp with attention={option}")
+            raise ConfigError(
+                f"attention={option} updates its span parameters after each step, which FSDP keeps as "
+                f"flattened shards; use trainer=ddp with attention={option}"
+            )
     scalars = [n for n, p in (model.named_parameters() if model is not None else []) if p.ndim == 0]
     if scalars:
-        raise ConfigError(f"trainer=fsdp cannot shard the scalar parameter {scalars[0]}; "
-                          f"use trainer=ddp, or position=rotary|compact|none with trainer=fsdp")
+        raise ConfigError(
+            f"trainer=fsdp cannot shard the scalar parameter {scalars[0]}; "
+            f"use trainer=ddp, or position=rotary|compact|none with trainer=fsdp"
+        )
     if cfg.trainer.get("gradient_clip_algorithm") == "value":
-        raise ConfigError("trainer.gradient_clip_algorithm=value is not supported with trainer=fsdp; "
-                          "use norm clipping (trainer.gradient_clip_val) or null")
+        raise ConfigError(
+            "trainer.gradient_clip_algorithm=value is not supported with trainer=fsdp; "
+            "use norm clipping (trainer.gradient_clip_val) or null"
+        )

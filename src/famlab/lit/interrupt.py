@@ -15,6 +15,7 @@ collective) and stop at the same step, whichever rank was signalled. Lightning's
 handling cannot do this: its handler broadcasts from inside the signal handler (meeting whatever
 collective the other ranks are in), and the signalled rank alone raises at the end of its step.
 """
+
 from __future__ import annotations
 
 import re

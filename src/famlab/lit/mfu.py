@@ -11,6 +11,7 @@ for them the figure is a lower bound.
 ``PEAK_BF16_FLOPS`` lists dense (not 2:4 sparse) bf16 tensor-core peaks with fp32 accumulation,
 from the vendors' data sheets; V100 and T4 have no bf16, their fp16 peak is listed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,7 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("H200", 989e12),
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),
-    ("H100", 989e12),   # SXM
+    ("H100", 989e12),  # SXM
     ("H800", 989e12),
     ("B200", 2250e12),
     ("A100", 312e12),
@@ -30,13 +31,13 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("L40S", 362e12),
     ("L40", 181e12),
     ("L4", 121e12),
-    ("A10G", 70e12),    # AWS variant of the A10 at lower clocks; NVIDIA publishes no sheet: approximate
+    ("A10G", 70e12),  # AWS variant of the A10 at lower clocks; NVIDIA publishes no sheet: approximate
     ("A10", 125e12),
     ("A6000", 155e12),  # RTX A6000
     ("RTX 4090", 165e12),
     ("RTX 3090", 71e12),
-    ("V100", 125e12),   # fp16 (no bf16)
-    ("T4", 65e12),      # fp16 (no bf16)
+    ("V100", 125e12),  # fp16 (no bf16)
+    ("T4", 65e12),  # fp16 (no bf16)
 )
 
 

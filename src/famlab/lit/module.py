@@ -4,27 +4,36 @@ It adds the mixers' ``aux_loss()`` to the loss, calls ``post_step(loss)`` after 
 step, and keeps every diagnostic on device: the training loss is summed into a buffer and
 logged as a mean every ``log_every_n_steps`` steps, so the step itself never syncs with the host.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from torch import nn
 
 from famlab.data.synthetic import IGNORE
+from famlab.lit import rng_state
 from famlab.lit.fsdp import is_fsdp, record_unsharded_shapes
 from famlab.lit.mfu import device_peak_flops, mfu, model_flops_per_token
-from famlab.lit import rng_state
 
 
 class LitLM(pl.LightningModule):
-    def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None, total_steps: int,
-                 bpc_factor: float = 1.0, log_every_n_steps: int = 10, tokens_per_step: int = 0,
-                 config: dict | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None,
+        total_steps: int,
+        bpc_factor: float = 1.0,
+        log_every_n_steps: int = 10,
+        tokens_per_step: int = 0,
+        config: dict | None = None,
+    ):
         super().__init__()
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -68,16 +77,23 @@ class LitLM(pl.LightningModule):
             self.trainer.model.clip_grad_norm_(float(gradient_clip_val))
             return
         plugin = self.trainer.precision_plugin
-        if norms and gradient_clip_val and gradient_clip_algorithm in (None, "norm") and getattr(plugin, "scaler", None) is None \
-                and type(plugin).clip_gradients in (Precision.clip_gradients, MixedPrecision.clip_gradients) \
-                and type(plugin).clip_grad_by_norm is Precision.clip_grad_by_norm:
+        if (
+            norms
+            and gradient_clip_val
+            and gradient_clip_algorithm in (None, "norm")
+            and getattr(plugin, "scaler", None) is None
+            and type(plugin).clip_gradients in (Precision.clip_gradients, MixedPrecision.clip_gradients)
+            and type(plugin).clip_grad_by_norm is Precision.clip_grad_by_norm
+        ):
             # what clip_grad_norm_ does, with the per-gradient 2-norms NonFiniteGuard took this step
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             if params and all(id(p) in norms for p in params):
                 total = torch.linalg.vector_norm(torch.stack([norms[id(p)] for p in params]), 2.0)
                 torch.nn.utils.clip_grads_with_norm_(params, float(gradient_clip_val), total)
                 return
-        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean next-token cross-entropy over scored positions, and the logits."""
@@ -152,8 +168,12 @@ class LitLM(pl.LightningModule):
         if self._peak_flops:
             metrics["perf/mfu"] = mfu(self._flops_per_token, metrics["perf/tokens_per_s"], self._peak_flops)
         metrics.update(self.model.metrics())
-        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
-                      prog_bar=False, on_step=True, on_epoch=False)
+        self.log_dict(
+            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
+            prog_bar=False,
+            on_step=True,
+            on_epoch=False,
+        )
         # the progress bar's numbers: read once here (one host sync per log step), never logged with prog_bar=True
         # (Lightning would .item() those device tensors after every batch for the rest of the epoch)
         self.progress.update({"loss": float(metrics["train/loss"]), "tok/s": float(metrics["perf/tokens_per_s"])})
@@ -176,10 +196,15 @@ class LitLM(pl.LightningModule):
         val_loss = self._val[0] / n
         # synced values live on the module's device (NCCL all-reduces device tensors only); the wall
         # time is per rank and is not synced
-        self.log_dict({
-            "val/loss": val_loss, "val/bpc": val_loss * self.bpc_factor,
-            "val/acc": self._val[1] / self._val[2].clamp_min(1),
-        }, prog_bar=False, sync_dist=True)
+        self.log_dict(
+            {
+                "val/loss": val_loss,
+                "val/bpc": val_loss * self.bpc_factor,
+                "val/acc": self._val[1] / self._val[2].clamp_min(1),
+            },
+            prog_bar=False,
+            sync_dist=True,
+        )
         self.log("perf/elapsed_s", float(self.elapsed()), prog_bar=False, sync_dist=False)
         self.progress["val"] = val_loss.detach()  # read by the progress bar once per validation
 

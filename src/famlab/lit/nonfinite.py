@@ -25,6 +25,7 @@ therefore stops or skips all of them.
   parameter or its state) and go on; costs one host read per step, and the count of skipped
   steps is logged as ``nonfinite/skipped``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -84,10 +85,16 @@ class NonFiniteGuard(pl.Callback):
                 pl_module._grad_norms = {id(params[i]): n for i, n in zip(with_grad, norms)}
                 finite = torch.stack(norms).isfinite()
                 grads_ok = finite.all()
-                first_bad = torch.where(grads_ok, torch.full_like(self.first_param, -1),
-                                        self._indices(with_grad, device)[(~finite).int().argmax()])
+                first_bad = torch.where(
+                    grads_ok,
+                    torch.full_like(self.first_param, -1),
+                    self._indices(with_grad, device)[(~finite).int().argmax()],
+                )
             else:
-                grads_ok, first_bad = torch.ones((), dtype=torch.bool, device=device), torch.full_like(self.first_param, -1)
+                grads_ok, first_bad = (
+                    torch.ones((), dtype=torch.bool, device=device),
+                    torch.full_like(self.first_param, -1),
+                )
             loss_ok = torch.ones((), dtype=torch.bool, device=device) if loss is None else loss.isfinite()
             if loss is not None and self.max_loss is not None:
                 loss_ok = loss_ok & (loss <= self.max_loss)
@@ -97,7 +104,9 @@ class NonFiniteGuard(pl.Callback):
                 torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
                 bad = bad.bool()
             new = bad & (self.first_step < 0)
-            self.first_step.copy_(torch.where(new, torch.full_like(self.first_step, trainer.global_step), self.first_step))
+            self.first_step.copy_(
+                torch.where(new, torch.full_like(self.first_step, trainer.global_step), self.first_step)
+            )
             self.first_param.copy_(torch.where(new, first_bad, self.first_param))
         if self.policy == "skip":
             if bool(bad):  # the one host read per step that skipping needs
@@ -127,13 +136,21 @@ class NonFiniteGuard(pl.Callback):
             return
         step, idx = self._reduced(trainer)
         if step >= 0:
-            where = f"first parameter with a non-finite gradient: {self.names[idx]}" if idx >= 0 else \
-                "the loss was not finite (gradients were)" if self.max_loss is None else \
-                f"the loss was not finite or above callbacks.nonfinite.max_loss={self.max_loss:g}"
+            where = (
+                f"first parameter with a non-finite gradient: {self.names[idx]}"
+                if idx >= 0
+                else "the loss was not finite (gradients were)"
+                if self.max_loss is None
+                else f"the loss was not finite or above callbacks.nonfinite.max_loss={self.max_loss:g}"
+            )
             last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
-            kept = f"the last good checkpoint is kept ({last})" if last.exists() else "no checkpoint had been written yet"
-            raise NonFiniteError(f"non-finite loss or gradient at step {step + 1}; {where}; {kept} "
-                                 f"(callbacks.nonfinite.policy=skip skips such steps)")
+            kept = (
+                f"the last good checkpoint is kept ({last})" if last.exists() else "no checkpoint had been written yet"
+            )
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {step + 1}; {where}; {kept} "
+                f"(callbacks.nonfinite.policy=skip skips such steps)"
+            )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.check_every == 0:

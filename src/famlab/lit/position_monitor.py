@@ -15,6 +15,7 @@ the JSONL trail and the plot. The run dir is ``dirpath`` if given, else
 ``trainer.default_root_dir``; files are written on global rank 0 only. On resume, rows from the
 restored step on are dropped first (they are recorded again), so each step appears once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,13 @@ def _full_parameters(trainer):
 class PositionMonitor(Callback):
     """Record every layer's position-scheme values every ``every_n_steps`` optimizer steps."""
 
-    def __init__(self, every_n_steps: int = 50, dirpath: str | None = None, filename: str = "position_values.jsonl",
-                 plot: bool = True):
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        dirpath: str | None = None,
+        filename: str = "position_values.jsonl",
+        plot: bool = True,
+    ):
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"callbacks.position_monitor.every_n_steps must be an integer >= 1, got {every_n_steps!r}")
         self.every_n_steps, self.dirpath, self.filename, self.plot = every_n_steps, dirpath, filename, plot
@@ -123,8 +129,9 @@ def plot_position(jsonl: Path, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted((json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()),
-                  key=lambda r: r["step"])
+    rows = sorted(
+        (json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()), key=lambda r: r["step"]
+    )
     panels: dict[str, dict[int, list[tuple[int, float]]]] = {}
     for row in rows:
         for key, value in row.items():
@@ -141,7 +148,7 @@ def plot_position(jsonl: Path, out: Path) -> Path | None:
             ax.plot([s for s, _ in points], [v for _, v in points], marker=".", label=f"layer {layer}")
         ax.set_title(name)
         ax.set_xlabel("optimizer step")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize="x-small")
     fig.suptitle("position scheme values")

@@ -1,4 +1,5 @@
 """``RunRecorder``: keeps the validation history and writes ``summary.json`` as training goes."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,12 @@ class RunRecorder(pl.Callback):
         metrics = trainer.callback_metrics
         if "val/loss" not in metrics:
             return
-        row = {"step": trainer.global_step, "val_loss": float(metrics["val/loss"]),
-               "val_acc": float(metrics.get("val/acc", float("nan"))), "elapsed_s": pl_module.elapsed()}
+        row = {
+            "step": trainer.global_step,
+            "val_loss": float(metrics["val/loss"]),
+            "val_acc": float(metrics.get("val/acc", float("nan"))),
+            "elapsed_s": pl_module.elapsed(),
+        }
         if self.history and self.history[-1]["step"] == row["step"]:
             self.history[-1] = row
         else:
@@ -56,8 +61,12 @@ class RunRecorder(pl.Callback):
             "wall_time_s": elapsed,
             "tokens_per_s": steps * self.tokens_per_step / elapsed if elapsed > 0 else None,
             "optimizer_ms": pl_module.optimizer_ms(),
-            "target": {"metric": "val/loss", "value": self.target,
-                       "step": hit["step"] if hit else None, "time_s": hit["elapsed_s"] if hit else None},
+            "target": {
+                "metric": "val/loss",
+                "value": self.target,
+                "step": hit["step"] if hit else None,
+                "time_s": hit["elapsed_s"] if hit else None,
+            },
             "val_history": self.history,
         }
         if fields["optimizer_ms"] is None:  # no step timed in this attempt (a relaunch of a finished run)

@@ -6,6 +6,7 @@ dropout masks on its own device; only rank 0 writes the checkpoint, and on resum
 sets its current device's generator to the state rank 0 saved for *its* current device, which is
 the state every rank had.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 Written at the start (status ``running``), at the end (``completed``), and on failure
 (``failed`` or ``diverged`` with the error), always atomically (fsynced before the rename).
 """
+
 from __future__ import annotations
 
 import json

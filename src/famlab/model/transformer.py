@@ -1,8 +1,9 @@
 """Decoder-only transformer (nanoGPT shape) with pluggable attention and position schemes."""
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

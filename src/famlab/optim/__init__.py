@@ -1,4 +1,5 @@
 """Optimizers: the FAM family, parameter groups, schedulers and the config factories."""
+
 from famlab.optim.fam import FAMOptimizer
 from famlab.optim.groups import get_parameter_groups
 from famlab.optim.schedulers import FAMScheduler

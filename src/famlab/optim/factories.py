@@ -10,9 +10,10 @@ Each factory builds parameter groups from the model and returns a ready ``torch.
 
 Every bad value raises ``ValueError`` naming the config key (``optimizer.lr`` ...).
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -53,8 +54,10 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     Groups carry ``names`` (parameter names as in ``named_parameters``); empty groups are dropped.
     """
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
-    decay, no_decay = {"params": [], "names": [], "group": "decay", "weight_decay": weight_decay}, {
-        "params": [], "names": [], "group": "no_decay", "weight_decay": 0.0}
+    decay, no_decay = (
+        {"params": [], "names": [], "group": "decay", "weight_decay": weight_decay},
+        {"params": [], "names": [], "group": "no_decay", "weight_decay": 0.0},
+    )
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -115,8 +118,14 @@ def sgd(
     momentum = _check_unit("momentum", momentum)
     if nesterov and momentum == 0:
         raise ValueError("optimizer.nesterov=true needs optimizer.momentum > 0")
-    return torch.optim.SGD(decay_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=bool(nesterov),
-                           weight_decay=0.0, foreach=True)
+    return torch.optim.SGD(
+        decay_groups(model, weight_decay),
+        lr=lr,
+        momentum=momentum,
+        nesterov=bool(nesterov),
+        weight_decay=0.0,
+        foreach=True,
+    )
 
 
 def fam(
@@ -150,8 +159,16 @@ def fam(
     analysis = SEED_ANALYSIS if isinstance(analysis, str) and analysis == "seed" else _plain(analysis)
     table, kwargs, scalars = fam_arguments(lr, weight_decay, base, groups, analysis, beta2, adam_eps)
     param_groups = get_parameter_groups(model, lr=scalars["lr"], weight_decay=scalars["weight_decay"], table=table)
-    return FAMOptimizer(param_groups, lr=scalars["lr"], weight_decay=scalars["weight_decay"], debug=debug,
-                        debug_dir=debug_dir, debug_interval=debug_interval, debug_every=debug_every, **kwargs)
+    return FAMOptimizer(
+        param_groups,
+        lr=scalars["lr"],
+        weight_decay=scalars["weight_decay"],
+        debug=debug,
+        debug_dir=debug_dir,
+        debug_interval=debug_interval,
+        debug_every=debug_every,
+        **kwargs,
+    )
 
 
 def _plain(node):

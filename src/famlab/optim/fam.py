@@ -27,6 +27,7 @@ the gating uses Python int step counters), seeded sampling instead of the global
 band sums (one matmul per group and signal length), no swallowed exceptions, ``layer_boost`` is stored but
 unused (as in the seed), debug output is JSON Lines (:mod:`famlab.optim.fam_debug`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,17 @@ _FLOAT32_STATE = ("band_ema", "alpha_eff", "beta1_prod", "trace")
 
 
 #: Settings of the whole optimizer (kept in ``defaults``, so every param group and ``state_dict`` carries them).
-OPTIMIZER_KEYS = ("base", "spectrum", "analysis", "attention_layout", "beta2", "adam_eps", "window", "seed",
-                  "layer_boost")
+OPTIMIZER_KEYS = (
+    "base",
+    "spectrum",
+    "analysis",
+    "attention_layout",
+    "beta2",
+    "adam_eps",
+    "window",
+    "seed",
+    "layer_boost",
+)
 
 
 class FAMOptimizer(torch.optim.Optimizer):
@@ -55,20 +65,52 @@ class FAMOptimizer(torch.optim.Optimizer):
     :data:`OPTIMIZER_KEYS` hold for the whole optimizer. Every hyperparameter lives in ``defaults`` and the
     param groups, so ``state_dict()``, pickling and ``deepcopy`` carry them."""
 
-    def __init__(self, params, lr: float = 1e-3, alpha: float = 0.9, beta: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, n_bands: int = 8, fam_start_step: int = 100, layer_boost: bool = True,
-                 min_size: int = 256, debug: bool = False, debug_dir: str = "./fam_debug",
-                 debug_interval: int = 1000, *, base: str = "sgd", spectrum: str = "spatial",
-                 analysis: bool = True, attention_layout: str = "high", beta2: float = 0.999,
-                 adam_eps: float = 1e-8, window: int = 64, seed: int = 0, debug_every: int = 10):
-        defaults = dict(lr=lr, alpha=alpha, beta=beta, eps=eps, weight_decay=weight_decay, n_bands=n_bands,
-                        handler="default", fam_start_step=fam_start_step, min_size=min_size,
-                        base=cfg.choice("base", base, "base"), spectrum=cfg.choice("spectrum", spectrum, "spectrum"),
-                        analysis=bool(analysis),
-                        attention_layout=cfg.choice("attention_layout", attention_layout, "attention_layout"),
-                        beta2=cfg.unit("beta2", beta2), adam_eps=cfg.positive("adam_eps", adam_eps),
-                        window=cfg.integer("window", window, 4), seed=cfg.integer("seed", seed, 0),
-                        layer_boost=layer_boost)  # layer_boost: stored, unused (as in the seed)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        alpha: float = 0.9,
+        beta: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        n_bands: int = 8,
+        fam_start_step: int = 100,
+        layer_boost: bool = True,
+        min_size: int = 256,
+        debug: bool = False,
+        debug_dir: str = "./fam_debug",
+        debug_interval: int = 1000,
+        *,
+        base: str = "sgd",
+        spectrum: str = "spatial",
+        analysis: bool = True,
+        attention_layout: str = "high",
+        beta2: float = 0.999,
+        adam_eps: float = 1e-8,
+        window: int = 64,
+        seed: int = 0,
+        debug_every: int = 10,
+    ):
+        defaults = dict(
+            lr=lr,
+            alpha=alpha,
+            beta=beta,
+            eps=eps,
+            weight_decay=weight_decay,
+            n_bands=n_bands,
+            handler="default",
+            fam_start_step=fam_start_step,
+            min_size=min_size,
+            base=cfg.choice("base", base, "base"),
+            spectrum=cfg.choice("spectrum", spectrum, "spectrum"),
+            analysis=bool(analysis),
+            attention_layout=cfg.choice("attention_layout", attention_layout, "attention_layout"),
+            beta2=cfg.unit("beta2", beta2),
+            adam_eps=cfg.positive("adam_eps", adam_eps),
+            window=cfg.integer("window", window, 4),
+            seed=cfg.integer("seed", seed, 0),
+            layer_boost=layer_boost,
+        )  # layer_boost: stored, unused (as in the seed)
         cfg.integer("debug_interval", debug_interval, 1)
         super().__init__(add_handlers_to_groups(params), defaults)
         _refuse_sharded(self.param_groups)
@@ -79,9 +121,25 @@ class FAMOptimizer(torch.optim.Optimizer):
         self._probes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._steps = 0
         self.debug = bool(debug)
-        self._debug = FAMDebugWriter(debug_dir, debug_interval, debug_every, dict(
-            lr=lr, alpha=alpha, beta=beta, n_bands=n_bands, fam_start_step=fam_start_step, base=base,
-            spectrum=spectrum, analysis=analysis)) if debug else None
+        self._debug = (
+            FAMDebugWriter(
+                debug_dir,
+                debug_interval,
+                debug_every,
+                dict(
+                    lr=lr,
+                    alpha=alpha,
+                    beta=beta,
+                    n_bands=n_bands,
+                    fam_start_step=fam_start_step,
+                    base=base,
+                    spectrum=spectrum,
+                    analysis=analysis,
+                ),
+            )
+            if debug
+            else None
+        )
 
     def __getattr__(self, name: str):
         """``opt.base``, ``opt.spectrum``, ... read the optimizer-wide settings from ``defaults``."""
@@ -94,15 +152,20 @@ class FAMOptimizer(torch.optim.Optimizer):
         value = lambda key: g.get(key, self.defaults.get(key))  # noqa: E731
         for key in OPTIMIZER_KEYS:
             if key in g and g[key] != self.defaults[key]:
-                raise ValueError(f"optimizer.{key}={g[key]!r} is a setting of the whole optimizer "
-                                 f"({self.defaults[key]!r}); param group {g.get('group', len(self.param_groups))!r} "
-                                 "cannot change it")
+                raise ValueError(
+                    f"optimizer.{key}={g[key]!r} is a setting of the whole optimizer "
+                    f"({self.defaults[key]!r}); param group {g.get('group', len(self.param_groups))!r} "
+                    "cannot change it"
+                )
         cfg.positive("lr", value("lr")), cfg.nonneg("weight_decay", value("weight_decay"))
         cfg.unit("alpha", value("alpha")), cfg.unit("beta", value("beta")), cfg.positive("eps", value("eps"))
         cfg.integer("fam_start_step", value("fam_start_step"), 0), cfg.integer("min_size", value("min_size"), 0)
         handler = cfg.choice("handler", g.get("handler", "default"), "handler")
-        cfg.integer("n_bands", value("n_bands"), 2 if handler == "attention" and
-                    self.defaults["attention_layout"] == "legacy" else 1)
+        cfg.integer(
+            "n_bands",
+            value("n_bands"),
+            2 if handler == "attention" and self.defaults["attention_layout"] == "legacy" else 1,
+        )
         g.setdefault("group", f"group{len(self.param_groups)}")
         if not isinstance(g.get("params"), (list, tuple)):
             g["params"] = [g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"])
@@ -229,8 +292,9 @@ class FAMOptimizer(torch.optim.Optimizer):
         if self._debug is not None:
             for i in active:
                 st = states[i]
-                self._debug.record(st["step"], names[i], group["group"], group["handler"], st["alpha_eff"],
-                                   st["band_ema"])
+                self._debug.record(
+                    st["step"], names[i], group["group"], group["handler"], st["alpha_eff"], st["band_ema"]
+                )
 
     def _record_traces(self, eligible, params, grads, states, ords) -> None:
         """Write this step's projection of each eligible gradient into its ring buffer (slot ``(step-1) % W``)."""
@@ -254,8 +318,9 @@ class FAMOptimizer(torch.optim.Optimizer):
         out: dict[int, torch.Tensor] = {}
         for items in buckets.values():
             idx = [i for i, _ in items]
-            bands = handler.analyze(torch.stack([s for _, s in items]), group["n_bands"], group["eps"],
-                                    nyquist=self.spectrum == "temporal")  # [P, n]
+            bands = handler.analyze(
+                torch.stack([s for _, s in items]), group["n_bands"], group["eps"], nyquist=self.spectrum == "temporal"
+            )  # [P, n]
             emas = [states[i]["band_ema"] for i in idx]
             smoothed = torch.stack(emas).lerp_(bands, 1.0 - group["beta"])
             for row, i in enumerate(idx):
@@ -319,8 +384,7 @@ class FAMOptimizer(torch.optim.Optimizer):
             else:
                 bands = torch.zeros(group["n_bands"], device=device)
                 alpha = torch.full((), float(group["alpha"]), device=device)
-            out[group["group"]] = {"handler": group["handler"], "bands": bands, "alpha_eff": alpha,
-                                   "active": len(live)}
+            out[group["group"]] = {"handler": group["handler"], "bands": bands, "alpha_eff": alpha, "active": len(live)}
         return out
 
     def flush_debug(self) -> None:
@@ -358,5 +422,7 @@ def _refuse_sharded(groups) -> None:
     except ImportError:  # pragma: no cover - builds without distributed
         return
     if any(isinstance(p, DTensor) for g in groups for p in g["params"]):
-        raise ValueError("optimizer=fam needs whole parameter tensors for its frequency analysis and does not "
-                         "support FSDP-sharded parameters; use trainer=ddp, or optimizer=adamw|adam|sgd with trainer=fsdp")
+        raise ValueError(
+            "optimizer=fam needs whole parameter tensors for its frequency analysis and does not "
+            "support FSDP-sharded parameters; use trainer=ddp, or optimizer=adamw|adam|sgd with trainer=fsdp"
+        )

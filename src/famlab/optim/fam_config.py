@@ -14,9 +14,10 @@ The config has three parts:
 Every bad value raises ``ValueError("optimizer.<key>=<value> must be <allowed>")``, which the CLI prints as
 one line before anything is written.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from famlab.optim.frequency import HANDLERS
 from famlab.optim.groups import GROUP_TABLE
@@ -29,13 +30,29 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 ROW_KEYS = ("alpha", "lr_scale", "wd_scale")
 HANDLER_KEYS = ("handler", "n_bands")
-ANALYSIS_KEYS = ("spectrum", "beta", "eps", "fam_start_step", "min_size", "seed", "attention_layout", "window",
-                 "handlers")
+ANALYSIS_KEYS = (
+    "spectrum",
+    "beta",
+    "eps",
+    "fam_start_step",
+    "min_size",
+    "seed",
+    "attention_layout",
+    "window",
+    "handlers",
+)
 
 #: The seed's analysis settings (used when ``analysis`` is not given).
 SEED_ANALYSIS: dict[str, Any] = dict(
-    spectrum="spatial", beta=0.99, eps=1e-8, fam_start_step=100, min_size=256, seed=0, attention_layout="high",
-    handlers={k: {"handler": row["handler"], "n_bands": row["n_bands"]} for k, row in GROUP_TABLE.items()})
+    spectrum="spatial",
+    beta=0.99,
+    eps=1e-8,
+    fam_start_step=100,
+    min_size=256,
+    seed=0,
+    attention_layout="high",
+    handlers={k: {"handler": row["handler"], "n_bands": row["n_bands"]} for k, row in GROUP_TABLE.items()},
+)
 #: The seed's update table.
 SEED_GROUPS: dict[str, dict] = {k: {key: row[key] for key in ROW_KEYS} for k, row in GROUP_TABLE.items()}
 
@@ -96,8 +113,10 @@ def _table(key: str, table, row_keys: tuple[str, ...]) -> dict[str, dict]:
         unknown = sorted(set(row) - set(row_keys))
         missing = [k for k in row_keys if k not in row]
         if unknown or missing:
-            raise ValueError(f"optimizer.{key}.{name} must have exactly the keys {list(row_keys)}"
-                             f" (unknown: {unknown}, missing: {missing})")
+            raise ValueError(
+                f"optimizer.{key}.{name} must have exactly the keys {list(row_keys)}"
+                f" (unknown: {unknown}, missing: {missing})"
+            )
         out[name] = row
     return out
 
@@ -106,9 +125,11 @@ def group_table(groups) -> dict[str, dict]:
     """Validated ``groups`` table: alpha in [0, 1), lr_scale > 0, wd_scale >= 0."""
     out = {}
     for name, row in _table("groups", groups, ROW_KEYS).items():
-        out[name] = dict(alpha=unit(f"groups.{name}.alpha", row["alpha"]),
-                         lr_scale=positive(f"groups.{name}.lr_scale", row["lr_scale"]),
-                         wd_scale=nonneg(f"groups.{name}.wd_scale", row["wd_scale"]))
+        out[name] = dict(
+            alpha=unit(f"groups.{name}.alpha", row["alpha"]),
+            lr_scale=positive(f"groups.{name}.lr_scale", row["lr_scale"]),
+            wd_scale=nonneg(f"groups.{name}.wd_scale", row["wd_scale"]),
+        )
     return out
 
 
@@ -123,22 +144,29 @@ def analysis_settings(analysis) -> dict | None:
     missing = [k for k in ANALYSIS_KEYS if k not in a and k != "window"]
     if missing:
         raise ValueError(f"optimizer.analysis is missing {missing}")
-    out = dict(spectrum=choice("analysis.spectrum", a["spectrum"], "spectrum"),
-               beta=unit("analysis.beta", a["beta"]), eps=positive("analysis.eps", a["eps"]),
-               fam_start_step=integer("analysis.fam_start_step", a["fam_start_step"], 0),
-               min_size=integer("analysis.min_size", a["min_size"], 0),
-               seed=integer("analysis.seed", a["seed"], 0),
-               attention_layout=choice("analysis.attention_layout", a["attention_layout"], "attention_layout"))
+    out = dict(
+        spectrum=choice("analysis.spectrum", a["spectrum"], "spectrum"),
+        beta=unit("analysis.beta", a["beta"]),
+        eps=positive("analysis.eps", a["eps"]),
+        fam_start_step=integer("analysis.fam_start_step", a["fam_start_step"], 0),
+        min_size=integer("analysis.min_size", a["min_size"], 0),
+        seed=integer("analysis.seed", a["seed"], 0),
+        attention_layout=choice("analysis.attention_layout", a["attention_layout"], "attention_layout"),
+    )
     if out["spectrum"] == "temporal":
         out["window"] = integer("analysis.window", a.get("window", 64), 4)
     elif "window" in a:
-        raise ValueError("optimizer.analysis.window applies to optimizer.analysis.spectrum=temporal only "
-                         "(use optimizer=fam_temporal)")
+        raise ValueError(
+            "optimizer.analysis.window applies to optimizer.analysis.spectrum=temporal only "
+            "(use optimizer=fam_temporal)"
+        )
     handlers = {}
     for name, row in _table("analysis.handlers", a["handlers"], HANDLER_KEYS).items():
         handler = choice(f"analysis.handlers.{name}.handler", row["handler"], "handler")
         low = 2 if handler == "attention" and out["attention_layout"] == "legacy" else 1
-        handlers[name] = dict(handler=handler, n_bands=integer(f"analysis.handlers.{name}.n_bands", row["n_bands"], low))
+        handlers[name] = dict(
+            handler=handler, n_bands=integer(f"analysis.handlers.{name}.n_bands", row["n_bands"], low)
+        )
     out["handlers"] = handlers
     return out
 

@@ -9,6 +9,7 @@ Differs from the seed optimizer's debug dump: append-only JSONL instead of re-re
 dump (which lost points after truncation), unique parameter names across groups, reliable final flush via
 ``weakref.finalize`` instead of ``__del__``.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,19 @@ def _write(records: list, path: Path, settings: dict) -> None:
         sidecar.write_text(json.dumps({"optimizer": "FAMOptimizer", "settings": settings}, indent=2))
     with path.open("a") as fh:
         for step, name, group, handler, alpha, bands in records:
-            fh.write(json.dumps({"step": step, "name": name, "group": group, "handler": handler,
-                                 "alpha_eff": float(alpha), "bands": bands.float().cpu().tolist()}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "name": name,
+                        "group": group,
+                        "handler": handler,
+                        "alpha_eff": float(alpha),
+                        "bands": bands.float().cpu().tolist(),
+                    }
+                )
+                + "\n"
+            )
     records.clear()
 
 
@@ -43,8 +55,7 @@ class FAMDebugWriter:
         self.last_flush = 0
         self._finalizer = weakref.finalize(self, _write, self.records, self.path, settings)
 
-    def record(self, step: int, name: str, group: str, handler: str, alpha: torch.Tensor,
-               bands: torch.Tensor) -> None:
+    def record(self, step: int, name: str, group: str, handler: str, alpha: torch.Tensor, bands: torch.Tensor) -> None:
         if step % self.every == 0:
             self.records.append((step, name, group, handler, alpha.detach().clone(), bands.detach().clone()))
 

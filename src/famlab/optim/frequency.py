@@ -29,17 +29,18 @@ Band energies are sums of the magnitude spectrum ``|rfft|`` normalised to sum 1 
 Momentum rules (the seed's thresholds and caps) take smoothed bands ``H [..., n]`` and the group alpha;
 tensor inputs give tensor outputs via ``torch.where`` (no sync), sequences give a Python float.
 """
+
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Sequence
+from collections.abc import Sequence
+from functools import cache
 
 import torch
 
 LAYOUTS = ("linear", "log", "legacy", "high")
 
 
-@lru_cache(maxsize=None)
+@cache
 def band_edges(T: int, n: int, layout: str, nyquist: bool = False) -> tuple[tuple[int, int], ...]:
     """Half-open bin ranges ``(start, end)`` of the ``n`` bands for ``T`` rfft bins (empty if start >= end);
     ``nyquist=True`` extends the last band to ``T`` so the highest (Nyquist) bin is never dropped."""
@@ -73,7 +74,7 @@ def band_edges(T: int, n: int, layout: str, nyquist: bool = False) -> tuple[tupl
     raise ValueError(f"band layout must be one of {LAYOUTS}, got {layout!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _band_matrix_cpu(T: int, n: int, layout: str, nyquist: bool = False) -> torch.Tensor:
     m = torch.zeros(T, n)
     for i, (s, e) in enumerate(band_edges(T, n, layout, nyquist)):
@@ -134,7 +135,7 @@ class FrequencyHandler:
     def momentum(self, H: torch.Tensor, alpha: float) -> torch.Tensor:
         """Tensor rule: ``H [..., n]`` -> alpha_eff ``[...]`` (float32, no sync)."""
         n = H.shape[-1]
-        hi = H[..., n // 2:].sum(-1)
+        hi = H[..., n // 2 :].sum(-1)
         return torch.where(hi > 0.3, min(0.95, alpha + 0.05), alpha).to(torch.float32)
 
     def get_adaptive_momentum(self, H: torch.Tensor | Sequence[float], alpha: float):
@@ -152,8 +153,8 @@ class ConvFrequencyHandler(FrequencyHandler):
 
     def momentum(self, H: torch.Tensor, alpha: float) -> torch.Tensor:
         n = H.shape[-1]
-        mid = H[..., n // 4:(3 * n) // 4].sum(-1)
-        hi = H[..., (3 * n) // 4:].sum(-1)
+        mid = H[..., n // 4 : (3 * n) // 4].sum(-1)
+        hi = H[..., (3 * n) // 4 :].sum(-1)
         base = torch.where(hi > 0.3, min(0.95, alpha + 0.05), alpha)
         return torch.where(mid > 0.4, min(0.97, alpha + 0.07), base).to(torch.float32)
 
@@ -189,12 +190,16 @@ class EmbeddingFrequencyHandler(FrequencyHandler):
 
     def momentum(self, H: torch.Tensor, alpha: float) -> torch.Tensor:
         n = H.shape[-1]
-        hi = H[..., (3 * n) // 4:].sum(-1)
+        hi = H[..., (3 * n) // 4 :].sum(-1)
         return torch.where(hi > 0.2, min(0.98, alpha + 0.08), alpha).to(torch.float32)
 
 
-HANDLERS = {"default": FrequencyHandler, "conv": ConvFrequencyHandler, "attention": AttentionFrequencyHandler,
-            "embedding": EmbeddingFrequencyHandler}
+HANDLERS = {
+    "default": FrequencyHandler,
+    "conv": ConvFrequencyHandler,
+    "attention": AttentionFrequencyHandler,
+    "embedding": EmbeddingFrequencyHandler,
+}
 
 
 def make_handler(name: str, attention_layout: str = "high") -> FrequencyHandler:
@@ -207,4 +212,3 @@ def make_handler(name: str, attention_layout: str = "high") -> FrequencyHandler:
 def bins_per_band(T: int, n: int, layout: str, nyquist: bool = False) -> list[int]:
     """Number of bins in each band (diagnostics and tests)."""
     return [max(0, e - s) for s, e in band_edges(T, n, layout, nyquist)]
-

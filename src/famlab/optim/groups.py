@@ -20,9 +20,10 @@ falls back to lower-cased name keywords (now including ``attn``, ``q_proj``, ``s
 ``layer`` keyword, which swallowed every ``layers.N`` weight into the norm group, is gone). Names come from
 ``named_parameters`` so tied weights appear once, under their first name.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 
@@ -36,15 +37,30 @@ GROUP_TABLE: dict[str, dict] = {
 
 NAME_KEYWORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("conv", ("conv", "cnn")),
-    ("attention", ("attention", "attn", "mha", "self_attn", "cross_attn", "q_proj", "k_proj", "v_proj",
-                   "o_proj", "out_proj", "qkv")),
+    (
+        "attention",
+        (
+            "attention",
+            "attn",
+            "mha",
+            "self_attn",
+            "cross_attn",
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "out_proj",
+            "qkv",
+        ),
+    ),
     ("embedding", ("embed", "token", "wte", "wpe", "tok_emb", "pos_emb")),
     ("norm", ("norm", "batch", "ln_")),
 )
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _NORM = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase) + (
-    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+)
 
 
 def _attention_types() -> tuple[type, ...]:
@@ -84,8 +100,9 @@ def _owner_chain(model: nn.Module, name: str) -> list[nn.Module]:
     return chain
 
 
-def get_parameter_groups(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0,
-                         table: dict[str, dict] | None = None) -> list[dict]:
+def get_parameter_groups(
+    model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, table: dict[str, dict] | None = None
+) -> list[dict]:
     """Handler groups for :class:`famlab.optim.fam.FAMOptimizer`.
 
     ``table`` maps every group name of :data:`GROUP_TABLE` to a row with ``alpha``, ``lr_scale`` and
@@ -102,8 +119,14 @@ def get_parameter_groups(model: nn.Module, lr: float = 1e-3, weight_decay: float
         key = classify(name, param, _owner_chain(model, name))
         if key not in buckets:
             row = table[key]
-            buckets[key] = dict(params=[], names=[], group=key, alpha=row["alpha"], lr=lr * row["lr_scale"],
-                                weight_decay=weight_decay * row["wd_scale"])
+            buckets[key] = dict(
+                params=[],
+                names=[],
+                group=key,
+                alpha=row["alpha"],
+                lr=lr * row["lr_scale"],
+                weight_decay=weight_decay * row["wd_scale"],
+            )
             buckets[key].update({k: row[k] for k in ("handler", "n_bands") if k in row})
         buckets[key]["params"].append(param)
         buckets[key]["names"].append(name)
@@ -124,8 +147,7 @@ def add_handlers_to_groups(params: Iterable) -> list[dict]:
     groups = []
     for i, group in enumerate(params):
         group = dict(group)
-        group["params"] = list(group["params"]) if not isinstance(group["params"], nn.Parameter) else [
-            group["params"]]
+        group["params"] = list(group["params"]) if not isinstance(group["params"], nn.Parameter) else [group["params"]]
         if "handler" not in group:
             kinds = [classify_by_name(n) for n in group.get("names", [])]
             kind = max(set(kinds), key=kinds.count) if kinds else "default"
@@ -133,8 +155,9 @@ def add_handlers_to_groups(params: Iterable) -> list[dict]:
         group.setdefault("group", f"group{i}")
         group.setdefault("names", [f"{group['group']}.{j}" for j in range(len(group["params"]))])
         if len(group["names"]) != len(group["params"]):
-            raise ValueError(f"param group {group['group']!r}: {len(group['names'])} names for "
-                             f"{len(group['params'])} params")
+            raise ValueError(
+                f"param group {group['group']!r}: {len(group['names'])} names for {len(group['params'])} params"
+            )
         groups.append(group)
     return groups
 
@@ -145,6 +168,8 @@ def format_group_table(groups: list[dict]) -> str:
     for g in groups:
         numel = sum(p.numel() for p in g["params"])
         names = ", ".join(g["names"][:4]) + (" ..." if len(g["names"]) > 4 else "")
-        lines.append(f"{g['group']:<10} {g.get('handler', '-'):<9} {g['alpha']:>5.2f} {g.get('n_bands', 0):>5d} {g['lr']:>9.2e} "
-                     f"{g['weight_decay']:>7.3g} {len(g['params']):>3d} {numel:>9d}  {names}")
+        lines.append(
+            f"{g['group']:<10} {g.get('handler', '-'):<9} {g['alpha']:>5.2f} {g.get('n_bands', 0):>5d} {g['lr']:>9.2e} "
+            f"{g['weight_decay']:>7.3g} {len(g['params']):>3d} {numel:>9d}  {names}"
+        )
     return "\n".join(lines)

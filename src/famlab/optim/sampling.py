@@ -11,6 +11,7 @@ and nothing syncs with the host.
 Temporal: a fixed sparse random direction per tensor (``PROBE_SIZE`` entries, signs +-1/sqrt(K)), a pure
 function of ``(seed, ordinal)`` so it needs no checkpointing.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,6 +35,7 @@ def _first_k_of_permutations(count: int, n: int, k: int, gen: torch.Generator, d
     """
     keys = torch.rand(count, n, generator=gen, device=device)
     return keys.topk(min(k, n), dim=1, sorted=True).indices
+
 
 def sample_indices(shape: tuple[int, ...], count: int, gen: torch.Generator, device) -> torch.Tensor | None:
     """Flat (row-major) indices ``[count, L]`` of ``count`` independent samples of a tensor of ``shape``,

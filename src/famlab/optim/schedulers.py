@@ -12,6 +12,7 @@ rises again after E), accepts ``warmup_epochs=0`` and rejects ``max_epochs <= wa
 by zero). :class:`FAMScheduler2` keeps the seed's ``+1e-8`` offset of the decay phase and clamps after
 ``total_steps``.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,12 +49,19 @@ class _ClosedForm(LRScheduler):
 class WarmupCosineLR(_ClosedForm):
     """``lr(e) = base*(e+1)/W`` for ``e < W``; then ``base*(r + (1-r)*cos_ramp((e-W)/(E-W)))``; flat after E."""
 
-    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1,
-                 last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+        last_epoch: int = -1,
+    ):
         _check_steps("scheduler", total_steps, warmup_steps, "total_steps (trainer.max_steps)", "warmup_steps")
         if warmup_steps >= total_steps:
-            raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be < total_steps={total_steps} "
-                             "(trainer.max_steps)")
+            raise ValueError(
+                f"scheduler.warmup_steps={warmup_steps} must be < total_steps={total_steps} (trainer.max_steps)"
+            )
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"scheduler.min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
         self.total_steps, self.warmup_steps, self.min_lr_ratio = total_steps, warmup_steps, float(min_lr_ratio)
@@ -84,12 +92,21 @@ class FAMScheduler(_ClosedForm):
     ``e`` is clamped at ``E = max_epochs`` (the seed rises again after E). One ``step()`` per optimizer step.
     """
 
-    def __init__(self, optimizer: Optimizer, warmup_epochs: int, max_epochs: int, warmup_start_lr: float = 1e-8,
-                 eta_min: float = 1e-8, last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        warmup_epochs: int,
+        max_epochs: int,
+        warmup_start_lr: float = 1e-8,
+        eta_min: float = 1e-8,
+        last_epoch: int = -1,
+    ):
         _check_steps("scheduler", max_epochs, warmup_epochs, "max_epochs", "warmup_epochs")
         if max_epochs <= warmup_epochs:
-            raise ValueError(f"scheduler: max_epochs={max_epochs} must be > warmup_epochs={warmup_epochs} "
-                             "(the cosine phase would have zero length)")
+            raise ValueError(
+                f"scheduler: max_epochs={max_epochs} must be > warmup_epochs={warmup_epochs} "
+                "(the cosine phase would have zero length)"
+            )
         if warmup_start_lr < 0 or eta_min < 0:
             raise ValueError("scheduler.warmup_start_lr and scheduler.eta_min must be >= 0")
         self.warmup_epochs, self.max_epochs = warmup_epochs, max_epochs
@@ -107,14 +124,23 @@ class FAMScheduler(_ClosedForm):
 class FAMScheduler2(_ClosedForm):
     """Seed step scheduler: linear warm-up, plateau until ``decay_start_step``, cosine to ``eta_min`` (+1e-8)."""
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int = 1000, total_steps: int = 100000,
-                 decay_start_step: int | None = None, warmup_start_lr: float = 1e-6, eta_min: float = 1e-6,
-                 last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        warmup_steps: int = 1000,
+        total_steps: int = 100000,
+        decay_start_step: int | None = None,
+        warmup_start_lr: float = 1e-6,
+        eta_min: float = 1e-6,
+        last_epoch: int = -1,
+    ):
         _check_steps("scheduler", total_steps, warmup_steps, "total_steps", "warmup_steps")
         decay_start_step = warmup_steps if decay_start_step is None else decay_start_step
         if not warmup_steps <= decay_start_step < total_steps:
-            raise ValueError(f"scheduler: need warmup_steps ({warmup_steps}) <= decay_start_step "
-                             f"({decay_start_step}) < total_steps ({total_steps})")
+            raise ValueError(
+                f"scheduler: need warmup_steps ({warmup_steps}) <= decay_start_step "
+                f"({decay_start_step}) < total_steps ({total_steps})"
+            )
         self.warmup_steps, self.total_steps, self.decay_start_step = warmup_steps, total_steps, decay_start_step
         self.warmup_start_lr, self.eta_min = float(warmup_start_lr), float(eta_min)
         super().__init__(optimizer, last_epoch)
@@ -129,8 +155,9 @@ class FAMScheduler2(_ClosedForm):
         return self.eta_min + (base_lr - self.eta_min) * ramp + 1e-8
 
 
-def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0,
-                  min_lr_ratio: float = 0.1) -> WarmupCosineLR:
+def warmup_cosine(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1
+) -> WarmupCosineLR:
     """Factory for ``scheduler=cosine``."""
     return WarmupCosineLR(optimizer, total_steps=total_steps, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
 
@@ -140,12 +167,15 @@ def constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> C
     return ConstantLR(optimizer, total_steps=total_steps, warmup_steps=warmup_steps)
 
 
-def fam(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, warmup_start_lr: float = 1e-8,
-        eta_min: float = 1e-8) -> FAMScheduler:
+def fam(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, warmup_start_lr: float = 1e-8, eta_min: float = 1e-8
+) -> FAMScheduler:
     """Factory for ``scheduler=fam``: :class:`FAMScheduler` with ``warmup_epochs=warmup_steps`` and
     ``max_epochs=total_steps``."""
     if isinstance(total_steps, int) and isinstance(warmup_steps, int) and warmup_steps >= total_steps:
-        raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be < total_steps={total_steps} "
-                         "(trainer.max_steps)")
-    return FAMScheduler(optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps,
-                        warmup_start_lr=warmup_start_lr, eta_min=eta_min)
+        raise ValueError(
+            f"scheduler.warmup_steps={warmup_steps} must be < total_steps={total_steps} (trainer.max_steps)"
+        )
+    return FAMScheduler(
+        optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps, warmup_start_lr=warmup_start_lr, eta_min=eta_min
+    )

@@ -9,6 +9,7 @@ applied to queries and keys alike; ``positions`` are absolute token positions (`
 offset`` in cached decoding). Optionally ``metrics() -> dict[str, Tensor]`` returns learned
 values (keys ``"position/..."``) for logging every N steps.
 """
+
 from __future__ import annotations
 
 from typing import Protocol

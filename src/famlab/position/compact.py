@@ -13,6 +13,7 @@ leaves ``q·k`` unchanged); frequencies follow a geometric layout ``θ^(-k/rot_p
 (the seed created one and dropped it); ``rotate_half`` is the correct interleaved one (the seed's
 concatenated halves, which is not a rotation); no dense ``d×d`` matmuls.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,8 @@ import math
 import torch
 from torch import nn
 
-from famlab.position.rotary import apply_rotary, init_freqs, learned_rotations, rotate_pairs
 from famlab.position.base import check_positions
+from famlab.position.rotary import apply_rotary, init_freqs, learned_rotations, rotate_pairs
 
 
 class CompactRotations(nn.Module):

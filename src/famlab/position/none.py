@@ -1,4 +1,5 @@
 """``position=none``: no positional encoding (NoPE), the baseline every scheme is compared with."""
+
 from __future__ import annotations
 
 import torch

@@ -23,6 +23,7 @@ of every three features after a fixed orthogonal change of basis that ``W_q``/``
 (tested in ``tests/position/test_quaternion.py``): "3-D rotary" is partial RoPE with one frequency
 per triplet; the learned axes reparametrise it rather than add expressiveness.
 """
+
 from __future__ import annotations
 
 import functools
@@ -109,7 +110,7 @@ def _triplet_table_map() -> torch.Tensor:
 _TRIPLET_TABLES = _triplet_table_map()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _band_layout(n: int, width: int, pair: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature -> angle column ``[width]`` and the tables ``[3, 5, width - 3n]`` of the pair and passing features."""
     rest = width - 3 * n

@@ -19,6 +19,7 @@ multiplier (the seed repeated dense matmuls); the projection is built at constru
 orthogonal (``proj_scale`` is only the init gain of the raw subspace parameter). All paths are
 relative: ``q·k`` depends only on the position offset.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -28,8 +29,8 @@ from einops import rearrange, repeat
 from torch import nn
 
 from famlab.position import quaternion
-from famlab.position.quaternion import apply_bands, fibonacci_axes, orthonormal_rows, project_and_rotate, rotation_bands
 from famlab.position.base import check_positions
+from famlab.position.quaternion import apply_bands, fibonacci_axes, orthonormal_rows, project_and_rotate, rotation_bands
 
 FREQ_LAYOUTS = ("lang", "legacy_linear")
 

@@ -22,6 +22,7 @@ median, over the completed seeds of the target arm's winning group, of the metri
 evaluation at or after ``fraction`` of each run's steps; it needs at least ``min_seeds`` seeds.
 Reads only the report's statistics (no torch).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,7 @@ import yaml
 from famlab.report.results import GroupStats, _curve
 from famlab.report.runs import finite
 
-TUNING_DEFAULTS = {"arm": "optimizer", "by": "final_val_loss", "target_arm": None, "fraction": 0.8,
-                   "min_seeds": 3}
+TUNING_DEFAULTS = {"arm": "optimizer", "by": "final_val_loss", "target_arm": None, "fraction": 0.8, "min_seeds": 3}
 
 
 def _median(values: list[float]) -> float:
@@ -84,8 +84,9 @@ def value_at_fraction(result, metric: str, fraction: float) -> tuple[float, floa
     return rows[-1]
 
 
-def target_entry(groups: list[GroupStats], arm: dict, metric: str, fraction: float,
-                 min_seeds: int, arm_name: str) -> tuple[dict | None, str | None]:
+def target_entry(
+    groups: list[GroupStats], arm: dict, metric: str, fraction: float, min_seeds: int, arm_name: str
+) -> tuple[dict | None, str | None]:
     """The target from the target arm's winning group, or ``(None, why)``."""
     if arm.get("group") is None:
         return None, f"the target arm {arm_name} has no completed run"
@@ -98,12 +99,21 @@ def target_entry(groups: list[GroupStats], arm: dict, metric: str, fraction: flo
         if at is not None:
             found.append((result.run.seed, at[0], at[1]))
     if len(found) < min_seeds:
-        return None, (f"the target needs >= {min_seeds} completed seeds of {arm_name} at its best lr "
-                      f"{arm['lr']:g}; stage 1 has {len(found)}")
-    return {"value": round(_median([v for _, _, v in found]), 4), "arm": arm_name, "lr": arm["lr"],
-            "n": len(found), "metric": metric, "fraction": fraction,
-            "seeds": [s for s, _, _ in found], "steps": [st for _, st, _ in found],
-            "values": [_clean(v) for _, _, v in found]}, None
+        return None, (
+            f"the target needs >= {min_seeds} completed seeds of {arm_name} at its best lr "
+            f"{arm['lr']:g}; stage 1 has {len(found)}"
+        )
+    return {
+        "value": round(_median([v for _, _, v in found]), 4),
+        "arm": arm_name,
+        "lr": arm["lr"],
+        "n": len(found),
+        "metric": metric,
+        "fraction": fraction,
+        "seeds": [s for s, _, _ in found],
+        "steps": [st for _, st, _ in found],
+        "values": [_clean(v) for _, _, v in found],
+    }, None
 
 
 def best_settings(stats: list[GroupStats], metric: str, tuning: dict, sources: list[str]) -> dict:
@@ -119,14 +129,19 @@ def best_settings(stats: list[GroupStats], metric: str, tuning: dict, sources: l
         raise ValueError(f"--emit-best: no group has the arm setting {key!r} (choose it with --arm)")
     maximize = any(s.maximize for s in stats) and by not in ("final_val_loss", "best_val_loss")
     arms = {name: arm_entry(groups, by, maximize) for name, groups in by_arm.items()}
-    out = {"sources": list(sources), "arm_key": key, "by": by, "metric": metric, "arms": arms,
-           "target": None}
+    out = {"sources": list(sources), "arm_key": key, "by": by, "metric": metric, "arms": arms, "target": None}
     target_arm = opts.get("target_arm")
     if target_arm is not None:
         if str(target_arm) not in arms:
             raise ValueError(f"--emit-best: target arm {target_arm!r} is not among the arms {sorted(arms)}")
-        out["target"], note = target_entry(by_arm[str(target_arm)], arms[str(target_arm)], metric,
-                                           float(opts["fraction"]), int(opts["min_seeds"]), str(target_arm))
+        out["target"], note = target_entry(
+            by_arm[str(target_arm)],
+            arms[str(target_arm)],
+            metric,
+            float(opts["fraction"]),
+            int(opts["min_seeds"]),
+            str(target_arm),
+        )
         if note:
             out["target_note"] = note
     return out
@@ -141,15 +156,19 @@ def edge_lines(best: dict) -> list[str]:
             lines.append(f"{best['arm_key']}={name}: no completed run on grid [{grid}]")
         elif arm["at_edge"]:
             where = {"low": "lowest", "high": "highest", "single": "only"}[arm["edge"]]
-            lines.append(f"{best['arm_key']}={name}: best lr {arm['lr']:g} is the {where} point of its grid "
-                         f"[{grid}]; widen the grid and rerun that arm")
+            lines.append(
+                f"{best['arm_key']}={name}: best lr {arm['lr']:g} is the {where} point of its grid "
+                f"[{grid}]; widen the grid and rerun that arm"
+            )
     return lines
 
 
 def write_best(best: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = ("# Written by famlab compare --emit-best from the stage-1 sweep(s) below; read by stage 2\n"
-              "# through experiment_meta.best_from (famlab.tuning). Regenerate it, do not edit it.\n")
+    header = (
+        "# Written by famlab compare --emit-best from the stage-1 sweep(s) below; read by stage 2\n"
+        "# through experiment_meta.best_from (famlab.tuning). Regenerate it, do not edit it.\n"
+    )
     path.write_text(header + yaml.safe_dump(best, sort_keys=False, default_flow_style=None, width=110))
     return path

@@ -5,6 +5,7 @@ and bookkeeping keys such as ``out_root``, ``run_name``, ``sweep_name``, ``resum
 identical in every run are left out of labels; what remains, in order of first appearance, is the
 label, e.g. ``optimizer=fam,optimizer.lr=0.003``. A single-group comparison is labelled ``all``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,7 +14,18 @@ from famlab.report.runs import Run
 
 SEED_KEYS = {"seed"}
 # where and under which name a run was written, and how it was resumed: never a compared setting
-BOOKKEEPING_KEYS = {"out_root", "run_name", "sweep_name", "run_dir", "resume", "tags", "paths", "verbose", "optuna", "optimized_metric"}
+BOOKKEEPING_KEYS = {
+    "out_root",
+    "run_name",
+    "sweep_name",
+    "run_dir",
+    "resume",
+    "tags",
+    "paths",
+    "verbose",
+    "optuna",
+    "optimized_metric",
+}
 IGNORED_KEYS = SEED_KEYS | BOOKKEEPING_KEYS
 
 
@@ -74,8 +86,11 @@ def group_runs(runs: list[Run]) -> list[Group]:
     order: list[str] = []
     for settings in known:
         order.extend(k for k in settings if k not in order)
-    varying = [k for k in order if len({s[k] for s in known if k in s}
-                                       | ({None} if any(k not in s for s in complete) else set())) > 1]
+    varying = [
+        k
+        for k in order
+        if len({s[k] for s in known if k in s} | ({None} if any(k not in s for s in complete) else set())) > 1
+    ]
     groups: dict[tuple, Group] = {}
     for run, settings in zip(runs, all_settings):
         if not settings:
@@ -96,8 +111,9 @@ def parse_spec(spec: str) -> dict[str, str]:
     for item in str(spec).split(","):
         parsed = parse_override(item)
         if parsed is None:
-            raise ValueError(f"group spec {spec!r}: {item!r} is not key=value "
-                             "(use a group label or comma-separated key=value pairs)")
+            raise ValueError(
+                f"group spec {spec!r}: {item!r} is not key=value (use a group label or comma-separated key=value pairs)"
+            )
         out[parsed[0]] = parsed[1]
     return out
 
@@ -117,5 +133,4 @@ def matching_groups(spec: str, groups: list[Group]) -> list[Group]:
     if exact:
         return exact
     wanted = parse_spec(spec)
-    return [g for g in groups
-            if all(k in g.settings and _same(g.settings[k], v) for k, v in wanted.items())]
+    return [g for g in groups if all(k in g.settings and _same(g.settings[k], v) for k, v in wanted.items())]

@@ -3,6 +3,7 @@
 Each function writes one PNG and returns its path, or returns None when the data for it is absent
 (e.g. a single learning rate, no ``eval.context_lengths``).
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,9 @@ MAX_CURVES = 10  # beyond this many groups only the best SHOWN_BEST (+ the basel
 SHOWN_BEST = 8
 
 
-def curve_groups(stats: list[GroupStats], baseline: str | None = None,
-                 max_groups: int = MAX_CURVES, keep: int = SHOWN_BEST) -> list[GroupStats]:
+def curve_groups(
+    stats: list[GroupStats], baseline: str | None = None, max_groups: int = MAX_CURVES, keep: int = SHOWN_BEST
+) -> list[GroupStats]:
     """All groups when at most ``max_groups``, else the best ``keep`` by mean best value (groups
     without one last) plus the group labelled ``baseline``, in their original order."""
     if len(stats) <= max_groups:
@@ -79,8 +81,9 @@ def curve_groups(stats: list[GroupStats], baseline: str | None = None,
     return [s for s in stats if id(s) in chosen]
 
 
-def y_limits(bands: list[tuple[np.ndarray, np.ndarray, np.ndarray]], baseline_band=None,
-             maximize: bool = False) -> tuple[float, float] | None:
+def y_limits(
+    bands: list[tuple[np.ndarray, np.ndarray, np.ndarray]], baseline_band=None, maximize: bool = False
+) -> tuple[float, float] | None:
     """A readable y range for loss curves: from the lowest mean to 1.5 x the baseline's first mean
     (without a baseline: 1.2 x the 95th percentile of the groups' first means), so runs that blow
     up do not flatten the others; None when nothing finite is plotted or when ``maximize``."""
@@ -101,8 +104,7 @@ def y_limits(bands: list[tuple[np.ndarray, np.ndarray, np.ndarray]], baseline_ba
     return low - pad, high + pad
 
 
-def plot_loss_curves(stats: list[GroupStats], metric: str, path: Path,
-                     baseline: str | None = None) -> Path | None:
+def plot_loss_curves(stats: list[GroupStats], metric: str, path: Path, baseline: str | None = None) -> Path | None:
     """``metric`` (and ``train/loss`` when logged) vs step, mean +- std over seeds per group; y
     clipped by ``y_limits``; beyond ``MAX_CURVES`` groups only ``curve_groups`` are drawn."""
     shown = curve_groups(stats, baseline)
@@ -131,8 +133,10 @@ def plot_loss_curves(stats: list[GroupStats], metric: str, path: Path,
         ax.set_ylabel(column)
         title = f"{column} (mean ± std over seeds)"
         if omitted:
-            title += (f"\n{len(shown)} of {len(stats)} groups: best by mean best value"
-                      f"{' + baseline' if baseline else ''}; {omitted} omitted")
+            title += (
+                f"\n{len(shown)} of {len(stats)} groups: best by mean best value"
+                f"{' + baseline' if baseline else ''}; {omitted} omitted"
+            )
         ax.set_title(title, fontsize=9 if omitted else None)
         ax.grid(alpha=0.3)
     handles, labels = fig.axes[0].get_legend_handles_labels()
@@ -202,8 +206,14 @@ def plot_lr_sensitivity(stats: list[GroupStats], path: Path) -> Path | None:
         (line,) = ax.plot(lrs, [np.mean(by_lr[x]) for x in lrs], marker="o", label=label)
         for clipped, marker in ((False, "o"), (True, "x")):
             sel = [p for p in pts if p[2] == clipped]
-            ax.scatter([p[0] for p in sel], [p[1] for p in sel], color=line.get_color(), s=14 if clipped else 10,
-                       alpha=0.7 if clipped else 0.5, marker=marker)
+            ax.scatter(
+                [p[0] for p in sel],
+                [p[1] for p in sel],
+                color=line.get_color(),
+                s=14 if clipped else 10,
+                alpha=0.7 if clipped else 0.5,
+                marker=marker,
+            )
     ax.set_xscale("log")
     title = "learning-rate sensitivity (dots: seeds, line: mean)"
     if caps:
@@ -236,18 +246,26 @@ def plot_loss_vs_throughput(stats: list[GroupStats], path: Path) -> Path | None:
         return None
     fig, ax = _single_axes()
     for s in present:
-        pairs = [(r.tokens_per_s, r.final) for r in s.results
-                 if r.run.status == "completed" and r.tokens_per_s is not None and r.final is not None]
+        pairs = [
+            (r.tokens_per_s, r.final)
+            for r in s.results
+            if r.run.status == "completed" and r.tokens_per_s is not None and r.final is not None
+        ]
         x, y = s.estimates["tokens_per_s"], s.estimates["final"]
-        bar = ax.errorbar([x.mean], [y.mean], xerr=[[0.0 if x.n < 2 else x.std]],
-                          yerr=[[0.0 if y.n < 2 else y.std]], marker="o", capsize=3, label=s.label)
-        ax.scatter([p[0] for p in pairs], [p[1] for p in pairs], s=10, alpha=0.5,
-                   color=bar.lines[0].get_color())
+        bar = ax.errorbar(
+            [x.mean],
+            [y.mean],
+            xerr=[[0.0 if x.n < 2 else x.std]],
+            yerr=[[0.0 if y.n < 2 else y.std]],
+            marker="o",
+            capsize=3,
+            label=s.label,
+        )
+        ax.scatter([p[0] for p in pairs], [p[1] for p in pairs], s=10, alpha=0.5, color=bar.lines[0].get_color())
     return _finish(fig, ax, "tokens/s", "final val loss", "quality vs speed (mean ± std; dots: seeds)", path)
 
 
-def write_plots(stats: list[GroupStats], metric: str, out: Path,
-                baseline: str | None = None) -> dict[str, Path]:
+def write_plots(stats: list[GroupStats], metric: str, out: Path, baseline: str | None = None) -> dict[str, Path]:
     """All figures that have data, as ``{name: path}`` under ``out/plots``; ``baseline`` is the
     baseline group's label (always drawn among the loss curves, and their y range)."""
     plots = {

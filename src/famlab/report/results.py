@@ -10,6 +10,7 @@ and the width of the eval interval the crossing fell in (``grid_*``, for the She
 ``value(..., censored=True)`` replaces "never reached" by the run's budget (its last step / wall
 time): a lower bound of the true cost, used by the verdict rules.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,10 +55,12 @@ class RunResult:
             return getattr(self, metric)
         for prefix, table in (("eval_loss@", self.eval_loss), ("eval_accuracy@", self.eval_accuracy)):
             if metric.startswith(prefix):
-                return table.get(int(metric[len(prefix):]))
-        raise ValueError(f"unknown metric {metric!r}: use final_val_loss, best_val_loss, "
-                         "steps_to_target, time_to_target, tokens_per_s, optimizer_ms, "
-                         "eval_loss@<context> or eval_accuracy@<context>")
+                return table.get(int(metric[len(prefix) :]))
+        raise ValueError(
+            f"unknown metric {metric!r}: use final_val_loss, best_val_loss, "
+            "steps_to_target, time_to_target, tokens_per_s, optimizer_ms, "
+            "eval_loss@<context> or eval_accuracy@<context>"
+        )
 
 
 def _last(values: list[float]) -> float | None:
@@ -79,14 +82,15 @@ def _curve(run: Run, metric: str) -> list[tuple[float, float, float | None]]:
     rows = run.metrics.paired(metric, "perf/elapsed_s") if run.metrics else []
     if not rows and metric == "val/loss":
         history = run.summary.get("val_history") or []
-        rows = [(float(h["step"]), float(h["val_loss"]), finite(h.get("elapsed_s")))
-                for h in history if isinstance(h, dict) and finite(h.get("step")) is not None
-                and h.get("val_loss") is not None]
+        rows = [
+            (float(h["step"]), float(h["val_loss"]), finite(h.get("elapsed_s")))
+            for h in history
+            if isinstance(h, dict) and finite(h.get("step")) is not None and h.get("val_loss") is not None
+        ]
     return rows
 
 
-def run_result(run: Run, metric: str = "val/loss", target: float | None = None,
-               maximize: bool = False) -> RunResult:
+def run_result(run: Run, metric: str = "val/loss", target: float | None = None, maximize: bool = False) -> RunResult:
     """Collect one run's numbers (see module docstring)."""
     s, out = run.summary, RunResult(run)
     rows = _curve(run, metric)
@@ -113,8 +117,11 @@ def run_result(run: Run, metric: str = "val/loss", target: float | None = None,
             if out.reached:
                 step, _, own_elapsed = rows[hit]
                 out.steps_to_target = step
-                out.time_to_target = own_elapsed if own_elapsed is not None else (
-                    interpolate_at(step, elapsed.steps, elapsed.values) if elapsed else None)
+                out.time_to_target = (
+                    own_elapsed
+                    if own_elapsed is not None
+                    else (interpolate_at(step, elapsed.steps, elapsed.values) if elapsed else None)
+                )
                 prev_step, _, before = rows[hit - 1] if hit else (0.0, None, 0.0)
                 out.grid_steps = step - prev_step
                 if before is None and elapsed:
@@ -124,10 +131,9 @@ def run_result(run: Run, metric: str = "val/loss", target: float | None = None,
         else:
             block = s.get("target") or {}
             if block.get("metric", metric) == metric and finite(block.get("value")) == target:
-                out.steps_to_target, out.time_to_target = finite(block.get("step")), finite(
-                    block.get("time_s"))
+                out.steps_to_target, out.time_to_target = finite(block.get("step")), finite(block.get("time_s"))
                 out.reached = out.steps_to_target is not None
-    contexts = ((s.get("eval") or {}).get("context_lengths") or {})
+    contexts = (s.get("eval") or {}).get("context_lengths") or {}
     for length, entry in contexts.items():
         entry = entry if isinstance(entry, dict) else {"loss": entry}
         if finite(entry.get("loss")) is not None:
@@ -165,28 +171,42 @@ class GroupStats:
 
     def values(self, metric: str, censored: bool = False) -> list[float]:
         """Per-seed values: target metrics over finished runs, everything else over completed."""
-        pool = self.results if metric.endswith("_to_target") else [
-            r for r in self.results if r.run.status == "completed"]
+        pool = (
+            self.results if metric.endswith("_to_target") else [r for r in self.results if r.run.status == "completed"]
+        )
         vals = [r.value(metric, censored) for r in pool]
         return [v for v in vals if v is not None]
 
 
-def group_stats(group: Group, metric: str = "val/loss", target: float | None = None,
-                maximize: bool = False, confidence: float = 0.95) -> GroupStats:
+def group_stats(
+    group: Group,
+    metric: str = "val/loss",
+    target: float | None = None,
+    maximize: bool = False,
+    confidence: float = 0.95,
+) -> GroupStats:
     """Stats over the group's finished runs (completed + diverged + pruned; losses over completed only)."""
     results = [run_result(r, metric, target, maximize) for r in group.finished]
     completed = [r for r in results if r.run.status == "completed"]
     lengths = sorted({k for r in completed for k in r.eval_loss})
-    eval_loss = {k: mean_ci([r.eval_loss[k] for r in completed if k in r.eval_loss], confidence)
-                 for k in lengths}
+    eval_loss = {k: mean_ci([r.eval_loss[k] for r in completed if k in r.eval_loss], confidence) for k in lengths}
     accuracy_lengths = sorted({k for r in completed for k in r.eval_accuracy})
-    eval_accuracy = {k: mean_ci([r.eval_accuracy[k] for r in completed if k in r.eval_accuracy],
-                                confidence) for k in accuracy_lengths}
+    eval_accuracy = {
+        k: mean_ci([r.eval_accuracy[k] for r in completed if k in r.eval_accuracy], confidence)
+        for k in accuracy_lengths
+    }
     decided = [r for r in results if r.reached is not None]
-    stats = GroupStats(group, results, {}, sum(bool(r.reached) for r in decided), len(decided),
-                       eval_loss, maximize=maximize, eval_accuracy=eval_accuracy)
-    stats.estimates = {name: mean_ci(stats.values(name), confidence, stats.resolution(name))
-                       for name in GROUP_METRICS}
+    stats = GroupStats(
+        group,
+        results,
+        {},
+        sum(bool(r.reached) for r in decided),
+        len(decided),
+        eval_loss,
+        maximize=maximize,
+        eval_accuracy=eval_accuracy,
+    )
+    stats.estimates = {name: mean_ci(stats.values(name), confidence, stats.resolution(name)) for name in GROUP_METRICS}
     return stats
 
 
@@ -200,10 +220,16 @@ def add_ratios(stats: list[GroupStats], baseline: GroupStats, confidence: float 
         for name in GROUP_METRICS:
             a, b = st.estimates[name], baseline.estimates[name]
             ratio = a.mean / b.mean if a.n and b.n and b.mean != 0 else float("nan")
-            test = welch_t_test(st.values(name), baseline.values(name), confidence,
-                                st.resolution(name), baseline.resolution(name))
-            st.ratios[name] = {"ratio": ratio, "p": test.p, "diff": test.diff,
-                               "diff_ci": [test.lo, test.hi], "df": test.df}
+            test = welch_t_test(
+                st.values(name), baseline.values(name), confidence, st.resolution(name), baseline.resolution(name)
+            )
+            st.ratios[name] = {
+                "ratio": ratio,
+                "p": test.p,
+                "diff": test.diff,
+                "diff_ci": [test.lo, test.hi],
+                "df": test.df,
+            }
 
 
 def describe_scale(runs: list[Run]) -> dict:
@@ -212,8 +238,13 @@ def describe_scale(runs: list[Run]) -> dict:
     params = sorted({int(p) for p in (finite(r.summary.get("n_parameters")) for r in done) if p})
     tokens = [t for t in (finite(r.summary.get("tokens_seen")) for r in done) if t]
     hardware = sorted({str(r.summary["hardware"]) for r in done if r.summary.get("hardware")})
-    return {"n_parameters": params, "tokens_per_run": [min(tokens), max(tokens)] if tokens else [],
-            "hardware": hardware, "runs": len(runs), "finished_runs": len(done)}
+    return {
+        "n_parameters": params,
+        "tokens_per_run": [min(tokens), max(tokens)] if tokens else [],
+        "hardware": hardware,
+        "runs": len(runs),
+        "finished_runs": len(done),
+    }
 
 
 def _si(x: float) -> str:
@@ -229,5 +260,7 @@ def scale_line(scale: dict) -> str:
     tok = scale["tokens_per_run"]
     tokens = "unknown" if not tok else _si(tok[0]) if tok[0] == tok[1] else f"{_si(tok[0])}-{_si(tok[1])}"
     hardware = ", ".join(scale["hardware"]) or "unknown hardware"
-    return (f"scale: {params} parameters, {tokens} tokens/run, {hardware}, "
-            f"{scale['finished_runs']}/{scale['runs']} runs finished")
+    return (
+        f"scale: {params} parameters, {tokens} tokens/run, {hardware}, "
+        f"{scale['finished_runs']}/{scale['runs']} runs finished"
+    )

@@ -9,6 +9,7 @@ summary); ``missing`` when neither exists; ``failed`` when the summary cannot be
 ``multirun.yaml`` at a sweep root also yields one ``missing`` entry for every numbered job
 directory the sweep should have made but did not.
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,7 +43,7 @@ class MetricsTable:
         self.columns = columns
 
     @classmethod
-    def read(cls, path: Path) -> "MetricsTable":
+    def read(cls, path: Path) -> MetricsTable:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
             rows = [row for row in reader]
@@ -250,10 +251,10 @@ def expected_missing(sweep: Path, found: list[Path]) -> list[Run]:
     missing = []
     for num in range(size):
         job = sweep / str(num)
-        if job.resolve() not in present and not any(p.resolve().is_relative_to(job.resolve())
-                                                     for p in present):
-            missing.append(Run(path=job, status="missing",
-                               error="job expected from multirun.yaml but no run directory"))
+        if job.resolve() not in present and not any(p.resolve().is_relative_to(job.resolve()) for p in present):
+            missing.append(
+                Run(path=job, status="missing", error="job expected from multirun.yaml but no run directory")
+            )
     return missing
 
 

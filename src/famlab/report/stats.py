@@ -11,11 +11,12 @@
 Undefined quantities (a CI from one value, a test with fewer than two values per arm) are NaN, never
 zero, so callers cannot mistake "unknown" for "exact".
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 NAN = float("nan")
 
@@ -80,8 +81,7 @@ def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
         raise ValueError(f"incomplete beta needs 0 <= x <= 1, got x={x}")
     if x == 0.0 or x == 1.0:
         return x
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     front = math.exp(log_front)
     if x < (a + 1.0) / (a + b + 2.0):
         return front * _beta_continued_fraction(a, b, x) / a
@@ -182,12 +182,26 @@ class WelchResult:
     n_b: int
 
     def as_dict(self) -> dict:
-        return {"diff": self.diff, "se": self.se, "df": self.df, "t": self.t, "p": self.p,
-                "ci_low": self.lo, "ci_high": self.hi, "n_a": self.n_a, "n_b": self.n_b}
+        return {
+            "diff": self.diff,
+            "se": self.se,
+            "df": self.df,
+            "t": self.t,
+            "p": self.p,
+            "ci_low": self.lo,
+            "ci_high": self.hi,
+            "n_a": self.n_a,
+            "n_b": self.n_b,
+        }
 
 
-def welch_t_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
-                 resolution_a: float = 0.0, resolution_b: float = 0.0) -> WelchResult:
+def welch_t_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    confidence: float = 0.95,
+    resolution_a: float = 0.0,
+    resolution_b: float = 0.0,
+) -> WelchResult:
     """Welch's unequal-variance t test on the finite values of ``a`` and ``b``.
 
     df = (va + vb)^2 / (va^2 / (na - 1) + vb^2 / (nb - 1)) with va = s_a^2 / na. ``resolution_*`` > 0
@@ -224,8 +238,9 @@ def first_crossing(values: Sequence[float], target: float, maximize: bool = Fals
     return None
 
 
-def steps_to_target(steps: Sequence[float], values: Sequence[float], target: float,
-                    maximize: bool = False) -> float | None:
+def steps_to_target(
+    steps: Sequence[float], values: Sequence[float], target: float, maximize: bool = False
+) -> float | None:
     """Step of the first evaluation whose value reaches ``target``; None if never reached."""
     i = first_crossing(values, target, maximize)
     return None if i is None else float(steps[i])
@@ -234,8 +249,7 @@ def steps_to_target(steps: Sequence[float], values: Sequence[float], target: flo
 def interpolate_at(step: float, steps: Sequence[float], values: Sequence[float]) -> float | None:
     """Value of a logged series at ``step``: exact match (first one), else linear interpolation between
     the neighbouring logged steps, else None outside the logged range."""
-    pairs = sorted((float(s), float(v)) for s, v in zip(steps, values)
-                   if v is not None and math.isfinite(float(v)))
+    pairs = sorted((float(s), float(v)) for s, v in zip(steps, values) if v is not None and math.isfinite(float(v)))
     for s, v in pairs:
         if s == step:
             return v
@@ -245,9 +259,14 @@ def interpolate_at(step: float, steps: Sequence[float], values: Sequence[float])
     return None
 
 
-def time_to_target(steps: Sequence[float], values: Sequence[float], target: float,
-                   elapsed_steps: Sequence[float], elapsed: Sequence[float],
-                   maximize: bool = False) -> float | None:
+def time_to_target(
+    steps: Sequence[float],
+    values: Sequence[float],
+    target: float,
+    elapsed_steps: Sequence[float],
+    elapsed: Sequence[float],
+    maximize: bool = False,
+) -> float | None:
     """Elapsed seconds (``perf/elapsed_s``) at the first evaluation that reaches ``target``.
 
     The elapsed series is read at the crossing step (interpolated when it was logged on other rows);

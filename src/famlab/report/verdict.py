@@ -29,6 +29,7 @@ run that never reached the target counts with its budget (last step / wall time)
 its true cost: this understates an unreached baseline's cost (conservative for "supported"), and a
 method run that never reached the target blocks "supported".
 """
+
 from __future__ import annotations
 
 import json
@@ -58,12 +59,10 @@ def validate_rule(rule: dict) -> dict:
     out.setdefault("claim", f"{rule['method']} beats {rule['baseline']} on {rule['metric']}")
     out["direction"] = str(out.get("direction") or default_direction(str(rule["metric"])))
     if out["direction"] not in ("lower", "higher"):
-        raise ValueError(f"verdict rule 'direction' must be 'lower' or 'higher', "
-                         f"got {out['direction']!r}")
+        raise ValueError(f"verdict rule 'direction' must be 'lower' or 'higher', got {out['direction']!r}")
     out["effect"] = str(out.get("effect") or "relative")
     if out["effect"] not in ("relative", "absolute"):
-        raise ValueError(f"verdict rule 'effect' must be 'relative' or 'absolute', "
-                         f"got {out['effect']!r}")
+        raise ValueError(f"verdict rule 'effect' must be 'relative' or 'absolute', got {out['effect']!r}")
     out["min_effect"] = float(out.get("min_effect") or 0.0)
     return out
 
@@ -85,8 +84,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def _pick(spec: str, stats: list[GroupStats], metric: str,
-          direction: str) -> tuple[GroupStats | None, str]:
+def _pick(spec: str, stats: list[GroupStats], metric: str, direction: str) -> tuple[GroupStats | None, str]:
     """The group ``spec`` names; among several (an LR sweep) the best on ``metric``, with a note.
 
     Where the metric cannot tell the groups apart (no group reached the target for ``*_to_target``,
@@ -99,8 +97,12 @@ def _pick(spec: str, stats: list[GroupStats], metric: str,
     if len(arms) == 1:
         return arms[0], ""
     sign = 1.0 if direction == "lower" else -1.0
-    by_loss = lambda s: (math.inf if not s.values("best_val_loss") else  # noqa: E731
-                         (-1.0 if s.maximize else 1.0) * _mean(s.values("best_val_loss")))
+    by_loss = lambda s: (
+        math.inf
+        if not s.values("best_val_loss")
+        # noqa: E731
+        else (-1.0 if s.maximize else 1.0) * _mean(s.values("best_val_loss"))
+    )
     candidates = arms
     if metric.endswith("_to_target"):
         candidates = [s for s in arms if s.reached > 0]
@@ -109,14 +111,17 @@ def _pick(spec: str, stats: list[GroupStats], metric: str,
         top = min(scores.values())
         tied = [s for s in candidates if math.isclose(scores[id(s)], top, rel_tol=1e-9, abs_tol=1e-12)]
         if len(tied) == 1:
-            return tied[0], (f"{spec!r} matched {len(arms)} groups; using the best on {metric}: "
-                             f"{tied[0].label}")
+            return tied[0], (f"{spec!r} matched {len(arms)} groups; using the best on {metric}: {tied[0].label}")
         best = min(tied, key=by_loss)
-        return best, (f"{spec!r} matched {len(arms)} groups; {len(tied)} tie on {metric}, using the "
-                      f"best of those on best_val_loss: {best.label}")
+        return best, (
+            f"{spec!r} matched {len(arms)} groups; {len(tied)} tie on {metric}, using the "
+            f"best of those on best_val_loss: {best.label}"
+        )
     best = min(arms, key=by_loss)
-    return best, (f"{spec!r} matched {len(arms)} groups, none of which reached the target; "
-                  f"{metric} cannot rank them, using the best on best_val_loss: {best.label}")
+    return best, (
+        f"{spec!r} matched {len(arms)} groups, none of which reached the target; "
+        f"{metric} cannot rank them, using the best on best_val_loss: {best.label}"
+    )
 
 
 def compare_arms(method: GroupStats, other: GroupStats, rule: dict, need_mean_effect: bool) -> dict:
@@ -127,8 +132,7 @@ def compare_arms(method: GroupStats, other: GroupStats, rule: dict, need_mean_ef
     min_effect = rule["min_effect"]
     metric, lower = rule["metric"], rule["direction"] == "lower"
     a, b = method.values(metric, censored=True), other.values(metric, censored=True)
-    test = welch_t_test(a, b, resolution_a=method.resolution(metric),
-                        resolution_b=other.resolution(metric))
+    test = welch_t_test(a, b, resolution_a=method.resolution(metric), resolution_b=other.resolution(metric))
     sign = -1.0 if lower else 1.0
     imp, lo, hi = sign * test.diff, *sorted((sign * test.lo, sign * test.hi))
     scale = abs(sum(b) / len(b)) if rule["effect"] == "relative" and b else 1.0
@@ -142,9 +146,17 @@ def compare_arms(method: GroupStats, other: GroupStats, rule: dict, need_mean_ef
         outcome = "not better"
     else:
         outcome = "unclear"
-    return {"against": other.label, "n_method": len(a), "n_other": len(b),
-            "improvement": rel, "ci": [rel_lo, rel_hi], "p": test.p, "df": test.df,
-            "effect": rule["effect"], "outcome": outcome}
+    return {
+        "against": other.label,
+        "n_method": len(a),
+        "n_other": len(b),
+        "improvement": rel,
+        "ci": [rel_lo, rel_hi],
+        "p": test.p,
+        "df": test.df,
+        "effect": rule["effect"],
+        "outcome": outcome,
+    }
 
 
 def evaluate_rule(rule: dict, stats: list[GroupStats], scale: str) -> dict:
@@ -172,13 +184,14 @@ def evaluate_rule(rule: dict, stats: list[GroupStats], scale: str) -> dict:
     method = arms["method"]
     base = compare_arms(method, arms["baseline"], rule, need_mean_effect=True)
     result["comparisons"]["baseline"] = base
-    ablation = (compare_arms(method, arms["ablation"], rule, need_mean_effect=False)
-                if "ablation" in arms else None)
+    ablation = compare_arms(method, arms["ablation"], rule, need_mean_effect=False) if "ablation" in arms else None
     if ablation:
         result["comparisons"]["ablation"] = ablation
     if metric.endswith("_to_target") and method.reached < method.decided:
-        result["reasons"].append(f"{method.decided - method.reached}/{method.decided} method run(s) "
-                                 "never reached the target (counted at their budget; blocks 'supported')")
+        result["reasons"].append(
+            f"{method.decided - method.reached}/{method.decided} method run(s) "
+            "never reached the target (counted at their budget; blocks 'supported')"
+        )
         if base["outcome"] == "better":
             base["outcome"] = "unclear"
     if base["outcome"] == "not better" or (ablation and ablation["outcome"] == "not better"):
@@ -198,10 +211,12 @@ def format_verdict(result: dict) -> str:
     for name, cmp in result["comparisons"].items():
         unit = "%" if cmp["effect"] == "relative" else ""
         k = 100.0 if unit else 1.0
-        lines.append(f"- vs {name} `{cmp['against']}` on {rule.get('metric')}: improvement "
-                     f"{cmp['improvement'] * k:+.3g}{unit} (95% CI {cmp['ci'][0] * k:+.3g}{unit} .. "
-                     f"{cmp['ci'][1] * k:+.3g}{unit}), Welch p={cmp['p']:.3g}, n={cmp['n_method']} "
-                     f"vs {cmp['n_other']} -> {cmp['outcome']}")
+        lines.append(
+            f"- vs {name} `{cmp['against']}` on {rule.get('metric')}: improvement "
+            f"{cmp['improvement'] * k:+.3g}{unit} (95% CI {cmp['ci'][0] * k:+.3g}{unit} .. "
+            f"{cmp['ci'][1] * k:+.3g}{unit}), Welch p={cmp['p']:.3g}, n={cmp['n_method']} "
+            f"vs {cmp['n_other']} -> {cmp['outcome']}"
+        )
     lines.extend(f"- note: {r}" for r in result["reasons"])
     lines.append(f"- {result['scale']}")
     return "\n".join(lines)
