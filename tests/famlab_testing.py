@@ -11,6 +11,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the suite's own test callbacks, which training configs name as _target_ (famlab.allowlist)
+os.environ.setdefault("FAMLAB_ALLOW_TARGETS", "test_nonfinite,test_progress,test_sigterm_ddp")
 # One intra-op thread per process: tests start several processes (CLI runs, DDP ranks, sweeps) on
 # 2 cores, and OpenMP threads that wait at barriers for a busy core slow a step down 10x.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -82,7 +82,7 @@ def test_exact_resume_with_gradient_accumulation(tmp_path):
 def test_exact_resume_of_fam_sampling_generator_on_a_large_weight(tmp_path):
     """FAM samples weights above 10,000 elements with its own generator (the MLP weights of model=tiny,
     64 x 256 = 16,384): the generator's saved state must be the one a resumed run continues from."""
-    _stop_resume_compare(tmp_path, "optimizer=fam", "optimizer.fam_start_step=2", "optimizer.lr=0.05")
+    _stop_resume_compare(tmp_path, "optimizer=fam", "optimizer.analysis.fam_start_step=2", "optimizer.lr=0.05")
     ckpt = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=True)
     rng = ckpt["optimizer_states"][0]["fam_rng"]
     assert isinstance(rng, dict) and "cpu" in rng  # the generator was used (and saved) by the sampling

@@ -144,3 +144,23 @@ def test_bad_search_settings_are_one_line(tmp_path, bad, message):
         f"famlab: error: {out.stderr.split(': error: ')[1].strip()}"
     ]
     assert message in out.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_search_whose_every_trial_fails_stops_instead_of_retrying_forever(tmp_path):
+    # a _target_ outside the allowlist fails every trial inside its job, after Hydra launched it
+    out = subprocess.run(
+        _cmd(
+            *SEARCH[:-1],
+            "hydra.sweeper.n_trials=2",
+            "+callbacks.bad._target_=builtins.print",
+            f"out_root={tmp_path}",
+            "sweep_name=f",
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode != 0 and "2 trials failed and 0 of 2 finished" in out.stderr
+    jobs = [p for p in (tmp_path / "train" / "multiruns" / "f").iterdir() if p.name.isdigit()]
+    assert len(jobs) == 2

@@ -9,7 +9,7 @@ Allowed by default: famlab's own modules (except its helpers that write files: `
 ``famlab.data.tokenizers.save_tokenizer`` and the entry-point modules), ``torch.optim`` (optimizers and
 ``torch.optim.lr_scheduler``), and the Lightning classes a training config uses
 (``lightning.pytorch.Trainer``, ``lightning.pytorch.callbacks``, ``lightning.pytorch.loggers``,
-``lightning.pytorch.strategies``, ``lightning.pytorch.profilers`` for ``debug=profiler``). Extend it for your own code with the top-level config key
+``lightning.pytorch.strategies``, ``lightning.pytorch.profilers`` for ``debug=profiler``) and ``optuna.pruners`` (``hparams_search=optuna_pruned``). Extend it for your own code with the top-level config key
 ``allow_targets`` (a list of module or class prefixes, e.g. ``allow_targets=[mylab.models]``) or the
 environment variable ``FAMLAB_ALLOW_TARGETS`` (comma-separated). A run directory's own
 ``allow_targets`` is not honoured when it is loaded (``load_run``, ``famlab sample``, ``famlab
@@ -36,6 +36,7 @@ DEFAULT = (
     "lightning.pytorch.loggers",
     "lightning.pytorch.strategies",
     "lightning.pytorch.profilers",
+    "optuna.pruners",
 )
 # famlab functions that write to a path they are given, and the entry points: never config objects
 FAMLAB_REFUSED = (
@@ -120,6 +121,6 @@ def check(node: Any, extra: Iterable[str] = (), where: str = "", skip: tuple[str
         if not isinstance(target, str) or not allowed(target, extra):
             raise ConfigError(
                 f"{key}={target} is not allowed: famlab instantiates only famlab's modules, torch.optim and "
-                f"Lightning's Trainer, callbacks, loggers, strategies and profilers; if you trust it, add its module to "
+                f"Lightning's Trainer, callbacks, loggers, strategies and profilers, and Optuna's pruners; if you trust it, add its module to "
                 f"allow_targets=[...] or {ENV_VAR}; nothing was called"
             )

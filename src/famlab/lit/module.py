@@ -52,7 +52,8 @@ class LitLM(pl.LightningModule):
         self.train_start_time: float | None = None
         self.elapsed_before = 0.0  # wall time of earlier attempts (restored on resume)
         self._peak_flops: float | None = None  # the GPU's peak bf16 FLOP/s (None: perf/mfu not logged)
-        self._flops_per_token = model_flops_per_token(model)  # on the whole model, before any sharding
+        # analytic FLOPs of a TransformerLM, on the whole model before any sharding (None: no perf/mfu)
+        self._flops_per_token = model_flops_per_token(model) if hasattr(model, "blocks") else None
         record_unsharded_shapes(model)  # decay groups under FSDP follow these
         self.progress: dict[str, float] = {}  # CPU numbers for the progress bar (famlab.lit.progress)
 
@@ -165,7 +166,7 @@ class LitLM(pl.LightningModule):
             "perf/elapsed_s": self.elapsed(),
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
         }
-        if self._peak_flops:
+        if self._peak_flops and self._flops_per_token:
             metrics["perf/mfu"] = mfu(self._flops_per_token, metrics["perf/tokens_per_s"], self._peak_flops)
         metrics.update(self.model.metrics())
         self.log_dict(

@@ -160,8 +160,13 @@ class FamlabOptunaSweeper(Sweeper):
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         done = sum(t.state in finished for t in study.get_trials(deepcopy=False))
         log.info("Optuna study %r in %s: %d of %d trials finished", self.study_name, storage, done, self.n_trials)
-        results = []
+        results, failed = [], 0
         while done < self.n_trials:
+            if failed >= self.n_trials:  # failed trials are retried with new points, but not forever
+                raise RuntimeError(
+                    f"famlab_optuna: {failed} trials failed and {done} of {self.n_trials} finished; "
+                    f"see the failed jobs' summary.json in {sweep_dir}"
+                )
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             batch = [
                 fixed
@@ -181,6 +186,7 @@ class FamlabOptunaSweeper(Sweeper):
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 elif state == "failed":
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    failed += 1
                 else:
                     study.tell(trial, value)
                     log.info("trial %d: %.6g", trial.number, value)
