@@ -18,11 +18,13 @@ setup: $(VENV)/.installed  ## create .venv and install famlab with its dev tools
 train: $(VENV)/.installed  ## train the default experiment (embedded corpus, ~5 min on 2 CPU cores)
 	$(OFFLINE) $(PY) train.py $(ARGS)
 
+# one worker per core, at most 4 (each test process runs one intra-op thread); TEST_WORKERS=0 runs serially
+TEST_WORKERS ?= auto --maxprocesses 4
 test: $(VENV)/.installed  ## the whole test suite, slow tests included (what CI runs)
-	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(ARGS)
 
 test-fast: $(VENV)/.installed  ## the test suite without tests marked slow
-	$(OFFLINE) $(PY) -m pytest -q -m "not slow" -p no:cacheprovider $(ARGS)
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow" -p no:cacheprovider -n $(TEST_WORKERS) $(ARGS)
 
 lint: $(VENV)/.installed  ## ruff lint + format check (pyproject.toml [tool.ruff]); CI runs it before the tests
 	$(VENV)/bin/ruff check .
