@@ -45,7 +45,7 @@ TINY = [
 ]
 FAM_SOAK = (
     "# optimizer=fam with the spectral analysis on from step 4 (benchmarks/soak.py)\n"
-    "defaults:\n  - fam\n  - _self_\nfam_start_step: 4\nlr: 0.05\n"
+    "defaults:\n  - fam\n  - _self_\nanalysis:\n  fam_start_step: 4\nlr: 0.05\n"
 )
 
 
