@@ -85,15 +85,18 @@ def load_hub_dataset(
             cache_dir=os.path.expanduser(cache_dir) if cache_dir else None,
         )
     except Exception as e:  # noqa: BLE001 - any failure becomes one clear line
-        why = (
-            "the hub is unreachable (offline) and no cached copy exists"
-            if offline
-            else (str(e).splitlines() or [type(e).__name__])[0]
-        )
+        why = _failure(e, offline)
         raise ConfigError(
             f"data: could not load hub dataset {hub_name!r}: {why}; use data=text_files "
             f"data.corpus.path=<your .txt files>, data=stdlib or data=embedded offline"
         ) from None
+
+
+def _failure(error: Exception, offline: bool) -> str:
+    """Why a hub load failed, as the middle of a one-line error."""
+    if offline:
+        return "the hub is unreachable (offline) and no cached copy exists"
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def hub_file(repo_id: str, filename: str, key: str) -> str:
@@ -104,11 +107,7 @@ def hub_file(repo_id: str, filename: str, key: str) -> str:
     try:
         return hf_hub_download(repo_id, filename)
     except Exception as e:  # noqa: BLE001
-        why = (
-            "the hub is unreachable (offline) and no cached copy exists"
-            if offline
-            else (str(e).splitlines() or [type(e).__name__])[0]
-        )
+        why = _failure(e, offline)
         raise ConfigError(
             f"{key}={repo_id!r}: could not load {filename} from the hub: {why}; "
             f"use data.tokenizer.kind=bytes|chars|bpe, or {key}=<path to a tokenizer.json>"
