@@ -98,3 +98,44 @@ def test_add_handlers_to_groups():
     assert [x["handler"] for x in groups] == ["attention", "embedding", "default"]  # seed: always "attention"
     with pytest.raises(ValueError, match="names"):
         add_handlers_to_groups([{"params": p, "names": ["a"]}])
+
+
+def test_single_grouping_puts_every_parameter_in_the_default_group():
+    from famlab.optim.factories import fam
+
+    model = TransformerLM(vocab_size=32, dims=16, layers=2, heads=2, context=8)
+    per_type = fam(model, lr=0.5, weight_decay=0.1)
+    single = fam(model, lr=0.5, weight_decay=0.1, grouping="single")
+    assert len(per_type.param_groups) > 1
+    (group,) = single.param_groups
+    assert group["group"] == "default" and group["handler"] == "default" and group["n_bands"] == 8
+    assert group["alpha"] == GROUP_TABLE["default"]["alpha"] and group["weight_decay"] == pytest.approx(0.1)
+    assert len(group["params"]) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match=r"^optimizer.grouping='by_type' must be one of \['per_type', 'single'\]"):
+        fam(model, grouping="by_type")
+
+
+def test_param_handling_experiment_maps_each_arm_to_its_grouping(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from famlab.paths import CONF_DIR
+
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text(
+        "arm_key: handling\narms:\n"
+        "  per_type: {lr: 0.3, grid: [0.1, 0.3, 1.0], at_edge: false}\n"
+        "  uniform: {lr: 1.0, grid: [0.3, 1.0, 3.0], at_edge: false}\n"
+    )
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for arm, grouping, lr in (("per_type", "per_type", 0.3), ("uniform", "single", 1.0)):
+            cfg = compose(
+                "train",
+                overrides=[
+                    "experiment=claim_param_handling_cpu",
+                    f"handling={arm}",
+                    f"experiment_meta.best_from={tuned}",
+                ],
+            )
+            opt = OmegaConf.to_container(cfg.optimizer, resolve=True)
+            assert opt["grouping"] == grouping and opt["lr"] == lr

@@ -133,6 +133,7 @@ def fam(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     base: str = "sgd",
+    grouping: str = "per_type",
     groups: Mapping | None = None,
     analysis: Mapping | None | str = "seed",
     beta2: float | None = None,
@@ -152,13 +153,16 @@ def fam(
     :mod:`famlab.optim.fam_debug` (off in the YAMLs; ``+optimizer.debug=true`` turns it on).
     """
     from famlab.optim.fam import FAMOptimizer
-    from famlab.optim.fam_config import SEED_ANALYSIS, SEED_GROUPS, fam_arguments
+    from famlab.optim.fam_config import SEED_ANALYSIS, SEED_GROUPS, choice, fam_arguments
     from famlab.optim.groups import get_parameter_groups
 
     groups = SEED_GROUPS if groups is None else _plain(groups)
     analysis = SEED_ANALYSIS if isinstance(analysis, str) and analysis == "seed" else _plain(analysis)
     table, kwargs, scalars = fam_arguments(lr, weight_decay, base, groups, analysis, beta2, adam_eps)
-    param_groups = get_parameter_groups(model, lr=scalars["lr"], weight_decay=scalars["weight_decay"], table=table)
+    single = choice("grouping", grouping, "grouping") == "single"
+    param_groups = get_parameter_groups(
+        model, lr=scalars["lr"], weight_decay=scalars["weight_decay"], table=table, single=single
+    )
     return FAMOptimizer(
         param_groups,
         lr=scalars["lr"],

@@ -2,8 +2,9 @@
 
 The config has three parts:
 
-* top level: ``lr``, ``weight_decay`` (base values of every group), ``base`` (``sgd`` | ``adam``), and for
-  ``base=adam`` only ``beta2`` / ``adam_eps``;
+* top level: ``lr``, ``weight_decay`` (base values of every group), ``base`` (``sgd`` | ``adam``),
+  ``grouping`` (``per_type``: one group per parameter type; ``single``: every parameter in the ``default``
+  group, with its row and handler), and for ``base=adam`` only ``beta2`` / ``adam_eps``;
 * ``groups``: per-group update table, one row per group of :data:`famlab.optim.groups.GROUP_TABLE`
   (``conv``, ``attention``, ``embedding``, ``norm``, ``default``) with ``alpha`` (momentum, the base of the
   handler rule), ``lr_scale`` and ``wd_scale`` (multipliers of ``lr`` and ``weight_decay``);
@@ -24,6 +25,7 @@ from famlab.optim.groups import GROUP_TABLE
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "base": ("sgd", "adam"),
+    "grouping": ("per_type", "single"),
     "spectrum": ("spatial", "temporal"),
     "attention_layout": ("high", "legacy"),
     "handler": tuple(sorted(HANDLERS)),

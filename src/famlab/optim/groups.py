@@ -101,7 +101,11 @@ def _owner_chain(model: nn.Module, name: str) -> list[nn.Module]:
 
 
 def get_parameter_groups(
-    model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, table: dict[str, dict] | None = None
+    model: nn.Module,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    table: dict[str, dict] | None = None,
+    single: bool = False,
 ) -> list[dict]:
     """Handler groups for :class:`famlab.optim.fam.FAMOptimizer`.
 
@@ -109,14 +113,15 @@ def get_parameter_groups(
     ``wd_scale`` and, optionally, ``handler`` and ``n_bands`` (default: :data:`GROUP_TABLE`). Returns
     non-empty dicts with ``params``, ``names``, ``group`` (table key), ``alpha``, ``lr = lr * lr_scale``,
     ``weight_decay = weight_decay * wd_scale`` and the row's ``handler`` / ``n_bands`` where it has them;
-    parameters with ``requires_grad=False`` are skipped.
+    parameters with ``requires_grad=False`` are skipped. ``single=True`` puts every parameter in one
+    ``default`` group (the ablation "no per-type handling": one handler, one row, one batched update).
     """
     table = GROUP_TABLE if table is None else table
     buckets: dict[str, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        key = classify(name, param, _owner_chain(model, name))
+        key = "default" if single else classify(name, param, _owner_chain(model, name))
         if key not in buckets:
             row = table[key]
             buckets[key] = dict(
