@@ -146,3 +146,17 @@ def test_a_sweep_launched_twice_concurrently_never_interleaves_a_job(tmp_path):
     assert f"job {sweep / '0'} skipped: run directory {sweep / '0'} is in use" in (tmp_path / "second.log").read_text()
     for job in ("0", "1"):
         _assert_one_clean_run(sweep / job, 24)
+
+
+def test_a_sweep_relaunched_without_resume_leaves_its_finished_jobs_records_alone(tmp_path):
+    args = ["-m", *KILL_RUN, "trainer.max_steps=4", "trainer.val_check_interval=2", "seed=0", f"out_root={tmp_path}"]
+    args.append("sweep_name=s")
+    job = tmp_path / "train" / "multiruns" / "s" / "0"
+    first = _launch(args, tmp_path / "first.log")
+    assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    record = (job / "summary.json").read_bytes()
+    assert json.loads(record)["status"] == "completed"
+    again = _launch(args, tmp_path / "again.log")  # no resume=auto: the job is refused
+    assert again.wait(timeout=600) == 0, (tmp_path / "again.log").read_text()[-3000:]
+    assert "already has checkpoints; pass resume=auto" in (tmp_path / "again.log").read_text()
+    assert (job / "summary.json").read_bytes() == record

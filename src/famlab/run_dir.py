@@ -43,6 +43,7 @@ class RunContext:
     hydra_files: bool = False  # write Hydra's .hydra/ records (Hydra itself writes none: output_subdir null)
     locked_out: bool = False  # another process holds the run directory: never touch it
     resumed_step: int | None = None  # global step of the checkpoint resumed from
+    owned: bool = False  # this process took the run directory over (prepare_run passed its checks)
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> RunContext:
@@ -94,6 +95,10 @@ class RunContext:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def record_failure(self, error: BaseException) -> None:
+        """Mark the job ``failed`` in its summary.json, unless the directory holds an earlier run that
+        this process never took over (a refused resume must leave that run's record as it was)."""
+        if self.locked_out or (self.existed and not self.owned):
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         update_summary(
             self.run_dir,
@@ -204,6 +209,7 @@ def prepare_run(cfg: DictConfig, ctx: RunContext, model=None, lock: RunLock | No
         except RunLocked:
             ctx.locked_out = True
             raise
+    ctx.owned = True
     if resume == "auto":
         for stray in last.parent.glob("*.tmp"):  # half-written by a process killed while saving
             stray.unlink(missing_ok=True)
