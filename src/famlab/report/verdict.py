@@ -36,6 +36,7 @@ import json
 import math
 
 from famlab.report.groups import matching_groups
+from famlab.report.power import MAX_SEEDS, decision_distance, seeds_to_decide
 from famlab.report.results import GroupStats, RunResult, describe_scale, scale_line
 from famlab.report.runs import Run
 from famlab.report.stats import welch_t_test
@@ -146,6 +147,12 @@ def compare_arms(method: GroupStats, other: GroupStats, rule: dict, need_mean_ef
         outcome = "not better"
     else:
         outcome = "unclear"
+    seeds = None
+    if outcome == "unclear" and len(a) >= 2 and len(b) >= 2:
+        distance = decision_distance(rel, min_effect, need_mean_effect)
+        seeds = seeds_to_decide(
+            a, b, distance, scale, resolution_a=method.resolution(metric), resolution_b=other.resolution(metric)
+        )
     return {
         "against": other.label,
         "n_method": len(a),
@@ -156,6 +163,8 @@ def compare_arms(method: GroupStats, other: GroupStats, rule: dict, need_mean_ef
         "df": test.df,
         "effect": rule["effect"],
         "outcome": outcome,
+        "ci_width": rel_hi - rel_lo,
+        "seeds_to_decide": seeds,
     }
 
 
@@ -217,6 +226,12 @@ def format_verdict(result: dict) -> str:
             f"{cmp['ci'][1] * k:+.3g}{unit}), Welch p={cmp['p']:.3g}, n={cmp['n_method']} "
             f"vs {cmp['n_other']} -> {cmp['outcome']}"
         )
+        if cmp["outcome"] == "unclear" and cmp.get("ci_width") is not None and math.isfinite(cmp["ci_width"]):
+            needed = cmp.get("seeds_to_decide")
+            need = f"about {needed} seeds per arm" if needed else f"more than {MAX_SEEDS} seeds per arm"
+            lines.append(
+                f"  - CI width {cmp['ci_width'] * k:.3g}{unit}; at this effect and spread {need} would decide it"
+            )
     lines.extend(f"- note: {r}" for r in result["reasons"])
     lines.append(f"- {result['scale']}")
     return "\n".join(lines)
