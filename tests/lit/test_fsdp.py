@@ -43,7 +43,7 @@ def test_gradient_clipping_goes_through_fsdp_clip_grad_norm():
     module = LitLM(api.build_model(api.compose(TINY), vocab_size=40), optimizer=None, scheduler=None, total_steps=1)
     calls = []
     root = SimpleNamespace(clip_grad_norm_=lambda v: calls.append(v))
-    fake = SimpleNamespace(strategy=type("FSDPStrategy", (), {})(), model=root)
+    fake = SimpleNamespace(strategy=fsdp_strategy(), model=root)
     module._trainer = fake  # what Lightning sets when it attaches the module
     module.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
     assert calls == [1.0]
