@@ -20,6 +20,7 @@ them: ``position=quaternion`` and ``projection``), and ``trainer.gradient_clip_a
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy, StrategyRegistry
 from omegaconf import DictConfig
 
 from famlab.attention.adaptive_span import AdaptiveSpan
@@ -33,7 +34,6 @@ UNSUPPORTED_ATTENTION = {AdaptiveSpan: "adaptive_span"}
 def fsdp_strategy(**kwargs):
     """Lightning ``FSDPStrategy`` with a Block wrap policy, original parameters and fp32 parameters,
     reductions and buffers (``kwargs`` go to ``FSDPStrategy``)."""
-    from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp import MixedPrecision
 
     from famlab.model.transformer import Block
@@ -49,8 +49,6 @@ def strategy_class(strategy) -> type | None:
     """The Lightning strategy class a ``trainer.strategy`` value selects: a registry name (``"fsdp"``,
     ``"ddp_spawn"``), a ``_target_`` node, or a strategy object; None for ``"auto"`` and other names
     Lightning's registry does not hold."""
-    from lightning.pytorch.strategies import StrategyRegistry
-
     if isinstance(strategy, str):
         return StrategyRegistry[strategy]["strategy"] if strategy in StrategyRegistry else None
     if isinstance(strategy, (DictConfig, dict)):
@@ -61,8 +59,6 @@ def strategy_class(strategy) -> type | None:
 
 def is_fsdp(strategy) -> bool:
     """True for a Lightning FSDP strategy object or a ``trainer.strategy`` value selecting one."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
     cls = strategy_class(strategy)
     return cls is not None and issubclass(cls, FSDPStrategy)
 
