@@ -215,3 +215,17 @@ def test_every_shipped_config_passes_and_the_rules_hold():
     assert allowlist.allowed("builtins.open", extra=["builtins.open"])
     targets = dict(allowlist.targets(OmegaConf.create({"a": [{"_target_": "x.y", "b": {"_target_": "z"}}]})))
     assert targets == {"a[0]._target_": "x.y", "a[0].b._target_": "z"}
+
+
+def test_target_object_imports_only_allowed_targets_and_calls_nothing(tmp_path):
+    from famlab.build import target_object
+    from famlab.optim.factories import fam
+
+    assert target_object(OmegaConf.create({"_target_": "famlab.optim.factories.fam", "lr": 1.0}), "optimizer") is fam
+    assert target_object(OmegaConf.create({"lr": 1.0}), "optimizer") is None
+    marker = tmp_path / "touched"
+    with pytest.raises(ConfigError, match=r"^optimizer._target_=pathlib.Path.touch is not allowed"):
+        target_object(OmegaConf.create({"_target_": "pathlib.Path.touch", "self": str(marker)}), "optimizer")
+    assert not marker.exists()
+    with pytest.raises(ConfigError, match=r"^optimizer: ModuleNotFoundError: No module named 'famlab.optim.nope'$"):
+        target_object(OmegaConf.create({"_target_": "famlab.optim.nope.fam"}), "optimizer")

@@ -29,6 +29,15 @@ def test_slurm_multigpu_shape_follows_the_trainer():
         ctx.refuse_bad_launch(bad)
 
 
+def test_relaunching_strategy_is_refused_in_a_multirun_unless_submitit_starts_the_processes():
+    cfg = api.compose(["trainer=ddp"])
+    for launcher in ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", ""):
+        with pytest.raises(ConfigError, match="trainer.strategy=ddp re-launches the command line"):
+            RunContext(run_dir=Path("unused"), multirun=True, launcher=launcher).refuse_bad_launch(cfg)
+    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+    RunContext(run_dir=Path("unused"), multirun=True, launcher=local).refuse_bad_launch(cfg)
+
+
 @pytest.mark.slow
 def test_two_job_sweep_through_submitit_local(tmp_path):
     out = subprocess.run(

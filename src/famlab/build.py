@@ -42,6 +42,24 @@ def instantiate(node: Any, group: str, **kwargs) -> Any:
         raise ConfigError(f"{group}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
+def target_object(node: Any, group: str) -> Any:
+    """The class or function ``node._target_`` names, imported but not called, after the allowlist check
+    :func:`instantiate` makes (so a decision about what a config builds compares objects, not names);
+    None when ``node`` has no ``_target_``. An import failure is a one-line :class:`ConfigError`."""
+    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
+    if not target:
+        return None
+    root = node._get_root() if isinstance(node, DictConfig) else None
+    allowlist.check({"_target_": target}, allowlist.extra_prefixes(root), where=group)
+    from hydra._internal.utils import _locate  # hydra.utils.get_object without its error log line
+
+    try:
+        return _locate(str(target))
+    except Exception as e:  # noqa: BLE001 - turned into one clear line, as instantiate does
+        cause = e.__cause__ or e
+        raise ConfigError(f"{group}: {type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}") from None
+
+
 def build_datamodule(cfg: DictConfig):
     """Instantiate ``cfg.data`` and prepare it (load, tokenize with cache, split)."""
     dm = instantiate(cfg.data, "data")

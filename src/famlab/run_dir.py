@@ -74,7 +74,7 @@ class RunContext:
         in every child process (and hangs under joblib or pytest): refuse it up front, and a global
         batch the processes cannot split evenly."""
         strategy = str(cfg.trainer.get("strategy", "auto"))
-        if self.multirun and strategy in SPAWNING_STRATEGIES and "submitit" not in self.launcher:
+        if self.multirun and strategy in SPAWNING_STRATEGIES and not self.launcher_is_submitit():
             raise ConfigError(
                 f"trainer.strategy={strategy} re-launches the command line and breaks Hydra multirun; "
                 f"use trainer=ddp_cpu (ddp_spawn) locally or launcher=slurm (one task per GPU) on a cluster"
@@ -86,6 +86,21 @@ class RunContext:
                     f"data.batch_size={batch} must be divisible by the {devices * nodes} processes "
                     f"(trainer.devices={devices} x trainer.num_nodes={nodes})"
                 )
+
+    def launcher_is_submitit(self) -> bool:
+        """True when Hydra's launcher (``launcher``: its ``_target_``) is hydra-submitit-launcher's, which
+        starts every job as a process of its own (one task per GPU under SLURM)."""
+        if not self.launcher:
+            return False
+        try:
+            from hydra._internal.utils import _locate
+
+            from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+            launcher = _locate(self.launcher)
+        except ImportError:  # the plugin is not installed, or the target does not import: not submitit
+            return False
+        return isinstance(launcher, type) and issubclass(launcher, BaseSubmititLauncher)
 
     def discard_if_empty(self) -> None:
         """Remove a run directory this invocation created but never wrote to."""

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from famlab import allowlist
-from famlab.build import build_datamodule, build_model, build_optimization, instantiate
+from famlab.build import build_datamodule, build_model, build_optimization, instantiate, target_object
 from famlab.console import quiet_third_party
 from famlab.data.tokenizers import save_tokenizer
 from famlab.errors import ConfigError
@@ -141,9 +141,11 @@ def _train(
     loggers = []
     for name, node in (cfg.logger or {}).items():
         if node:
-            extra = wandb_kwargs(cfg, ctx) if "Wandb" in str(node.get("_target_", "")) else {}
+            target = target_object(node, "logger")
+            is_wandb = isinstance(target, type) and issubclass(target, pl.loggers.WandbLogger)
+            extra = wandb_kwargs(cfg, ctx) if is_wandb else {}
             loggers.append(instantiate(node, "logger", **extra))
-            if extra:  # wandb gets the resolved config as a plain dict, plus the group choices to group by
+            if is_wandb:  # wandb gets the resolved config as a plain dict, plus the group choices to group by
                 loggers[-1].log_hyperparams({"choices": ctx.choices, **OmegaConf.to_container(cfg, resolve=True)})
     strategy = {"strategy": fsdp_strategy()} if is_fsdp(cfg.trainer.get("strategy", "auto")) else {}
     trainer = instantiate(
@@ -177,13 +179,13 @@ def _train(
     finally:
         logging.getLogger().removeHandler(file_log)
         for lg in loggers:
-            if hasattr(lg, "experiment") and "Wandb" in type(lg).__name__:
+            if isinstance(lg, pl.loggers.WandbLogger):
                 import wandb
 
                 wandb.finish(exit_code=0 if status == "completed" else 1)
         if trainer.is_global_zero:
             # with ddp_spawn the training happened in child processes, which wrote the fields
-            spawned = "spawn" in str(cfg.trainer.get("strategy", ""))
+            spawned = trains_in_child_processes(trainer)
             fields = recorder.fields(trainer, module) if recorder.history or not spawned else {}
             last = ctx.run_dir / "checkpoints" / "last.ckpt"
             try:
@@ -204,12 +206,20 @@ def _train(
 def finish_on_last_step(trainer, module, dm, recorder: RunRecorder, ctx: RunContext) -> None:
     """Validate and checkpoint the final step when max_steps is not a multiple of the
     validation interval, so the summary's final loss and last.ckpt are the end of training."""
-    if "spawn" in str(type(trainer.strategy).__name__).lower() or trainer.global_step == 0:
+    if trains_in_child_processes(trainer) or trainer.global_step == 0:
         return  # ddp_spawn: the trained weights live in the child processes
     if recorder.history and recorder.history[-1]["step"] == trainer.global_step:
         return
     trainer.validate(module, datamodule=dm, verbose=False)
     trainer.save_checkpoint(ctx.run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # the full state
+
+
+def trains_in_child_processes(trainer) -> bool:
+    """True when the strategy trains in processes it starts itself and this one only waits (``ddp_spawn``,
+    ``ddp_fork``: Lightning's multiprocessing launcher); this process's module then holds no training."""
+    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+    return isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from famlab import api
 from famlab.build import build_optimization
 from famlab.errors import ConfigError
-from famlab.lit.fsdp import fsdp_strategy, is_fsdp, record_unsharded_shapes
+from famlab.lit.fsdp import fsdp_strategy, is_fsdp, record_unsharded_shapes, strategy_class
 from famlab.lit.module import LitLM
 from famlab.lit.position_monitor import position_metrics
 from famlab.model.transformer import Block
@@ -39,11 +39,22 @@ def test_strategy_wraps_blocks_keeps_original_parameters_and_fp32_buffers():
     assert (mp_cfg.param_dtype, mp_cfg.reduce_dtype, mp_cfg.buffer_dtype) == (torch.float32,) * 3
 
 
+def test_strategy_class_from_registry_names_target_nodes_and_objects():
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+    from omegaconf import OmegaConf
+
+    assert strategy_class("fsdp") is FSDPStrategy and strategy_class("fsdp_cpu_offload") is FSDPStrategy
+    assert strategy_class("ddp_spawn") is DDPStrategy and strategy_class("auto") is None
+    node = OmegaConf.create({"_target_": "lightning.pytorch.strategies.FSDPStrategy"})
+    assert strategy_class(node) is FSDPStrategy and is_fsdp(node)
+    assert strategy_class(fsdp_strategy()) is FSDPStrategy and not is_fsdp(None)
+
+
 def test_gradient_clipping_goes_through_fsdp_clip_grad_norm():
     module = LitLM(api.build_model(api.compose(TINY), vocab_size=40), optimizer=None, scheduler=None, total_steps=1)
     calls = []
     root = SimpleNamespace(clip_grad_norm_=lambda v: calls.append(v))
-    fake = SimpleNamespace(strategy=type("FSDPStrategy", (), {})(), model=root)
+    fake = SimpleNamespace(strategy=fsdp_strategy(), model=root)
     module._trainer = fake  # what Lightning sets when it attaches the module
     module.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
     assert calls == [1.0]

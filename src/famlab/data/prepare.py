@@ -43,7 +43,7 @@ def prepare(overrides: list[str]) -> dict:
     from famlab.errors import ConfigError
 
     data = compose(overrides).data
-    if not str(data.get("_target_", "")).endswith("LMDataModule"):
+    if not data.get("corpus"):  # no corpus to tokenize: the data module generates its sequences
         raise ConfigError(f"data: {data.get('_target_')} is generated on the fly; there is nothing to prepare")
     corpus = instantiate(data.corpus, "data")
     tok_cfg = OmegaConf.to_container(data.tokenizer, resolve=True) if data.get("tokenizer") else None

@@ -20,17 +20,20 @@ them: ``position=quaternion`` and ``projection``), and ``trainer.gradient_clip_a
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy, StrategyRegistry
 from omegaconf import DictConfig
 
+from famlab.attention.adaptive_span import AdaptiveSpan
+from famlab.build import target_object
 from famlab.errors import ConfigError
 
-UNSUPPORTED_ATTENTION = ("adaptive_span",)
+# attention classes whose post_step writes parameters in place (FSDP holds them as flattened shards)
+UNSUPPORTED_ATTENTION = {AdaptiveSpan: "adaptive_span"}
 
 
 def fsdp_strategy(**kwargs):
     """Lightning ``FSDPStrategy`` with a Block wrap policy, original parameters and fp32 parameters,
     reductions and buffers (``kwargs`` go to ``FSDPStrategy``)."""
-    from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp import MixedPrecision
 
     from famlab.model.transformer import Block
@@ -42,12 +45,22 @@ def fsdp_strategy(**kwargs):
     return FSDPStrategy(**kwargs)
 
 
+def strategy_class(strategy) -> type | None:
+    """The Lightning strategy class a ``trainer.strategy`` value selects: a registry name (``"fsdp"``,
+    ``"ddp_spawn"``), a ``_target_`` node, or a strategy object; None for ``"auto"`` and other names
+    Lightning's registry does not hold."""
+    if isinstance(strategy, str):
+        return StrategyRegistry[strategy]["strategy"] if strategy in StrategyRegistry else None
+    if isinstance(strategy, (DictConfig, dict)):
+        found = target_object(strategy, "trainer.strategy")
+        return found if isinstance(found, type) else None
+    return None if strategy is None else type(strategy)
+
+
 def is_fsdp(strategy) -> bool:
-    """True for a Lightning FSDP strategy object or a config value naming one."""
-    if isinstance(strategy, (str, DictConfig, dict)):
-        text = str(strategy.get("_target_", "")) if isinstance(strategy, (DictConfig, dict)) else strategy
-        return "fsdp" in text.lower()
-    return "fsdp" in type(strategy).__name__.lower()
+    """True for a Lightning FSDP strategy object or a ``trainer.strategy`` value selecting one."""
+    cls = strategy_class(strategy)
+    return cls is not None and issubclass(cls, FSDPStrategy)
 
 
 def record_unsharded_shapes(model: torch.nn.Module) -> None:
@@ -63,15 +76,16 @@ def refuse_unsupported(cfg: DictConfig, model: torch.nn.Module | None = None) ->
     if not is_fsdp(strategy):
         return
     name = "fsdp"
-    optimizer = str(cfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1]
-    if "fam" in optimizer:
+    optimizer = target_object(cfg.optimizer, "optimizer")
+    if getattr(optimizer, "needs_whole_tensors", False):
+        option = cfg.optimizer._target_.rsplit(".", 1)[-1]
         raise ConfigError(
-            f"optimizer={optimizer} needs whole parameter tensors for its frequency analysis and refuses "
+            f"optimizer={option} needs whole parameter tensors for its frequency analysis and refuses "
             f"trainer.strategy={name}; use trainer=ddp, or optimizer=adamw|adam|sgd with trainer=fsdp"
         )
-    attention = str(cfg.attention.get("_target_", "")).lower()
-    for option in UNSUPPORTED_ATTENTION:
-        if option.replace("_", "") in attention.replace("_", ""):
+    attention = target_object(cfg.attention, "attention")
+    for cls, option in UNSUPPORTED_ATTENTION.items():
+        if isinstance(attention, type) and issubclass(attention, cls):
             raise ConfigError(
                 f"attention={option} updates its span parameters after each step, which FSDP keeps as "
                 f"flattened shards; use trainer=ddp with attention={option}"

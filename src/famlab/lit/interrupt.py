@@ -93,7 +93,7 @@ def preempted_message(error: BaseException) -> str | None:
     None for any other error."""
     if isinstance(error, Preempted):
         return str(error)
-    if type(error).__name__ == "ProcessRaisedException":
+    if isinstance(error, torch.multiprocessing.ProcessRaisedException):
         found = re.search(r"famlab\.lit\.interrupt\.Preempted: (.+)", str(error))
         return found.group(1).strip() if found else None
     return None

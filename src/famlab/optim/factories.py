@@ -175,6 +175,9 @@ def fam(
     )
 
 
+fam.needs_whole_tensors = True  # what FAMOptimizer.needs_whole_tensors says, read from the config's _target_
+
+
 def _plain(node):
     """A DictConfig (Hydra passes nested nodes as such) as plain containers; anything else unchanged."""
     from omegaconf import DictConfig, OmegaConf

@@ -65,6 +65,8 @@ class FAMOptimizer(torch.optim.Optimizer):
     :data:`OPTIMIZER_KEYS` hold for the whole optimizer. Every hyperparameter lives in ``defaults`` and the
     param groups, so ``state_dict()``, pickling and ``deepcopy`` carry them."""
 
+    needs_whole_tensors = True  # the spectrum is taken over each whole parameter (trainer=fsdp refuses it)
+
     def __init__(
         self,
         params,
