@@ -64,3 +64,20 @@ def test_option_file_reproduces_reference(name):
 def test_seed_constructor_reproduces_reference(name):
     _, hd, _, kwargs = CASES[name]
     assert_matches(record(build(functools.partial(RotaryEmbedding, **kwargs), hd), hd), EXPECTED[name])
+
+
+@pytest.mark.parametrize(
+    "flags, cls_name",
+    [
+        ({}, "Rotary"),
+        ({"use_quaternion": True}, "QuaternionRotary"),
+        ({"use_quaternion": True, "use_projection": True}, "ProjectionRotary"),
+    ],
+)
+def test_configs_naming_the_flag_constructor_build_the_option_class(flags, cls_name):
+    """A saved run config with ``_target_: famlab.position.rotary.RotaryEmbedding`` and flags still builds."""
+    node = {"_target_": "famlab.position.rotary.RotaryEmbedding", "_partial_": True, "theta": 10000.0, **flags}
+    scheme = build(instantiate(node), 12)
+    assert type(scheme).__name__ == cls_name
+    name = {"Rotary": "rotary", "QuaternionRotary": "quaternion", "ProjectionRotary": "projection"}[cls_name]
+    assert_matches(record(scheme, 12), EXPECTED[name])
