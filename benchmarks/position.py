@@ -23,13 +23,15 @@ from machine import record
 
 from famlab.position.compact import CompactRotations
 from famlab.position.none import NoPosition
-from famlab.position.rotary import RotaryEmbedding
+from famlab.position.projection import ProjectionRotary
+from famlab.position.quaternion import QuaternionRotary
+from famlab.position.rotary import Rotary
 
 SCHEMES = {
-    "rotary": lambda hd: RotaryEmbedding(hd),
-    "quaternion": lambda hd: RotaryEmbedding(hd, use_quaternion=True),
+    "rotary": lambda hd: Rotary(hd),
+    "quaternion": lambda hd: QuaternionRotary(hd),
     "compact": lambda hd: CompactRotations(hd),
-    "projection": lambda hd: RotaryEmbedding(hd, use_quaternion=True, use_projection=True),
+    "projection": lambda hd: ProjectionRotary(hd),
     "none": lambda hd: NoPosition(hd),
 }
 

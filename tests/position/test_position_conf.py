@@ -7,17 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from famlab.position.compact import CompactRotations
 from famlab.position.none import NoPosition
-from famlab.position.rotary import RotaryEmbedding
+from famlab.position.projection import ProjectionRotary
+from famlab.position.quaternion import QuaternionRotary
+from famlab.position.rotary import Rotary
+from famlab_testing import group_option
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "position"
 EXPECTED = {
-    "rotary": (RotaryEmbedding, dict(use_quaternion=False, use_projection=False)),
-    "quaternion": (RotaryEmbedding, dict(use_quaternion=True, use_projection=False)),
-    "projection": (RotaryEmbedding, dict(use_quaternion=True, use_projection=True)),
+    "rotary": (Rotary, dict(use_quaternion=False, use_projection=False)),
+    "quaternion": (QuaternionRotary, dict(use_quaternion=True, use_projection=False)),
+    "projection": (ProjectionRotary, dict(use_quaternion=True, use_projection=True)),
     "compact": (CompactRotations, {}),
     "none": (NoPosition, {}),
 }
@@ -25,7 +27,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("option", sorted(EXPECTED))
 def test_option_builds_scheme_from_head_dim(option):
-    factory = instantiate(OmegaConf.load(CONF / f"{option}.yaml"))
+    factory = instantiate(group_option("position", option))  # with its defaults list applied
     scheme = factory(12)
     cls, flags = EXPECTED[option]
     assert type(scheme) is cls and scheme.head_dim == 12
@@ -37,3 +39,11 @@ def test_option_builds_scheme_from_head_dim(option):
 
 def test_every_option_file_is_covered():
     assert {p.stem for p in CONF.glob("*.yaml")} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("option", sorted(EXPECTED))
+def test_target_is_defined_in_the_module_named_after_the_option(option):
+    target = group_option("position", option)._target_
+    module, name = target.rsplit(".", 1)
+    assert module == f"famlab.position.{option}"
+    assert EXPECTED[option][0].__module__ == module and EXPECTED[option][0].__name__ == name

@@ -45,47 +45,15 @@ from torch import nn
 from famlab.attention.cache import KVCache
 from famlab.attention.core import AttentionBase, causal_mask, merge_heads, split_heads
 from famlab.attention.local import blocked_attention, dense_local_attention, flex_sliding_window_attention
-from famlab.attention.refiner import Refiner
+from famlab.attention.refiner import build_refiner
 from famlab.attention.summary import block_means, summary_attention
 
-_REFINER_KEYS = {
-    "enabled",
-    "states",
-    "actions",
-    "alpha",
-    "gamma",
-    "epsilon",
-    "update_every",
-    "seed",
-    "span_cost",
-    "baseline_decay",
-    "loss_decay",
-    "min_factor",
-}
 _BACKENDS = ("auto", "blocked", "flex")
 _GLOBAL_BRANCHES = ("summary", "full")
 # Local branch queries per block: keys per block = window - 1 + block, so blocks smaller than the
-# window (sliding_window_attention uses block = window, half of each 2 * window key window out of
-# band) compute
-# fewer out-of-band scores; 64 was the fastest at window 256 on the CPU (fwd+bwd, per-query span).
+# window compute fewer out-of-band scores (sliding_window_attention's block = window leaves half of
+# each 2 * window key window out of band); 64 is the fastest at window 256 on the CPU (fwd+bwd).
 _LOCAL_QUERY_BLOCK = 64
-
-
-def build_refiner(refiner) -> Refiner | None:
-    """``None`` / ``{enabled: false, ...}`` -> None; a mapping of :class:`Refiner` kwargs -> Refiner."""
-    if refiner is None:
-        return None
-    if not isinstance(refiner, Mapping):
-        raise ValueError(f"attention.refiner must be null or a mapping, got {type(refiner).__name__}")
-    unknown = set(refiner) - _REFINER_KEYS
-    if unknown:
-        raise ValueError(f"attention.refiner: unknown keys {sorted(unknown)}; allowed {sorted(_REFINER_KEYS)}")
-    kwargs = dict(refiner)
-    if not kwargs.pop("enabled", True):
-        return None
-    kwargs.setdefault("states", 100)
-    kwargs.setdefault("actions", 10)
-    return Refiner(**kwargs)
 
 
 class IntegratedAttention(AttentionBase):

@@ -25,6 +25,9 @@ local branch multiplies its span by:
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -173,3 +176,28 @@ class Refiner(nn.Module):
             }
         )
         return out
+
+
+# the keys attention.refiner accepts: Refiner's arguments and ``enabled``
+REFINER_KEYS = frozenset({"enabled", *inspect.signature(Refiner).parameters})
+
+
+def build_refiner(refiner) -> Refiner | None:
+    """The ``attention.refiner`` setting -> a :class:`Refiner` or None.
+
+    ``None`` or ``{enabled: false, ...}`` -> None; otherwise a mapping of :class:`Refiner`'s
+    arguments (``states`` and ``actions`` default to 100 and 10), unknown keys refused.
+    """
+    if refiner is None:
+        return None
+    if not isinstance(refiner, Mapping):
+        raise ValueError(f"attention.refiner must be null or a mapping, got {type(refiner).__name__}")
+    unknown = set(refiner) - REFINER_KEYS
+    if unknown:
+        raise ValueError(f"attention.refiner: unknown keys {sorted(unknown)}; allowed {sorted(REFINER_KEYS)}")
+    kwargs = dict(refiner)
+    if not kwargs.pop("enabled", True):
+        return None
+    kwargs.setdefault("states", 100)
+    kwargs.setdefault("actions", 10)
+    return Refiner(**kwargs)

@@ -25,7 +25,7 @@ from torch import nn
 
 from famlab.attention.cache import KVCache
 from famlab.attention.core import AttentionBase, causal_mask
-from famlab.attention.myelinated import straight_through
+from famlab.attention.routing import straight_through
 
 CACHE_DTYPES = {
     "float8_e4m3fn": torch.float8_e4m3fn,

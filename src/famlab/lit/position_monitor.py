@@ -2,7 +2,7 @@
 
 It walks ``pl_module.model.blocks[i].attn.position`` and calls each scheme's ``metrics()``
 (frequency mean/std, ``rot_scale``, axis components, subspace drift; see
-:mod:`famlab.position.rotary`). Values are keyed like the model's own metrics,
+:mod:`famlab.position.rotary`, ``.quaternion``, ``.projection``). Values are keyed like the model's own metrics,
 ``"position/l{layer}.{name}"``; they are synced to the host ONCE per record (every
 ``every_n_steps`` optimizer steps, plus at train start and end), kept in ``self.history`` and
 appended as one JSON object per record to ``<run dir>/position_values.jsonl``::

@@ -1,17 +1,13 @@
-"""``position=compact``: a lightweight set of Givens rotations on a subset of feature pairs.
+"""``position=compact``: Givens rotations of a subset of feature pairs, angles proportional to position.
 
-``CompactRotations(dim, rot_pairs=None, rot_scale=1.0, rot_count=1, learned_freq=False)`` keeps
-the seed's signature (``LSrotations``, spec section 2.3). Pairs are the interleaved
-``(0, 1), (2, 3), ...`` of the first ``2·rot_pairs`` features (default ``rot_pairs = dim // 4``:
-half the head rotates, the rest passes). Pair ``k`` turns by ``freq_k · pos · rot_scale · rot_count``.
-
-Differences from the seed: a real ``nn.Module`` with the ``rotate_qk`` interface; angles are
-proportional to position (the seed turned every token by the same constant ``2π/#pairs``, which
-leaves ``q·k`` unchanged); frequencies follow a geometric layout ``θ^(-k/rot_pairs)`` (added
-``theta`` argument, default 10000) instead of one shared ``2π/#pairs`` that would alias every
-``#pairs`` tokens; with ``learned_freq`` the frequencies are a registered, used ``Parameter``
-(the seed created one and dropped it); ``rotate_half`` is the correct interleaved one (the seed's
-concatenated halves, which is not a rotation); no dense ``d×d`` matmuls.
+:class:`CompactRotations` turns the interleaved pairs ``(0, 1), (2, 3), ...`` of the first
+``2 · rot_pairs`` features of each query and key ``[B, H, T, dim]`` (default
+``rot_pairs = dim // 4``: half the features rotate, the rest pass). Pair
+``k`` turns by ``f_k · pos · rot_scale · rot_count`` with geometric frequencies
+``f_k = θ^(-k/rot_pairs)``, fixed buffers unless ``learned_freq``; ``rot_scale`` and ``rot_count``
+are constant buffers. The map is orthogonal and relative (``q·k`` depends only on the offset).
+The static methods ``apply_rotary``, ``learned_rotations`` and ``sinusoids`` (Whisper's absolute
+sinusoid table) are kept as part of the class's public API.
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ import torch
 from torch import nn
 
 from famlab.position.base import check_positions
-from famlab.position.rotary import apply_rotary, init_freqs, learned_rotations, rotate_pairs
+from famlab.position.rotation_math import apply_rotary, init_freqs, learned_rotations, rotate_pairs
 
 
 class CompactRotations(nn.Module):
@@ -61,7 +57,7 @@ class CompactRotations(nn.Module):
         positions = check_positions(t, positions, self.head_dim)
         return rotate_pairs(t, self.angles(positions))
 
-    # seed API ------------------------------------------------------------------------------
+    # helpers of the class's public API -----------------------------------------------------
     @staticmethod
     def apply_rotary(freqs, t, start_index: int = 0, scale=1.0, seq_dim: int = -2):
         return apply_rotary(freqs, t, start_index=start_index, scale=scale, seq_dim=seq_dim)

@@ -1,244 +1,138 @@
-"""Quaternion (3-D) rotations of head features: ``q_rotation``, triplet rotations, subspace projection.
+"""``position=quaternion``: 3-D rotary, feature triplets turning about learnable axes.
 
-Corrections to the seed (spec section 2.4), all deliberate:
+:class:`QuaternionRotary` splits the first ``rot_dim`` features of each query and key
+``[B, H, T, dim]`` into triplets; triplet ``k`` of the token at position ``pos`` turns by
+``θ_k = f_k · pos · rot_scale · rot_count`` about its own learnable axis ``u_k`` (a unit-quaternion
+rotation, :func:`~famlab.position.quaternion_math.q_rotation`). A leftover pair
+(``rot_dim % 3 == 2``) turns as a 2-D rotation by the next angle; a leftover single feature passes.
+Angles are proportional to position and each axis is fixed, so ``q·k`` depends only on the
+offset. ``rot_scale`` is learnable (its sign is the direction of rotation); ``rot_count`` is a
+constant multiplier. Axes start evenly spread on the sphere (:func:`fibonacci_axes`).
 
-* ``q_rotation`` is a true unit-quaternion rotation: the quaternion is ``(cos(θ/2), sin(θ/2)·u)``
-  and the rotated vector ``x + 2w(v×x) + 2v×(v×x)`` uses the vector part ``v = sin(θ/2)·u``
-  (the seed used the unit axis ``u`` itself, which scales norms by 1.2-2.2). The cross product is
-  ``torch.linalg.cross(dim=-1)``; there is no ±10 clamp and the seed's unused ``v`` argument is gone.
-* Angles grow with position (``θ_k · pos``), so a rotation about a fixed axis is a one-parameter
-  group and ``q·k`` depends only on the offset; the seed applied one position-independent
-  rotation to every token, which an orthogonal map cannot turn into position information.
-* Triplets are rotated elementwise for all positions at once (no per-pair Python loops, no dense
-  ``d×d`` matrices, no ``.item()``): the per-token Rodrigues matrices, a leftover pair and the
-  passing features form one band map (:func:`rotation_bands`, :func:`apply_bands`) applied as five
-  shifted multiply-adds over the flattened tensor.
-* ``project_and_rotate`` rotates a learned orthonormal ``proj_dim``-dimensional subspace and leaves
-  its complement unchanged, ``y = x + Aᵀ(R - I)Ax`` (exactly orthogonal). The seed's lazily built
-  ``0.9·up(rotations(down(x))) + 0.1·x`` shrank vectors about 10x and missed the optimizer.
-
-Note for the claims: a rotation about a fixed axis ``u_k`` is a 2-D rotation in the plane
-orthogonal to ``u_k`` (identity along ``u_k``), so the triplet scheme's ``q·k`` equals RoPE on two
-of every three features after a fixed orthogonal change of basis that ``W_q``/``W_k`` can absorb
-(tested in ``tests/position/test_quaternion.py``): "3-D rotary" is partial RoPE with one frequency
-per triplet; the learned axes reparametrise it rather than add expressiveness.
+The triplet math lives in :mod:`famlab.position.quaternion_math` and the subspace helpers in
+:mod:`famlab.position.rotation_math`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
+from torch import nn
+
+from famlab.position.quaternion_math import (
+    apply_bands,
+    fibonacci_axes,
+    q_rotation,
+    rotate_triplets,
+    rotation_bands,
+    rotation_matrix,
+)
+from famlab.position.rotary import Rotary, check_rot_dim
+from famlab.position.rotation_math import orthonormal_rows, project_and_rotate
+
+__all__ = [
+    "QuaternionRotary",
+    "apply_bands",
+    "fibonacci_axes",
+    "orthonormal_rows",
+    "project_and_rotate",
+    "q_rotation",
+    "rotate_triplets",
+    "rotation_bands",
+    "rotation_matrix",
+]
 
 
-def q_rotation(x: torch.Tensor, theta: torch.Tensor | float, u: torch.Tensor) -> torch.Tensor:
-    """Rotate 3-vectors ``x`` ``[..., 3]`` by angle ``theta`` (radians) about axis ``u`` ``[..., 3]``.
+class QuaternionRotary(Rotary):
+    """Position scheme ``rotate_qk(t [B, H, T, dim], positions [T]) -> [B, H, T, dim]`` (3-D rotary).
 
-    ``theta`` broadcasts against ``x.shape[:-1]`` and ``u`` against ``x``; ``u`` need not be unit
-    length (it is normalised). Returns a tensor shaped like ``x`` with the same norms.
-    """
-    if x.shape[-1] != 3:
-        raise ValueError(f"q_rotation: x must end in a dimension of size 3, got shape {tuple(x.shape)}")
-    theta = torch.as_tensor(theta, device=x.device)
-    dtype = torch.promote_types(torch.promote_types(theta.dtype, x.dtype), u.dtype)
-    dtype = torch.promote_types(dtype, torch.float32)  # angles (pos * freq) need fp32 precision
-    xf, u = x.to(dtype), u.to(dtype)
-    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    half = theta.to(dtype).unsqueeze(-1) / 2
-    w = torch.cos(half)
-    v = torch.sin(half) * u
-    ndim = max(v.ndim, xf.ndim)  # linalg.cross broadcasts only between equal ranks
-    v, xf = v.reshape((1,) * (ndim - v.ndim) + v.shape), xf.reshape((1,) * (ndim - xf.ndim) + xf.shape)
-    c1 = torch.linalg.cross(v, xf, dim=-1)
-    c2 = torch.linalg.cross(v, c1, dim=-1)
-    w = w.reshape((1,) * (ndim - w.ndim) + w.shape)
-    return (xf + 2 * (w * c1 + c2)).to(x.dtype)
-
-
-def rotation_matrix(axis: torch.Tensor, theta: torch.Tensor | float) -> torch.Tensor:
-    """Reference ``[..., 3, 3]`` rotation matrix (Rodrigues) about ``axis`` ``[..., 3]`` by ``theta``.
-
-    ``R = cos θ I + sin θ [u]× + (1 - cos θ) u uᵀ``; used by tests and metrics, not the hot path.
-    """
-    u = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    theta = torch.as_tensor(theta, dtype=u.dtype, device=u.device)[..., None, None]
-    zero = torch.zeros_like(u[..., 0])
-    ux, uy, uz = u.unbind(-1)
-    cross = torch.stack(
-        [torch.stack([zero, -uz, uy], -1), torch.stack([uz, zero, -ux], -1), torch.stack([-uy, ux, zero], -1)], -2
-    )
-    eye = torch.eye(3, dtype=u.dtype, device=u.device)
-    outer = u[..., :, None] * u[..., None, :]
-    return torch.cos(theta) * eye + torch.sin(theta) * cross + (1 - torch.cos(theta)) * outer
-
-
-def fibonacci_axes(n: int) -> torch.Tensor:
-    """``n`` deterministic, evenly spread unit axes ``[n, 3]`` (Fibonacci sphere) to initialise triplets."""
-    i = torch.arange(n, dtype=torch.float64) + 0.5
-    z = 1 - 2 * i / max(n, 1)
-    r = torch.sqrt((1 - z * z).clamp_min(0))
-    phi = i * math.pi * (3 - math.sqrt(5))
-    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1).float()
-
-
-# Band layout of a per-token block-diagonal map with blocks of at most 3 features: entry
-# ``bands[o + 2, t, p]`` multiplies feature ``p + o`` into output feature ``p`` (``o`` in -2..2).
-
-
-def _triplet_table_map() -> torch.Tensor:
-    """``[13, 3 * 5 * 3]`` map from ``(1, u, vec(uuᵀ))`` to one triplet's band tables.
-
-    Tables ``m`` = 0, 1, 2 are the band forms of ``I - uuᵀ`` (times ``cos θ``), ``[u]×`` (times
-    ``sin θ``) and ``uuᵀ`` (constant); entry ``[m, o + 2, i]`` is the matrix entry ``(i, i + o)``.
-    """
-    levi = {(0, 1, 2): 1, (1, 2, 0): 1, (2, 0, 1): 1, (0, 2, 1): -1, (2, 1, 0): -1, (1, 0, 2): -1}
-    w = torch.zeros(13, 3, 5, 3, dtype=torch.float64)
-    for o in range(-2, 3):
-        for i in range(3):
-            j = i + o
-            if not 0 <= j < 3:
-                continue
-            w[0, 0, o + 2, i] = float(i == j)
-            w[4 + 3 * i + j, 0, o + 2, i] = -1.0
-            w[4 + 3 * i + j, 2, o + 2, i] = 1.0
-            for k in range(3):  # [u]x[i, j] = -eps_ijk u_k
-                w[1 + k, 1, o + 2, i] = -levi.get((i, j, k), 0)
-    return w.reshape(13, 45)
-
-
-_TRIPLET_TABLES = _triplet_table_map()
-
-
-@functools.cache
-def _band_layout(n: int, width: int, pair: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature -> angle column ``[width]`` and the tables ``[3, 5, width - 3n]`` of the pair and passing features."""
-    rest = width - 3 * n
-    column = [p // 3 for p in range(3 * n)] + [n] * (2 * pair) + [0] * (rest - 2 * pair)
-    tables = torch.zeros(3, 5, rest, dtype=torch.float64)
-    if pair:  # y0 = cos x0 - sin x1, y1 = sin x0 + cos x1
-        tables[0, 2, :2] = 1.0
-        tables[1, 3, 0], tables[1, 1, 1] = -1.0, 1.0
-    tables[2, 2, 2 * pair :] = 1.0
-    return torch.tensor(column), tables
-
-
-def rotation_bands(angles: torch.Tensor, axes: torch.Tensor, width: int) -> torch.Tensor:
-    """Band coefficients ``[5, T, width]`` of per-token rotations of feature triplets (and one pair).
-
-    Triplet ``k`` (features ``3k..3k+2``) turns by ``angles[t, k]`` about ``axes[k]`` (``[n, 3]``,
-    normalised here): ``R = cos θ (I - uuᵀ) + sin θ [u]× + uuᵀ`` (Rodrigues). ``angles`` is
-    ``[T, n]``, or ``[T, n + 1]`` when its last column turns the next two features as a 2-D pair
-    (the map of ``rotate_pairs``); the remaining features up to ``width`` pass unchanged. Built as
-    ``C + cos θ_p A + sin θ_p B`` from per-feature tables ``A, B, C`` ``[5, width]`` (one small
-    matmul of the axes) and per-feature angles ``θ_p`` ``[T, width]``, in at least fp32.
-    """
-    n = axes.shape[0]
-    pair = angles.shape[-1] == n + 1
-    if angles.shape[-1] not in (n, n + 1) or width < 3 * n + 2 * pair:
-        raise ValueError(f"rotation_bands: angles {tuple(angles.shape)} for {n} axes do not fit width {width}")
-    dtype = torch.promote_types(torch.promote_types(axes.dtype, angles.dtype), torch.float32)  # fp32 angles
-    u = axes.to(dtype)
-    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    feats = torch.cat([u.new_ones(n, 1), u, (u[:, :, None] * u[:, None, :]).flatten(1)], 1)  # [n, 13]
-    tables = (feats @ _TRIPLET_TABLES.to(u)).view(n, 3, 5, 3).permute(1, 2, 0, 3).reshape(3, 5, 3 * n)
-    layout = _band_layout.__wrapped__ if torch.compiler.is_compiling() else _band_layout  # dynamo skips caches
-    column, tail = layout(n, width, pair)
-    if width > 3 * n:
-        tables = torch.cat([tables, tail.to(u)], -1)
-    per_feature = angles.to(dtype).index_select(-1, column.to(angles.device))  # [T, width]
-    cos, sin = per_feature.cos(), per_feature.sin()
-    return torch.addcmul(torch.addcmul(tables[2, :, None], cos, tables[0, :, None]), sin, tables[1, :, None])
-
-
-class _BandedMap(torch.autograd.Function):
-    """``y[..., t, p] = sum_o bands[o + 2, t, p] * x[..., t, p + o]`` with a hand-written backward.
-
-    ``x`` ``[..., T, w]`` is flattened to ``[N, T*w]`` so each offset is one contiguous
-    multiply-add over every row (out-of-token terms have zero coefficients); the backward is the
-    transposed band for ``x`` and batch-summed shifted products for ``bands``, through one buffer.
+    ``rot_dim`` defaults to ``dim`` (``3 · num_freqs`` when ``num_freqs`` is given). Parameters:
+    ``freqs`` ``[n]``, ``rscale`` ``[]`` and ``axes`` ``[3 · triplets]`` (the axes stored flat, so
+    the optimizers' ``ndim >= 2`` weight-decay rule skips them: their length is normalised away);
+    buffers ``rot`` ``[]`` (``rot_count``) and ``axes_init`` ``[triplets, 3]`` (for the drift metric).
     """
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
-        length = x.shape[-2] * x.shape[-1]
-        xf, cf = x.reshape(math.prod(x.shape[:-2]), length), bands.reshape(5, length)
-        y = xf * cf[2]
-        for o in (1, 2)[: max(length - 1, 0)]:
-            y[:, :-o].addcmul_(xf[:, o:], cf[2 + o, :-o])
-            y[:, o:].addcmul_(xf[:, :-o], cf[2 - o, o:])
-        ctx.save_for_backward(xf, bands)
-        ctx.x_shape = x.shape
-        return y.view(x.shape)
+    use_quaternion = True
+    flat_parameters = ("axes",)  # stored 1-D; checkpoints may hold them in matrix shape
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        xf, bands = ctx.saved_tensors
-        length = xf.shape[-1]
-        cf, gf = bands.reshape(5, length), grad.reshape(xf.shape)
-        offsets = (1, 2)[: max(length - 1, 0)]
-        grad_x = grad_bands = None
-        buf = None
-        if ctx.needs_input_grad[1]:  # first, so its scratch buffer can then hold grad_x
-            gb = xf.new_zeros(5, length)
-            buf = torch.mul(gf, xf)
-            torch.sum(buf, 0, out=gb[2])
-            # products into slices of one buffer; under torch.compile (no strided out=) plain products
-            mul = (lambda a, b, out: a * b) if torch.compiler.is_compiling() else torch.mul
-            for o in offsets:
-                gb[2 + o, :-o] = mul(gf[:, :-o], xf[:, o:], out=buf[:, :-o]).sum(0)
-                gb[2 - o, o:] = mul(gf[:, o:], xf[:, :-o], out=buf[:, o:]).sum(0)
-            grad_bands = gb.view(bands.shape)
-        if ctx.needs_input_grad[0]:
-            gx = torch.mul(gf, cf[2], out=buf) if buf is not None else gf * cf[2]
-            for o in offsets:
-                gx[:, o:].addcmul_(gf[:, :-o], cf[2 + o, :-o])
-                gx[:, :-o].addcmul_(gf[:, o:], cf[2 - o, o:])
-            grad_x = gx.view(ctx.x_shape)
-        return grad_x, grad_bands
+    def __init__(
+        self,
+        dim: int,
+        theta: float = 10000.0,
+        num_freqs: int | None = None,
+        learned_freq: bool = True,
+        rot_scale: float = 1.0,
+        rot_count: float = 1,
+        freqs_for: str = "lang",
+        theta_rescale_factor: float = 1.0,
+        rot_dim: int | None = None,
+    ):
+        if rot_count <= 0:
+            raise ValueError(f"position.rot_count must be > 0, got {rot_count}")
+        super().__init__(
+            dim,
+            theta=theta,
+            num_freqs=num_freqs,
+            learned_freq=learned_freq,
+            freqs_for=freqs_for,
+            theta_rescale_factor=theta_rescale_factor,
+            rot_dim=rot_dim,
+        )
+        self.rscale = nn.Parameter(torch.tensor(float(rot_scale)))
+        self.register_buffer("rot", torch.tensor(float(rot_count)))
+        self.register_parameter("axes", None)
+        if self.num_triplets:
+            self.axes = nn.Parameter(fibonacci_axes(self.num_triplets).reshape(-1))
+            self.register_buffer("axes_init", fibonacci_axes(self.num_triplets))
+
+    def _layout(self, dim: int, rot_dim: int | None, num_freqs: int | None) -> tuple[int, int, int]:
+        """``(rotated width, triplets, pairs)``: ``w // 3`` triplets and one pair when ``w % 3 == 2``."""
+        if rot_dim is None:
+            rot_dim = 3 * num_freqs if num_freqs is not None else dim
+        check_rot_dim(rot_dim, dim)
+        return triplet_layout(int(rot_dim))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a flat parameter saved in its matrix shape ([n, 3] axes, [p, d] subspace) loads as a view
+        for name in self.flat_parameters:
+            mine, saved = getattr(self, name), state_dict.get(prefix + name)
+            if mine is not None and saved is not None and saved.shape != mine.shape and saved.numel() == mine.numel():
+                state_dict[prefix + name] = saved.reshape(mine.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def axis_vectors(self) -> torch.Tensor:
+        """Learnable triplet axes ``[num_triplets, 3]`` (unnormalised)."""
+        return self.axes.view(self.num_triplets, 3)
+
+    def angles(self, positions: torch.Tensor) -> torch.Tensor:
+        """``[T] -> [T, n]``: ``pos · f_k · rot_scale · rot_count`` (fp32)."""
+        return super().angles(positions) * (self.rscale * self.rot)
+
+    def _rotate_groups(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Triplets (then the pair) at the start of ``x`` ``[..., T, w]`` as one band map; the rest pass."""
+        if self.num_triplets == 0:
+            return super()._rotate_groups(x, positions)
+        return apply_bands(x, rotation_bands(self.angles(positions), self.axis_vectors, x.shape[-1]))
+
+    @torch.no_grad()
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """Adds ``position/rot_scale``, the first axis ``position/axis0_{x,y,z}`` and the mean angle
+        ``position/axis_drift`` (radians) between the axes and their initial values."""
+        out = super().metrics()
+        out["position/rot_scale"] = self.rscale.detach().clone()
+        if self.axes is not None:
+            u = self.axis_vectors.detach()
+            u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            for name, value in zip("xyz", u[0].unbind(-1)):
+                out[f"position/axis0_{name}"] = value.clone()
+            cos = (u * self.axes_init).sum(-1).clamp(-1.0, 1.0)
+            out["position/axis_drift"] = torch.acos(cos).mean()
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, triplets={self.num_triplets}, pairs={self.num_pairs}"
 
 
-def apply_bands(x: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
-    """Apply band coefficients ``[5, T, w]`` (see :func:`rotation_bands`) to ``x`` ``[..., T, w]``.
-
-    Computes in at least fp32 and returns ``x``'s dtype and shape (a contiguous tensor).
-    """
-    dtype = torch.promote_types(torch.promote_types(x.dtype, bands.dtype), torch.float32)
-    return _BandedMap.apply(x.to(dtype), bands.to(dtype)).to(x.dtype)
-
-
-def rotate_triplets(x: torch.Tensor, angles: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive feature triplets of ``x`` ``[..., T, w]`` by ``angles`` ``[T, n]`` about ``axes`` ``[n, 3]``.
-
-    Triplet ``k`` of the token at row ``t`` turns by ``angles[t, k]`` about ``axes[k]``: the same
-    map as :func:`q_rotation`, evaluated as the per-token Rodrigues matrices in band form
-    (:func:`rotation_bands`, built once per call) applied by five shifted multiply-adds over the
-    whole tensor. Features past ``3n`` pass unchanged. Computes in at least fp32.
-    """
-    return apply_bands(x, rotation_bands(angles, axes, x.shape[-1]))
-
-
-def orthonormal_rows(weight: torch.Tensor) -> torch.Tensor:
-    """Orthonormal rows spanning ``weight``'s rows (``[p, d] -> [p, d]``, ``p <= d``).
-
-    Gram-Schmidt over the ``p`` rows (a QR with positive ``diag(R)``): continuous and
-    differentiable in ``weight``, equal to ``weight`` when its rows are already orthonormal, and
-    pure elementwise work (no solver launch, no host sync). ``p`` is tiny (``proj_dim``).
-    """
-    rows: list[torch.Tensor] = []
-    for row in weight.unbind(0):
-        for _ in range(2):  # "twice is enough": re-orthogonalise for fp32 accuracy
-            for prev in rows:
-                row = row - (row * prev).sum() * prev
-        rows.append(row / row.norm().clamp_min(1e-12))
-    return torch.stack(rows, 0)
-
-
-def project_and_rotate(x: torch.Tensor, basis: torch.Tensor, rotate) -> torch.Tensor:
-    """Rotate the subspace spanned by ``basis`` ``[p, d]`` (orthonormal rows) and keep its complement.
-
-    ``x`` ``[..., d]``; ``rotate`` maps the coordinates ``[..., p]`` to rotated coordinates of the
-    same norm. Returns ``x + Aᵀ(rotate(Ax) - Ax)``, an orthogonal map of ``x`` when ``rotate`` is one.
-    """
-    z = x @ basis.transpose(0, 1).to(x.dtype)
-    return x + (rotate(z) - z) @ basis.to(x.dtype)
+def triplet_layout(width: int) -> tuple[int, int, int]:
+    """``(width, width // 3, 1 if width % 3 == 2 else 0)``: triplets, then a pair or a passing feature."""
+    return width, width // 3, int(width % 3 == 2)
