@@ -59,6 +59,16 @@ def test_only_optimizer_classes_are_given_parameter_groups():
     assert opt.param_groups[0]["betas"] == (0.8, 0.9)  # a config list arrives as a tuple
     assert F.for_model(torch.optim.SGD).func is F.from_class  # the bare class too
 
+    class Mine(torch.optim.SGD):  # any subclass, wherever it lives and whatever its name
+        pass
+
+    class AdamWLike:  # a name like an optimizer's is not enough
+        def __init__(self, model, lr=1e-3):
+            self.model, self.lr = model, lr
+
+    assert F.for_model(functools.partial(Mine, lr=0.1))(_model()).param_groups[0]["group"] == "decay"
+    assert F.for_model(functools.partial(AdamWLike, lr=0.1)).func is AdamWLike
+
 
 def test_weight_decay_goes_to_the_decay_group_with_the_class_default():
     model = _model()

@@ -174,14 +174,14 @@ def _plain(node):
 def from_class(cls: type[torch.optim.Optimizer], model: nn.Module, *args, weight_decay=None, **settings):
     """``cls(decay_groups(model, weight_decay), *args, **settings)`` for a ``torch.optim.Optimizer`` subclass.
 
-    ``weight_decay`` (default: the class's own default) applies to the ``decay`` group; ``no_decay`` gets 0.
-    A class without a ``weight_decay`` argument gets groups without it. ``lr`` is checked here, every other
+    ``weight_decay`` (default: the class's own default, else 0) applies to the ``decay`` group; ``no_decay``
+    gets 0. A class that takes no ``weight_decay`` (nor ``**kwargs``) gets groups without it. ``lr`` is checked here, every other
     setting by the class itself; config lists arrive as tuples (``betas``).
     """
     accepted = inspect.signature(cls).parameters
-    if "weight_decay" in accepted:
-        wd = accepted["weight_decay"].default if weight_decay is None else weight_decay
-        groups = decay_groups(model, nonneg("weight_decay", wd))
+    if "weight_decay" in accepted or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        default = accepted["weight_decay"].default if "weight_decay" in accepted else 0.0
+        groups = decay_groups(model, nonneg("weight_decay", default if weight_decay is None else weight_decay))
     elif weight_decay is not None:
         raise ValueError(f"optimizer.weight_decay: {cls.__module__}.{cls.__qualname__} takes no weight_decay")
     else:
