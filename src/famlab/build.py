@@ -77,13 +77,16 @@ def build_model(cfg: DictConfig, vocab_size: int | None = None):
 
 
 def build_optimization(cfg: DictConfig, model) -> tuple[Any, Any]:
-    """Optimizer and scheduler factories, each tried once on ``model`` so bad values fail now."""
+    """Optimizer and scheduler factories, each tried once on ``model`` so bad values fail now.
+
+    The optimizer factory takes the model (:func:`famlab.optim.factories.for_model`: a ``torch.optim``
+    class as ``_target_`` gets famlab's ``decay`` / ``no_decay`` parameter groups).
+    """
     from famlab.lit.fsdp import refuse_unsupported
+    from famlab.optim.factories import for_model
 
     refuse_unsupported(cfg, model)  # trainer=fsdp: FAM, adaptive_span, scalar parameters, value clipping
-    if float(cfg.optimizer.get("lr", 1.0)) <= 0:
-        raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
-    optimizer = instantiate(cfg.optimizer, "optimizer")
+    optimizer = for_model(instantiate(cfg.optimizer, "optimizer"))  # a torch.optim class gets parameter groups
     scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
     try:
         probe = optimizer(model)

@@ -6,8 +6,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from famlab.model.transformer import TransformerLM
+from famlab.optim.factories import for_model
 from famlab.optim.fam import FAMOptimizer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -39,14 +41,23 @@ def test_yaml_is_commented(path):
 @pytest.mark.parametrize("path", OPTIMIZERS, ids=lambda p: p.stem)
 def test_optimizer_yaml_builds_and_steps(path):
     model = _model()
-    opt = instantiate(_load(path))(model)
-    assert isinstance(opt, torch.optim.Optimizer)
     node = _load(path)
+    opt = for_model(instantiate(node))(model)
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.defaults["lr"] == node.lr  # the YAML's lr reached the optimizer ...
+    assert sorted(id(p) for g in opt.param_groups for p in g["params"]) == sorted(map(id, model.parameters()))
     if isinstance(opt, FAMOptimizer):  # the YAML's settings reached the optimizer (and its state_dict)
-        analysis = node.get("analysis")
-        settings = {"base": node.base, "analysis": analysis is not None}
-        settings.update({"spectrum": analysis.spectrum, "seed": analysis.seed} if analysis is not None else {})
+        plain = OmegaConf.to_container(node, resolve=True)
+        analysis = plain["analysis"]
+        settings = {k: v for k, v in {**plain, **(analysis or {})}.items() if k in opt.defaults}
+        settings["analysis"] = analysis is not None
+        assert {"base", "lr", "weight_decay"} <= set(settings)
         assert all(opt.defaults[k] == v and opt.state_dict()["param_groups"][0][k] == v for k, v in settings.items())
+        for g in opt.param_groups:  # ... and so did each group's row of the table
+            row = plain["groups"][g["group"]]
+            assert (g["alpha"], g["lr"]) == (row["alpha"], pytest.approx(plain["lr"] * row["lr_scale"]))
+            if analysis is not None:
+                assert g["n_bands"] == analysis["handlers"][g["group"]]["n_bands"]
     model(torch.randint(0, 32, (2, 8))).square().mean().backward()
     opt.step()
 

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from famlab.optim.factories import for_model
 from famlab.optim.fam_config import CHOICES, SEED_ANALYSIS
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -109,7 +110,7 @@ def _trace(cfg: dict):
     """Hyperparameters, state and parameters of the optimizer built from ``cfg`` after STEPS steps."""
     torch.manual_seed(0)
     model = Zoo()
-    opt = instantiate(OmegaConf.create(cfg))(model)
+    opt = for_model(instantiate(OmegaConf.create(cfg)))(model)
     params = list(model.parameters())
     for grads in GRADS:
         for p, g in zip(params, grads):

@@ -27,7 +27,7 @@ def _analysis(handlers=None, **kw):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(lr=-0.1), "optimizer.lr=-0.1 must be a number > 0"),
+        (dict(lr=-0.1), "optimizer.lr must be positive, got -0.1"),
         (dict(weight_decay=-1.0), "optimizer.weight_decay=-1.0 must be a number >= 0"),
         (dict(base="lion"), "optimizer.base='lion' must be one of ['sgd', 'adam']"),
         (

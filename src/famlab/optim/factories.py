@@ -1,51 +1,40 @@
-"""Optimizer factories used by ``conf/optimizer/*.yaml`` (``_partial_: true``; LitLM calls ``cfg.optimizer(model)``).
+"""Optimizer factories used by ``conf/optimizer/*.yaml`` (``_partial_: true``).
 
-Each factory builds parameter groups from the model and returns a ready ``torch.optim.Optimizer``:
+The loop builds the optimizer with :func:`for_model` (``for_model(instantiate(cfg.optimizer))(model)``):
 
-* ``adamw`` / ``adam`` / ``sgd``: two groups, ``decay`` (every parameter with ``ndim >= 2`` outside norm layers,
-  i.e. matmul weights and embeddings, as in nanoGPT) and ``no_decay`` (norms,
-  biases, any 1-D or scalar parameter). Tied weights are counted once (``named_parameters`` deduplicates).
-* ``fam``: the handler-aware groups of :func:`famlab.optim.groups.get_parameter_groups` fed to
-  :class:`famlab.optim.fam.FAMOptimizer`.
+* a factory here takes the model, builds parameter groups and returns a ready ``torch.optim.Optimizer``:
+  ``adamw`` / ``adam`` / ``sgd`` over two groups, ``decay`` (every parameter with ``ndim >= 2`` outside norm
+  layers, i.e. matmul weights and embeddings, as in nanoGPT) and ``no_decay`` (norms, biases, any 1-D or
+  scalar parameter); ``fam``: the handler-aware groups of :func:`famlab.optim.groups.get_parameter_groups`
+  fed to :class:`famlab.optim.fam.FAMOptimizer`. Tied weights are counted once (``named_parameters``
+  deduplicates).
+* a ``_target_`` that is a ``torch.optim.Optimizer`` subclass (``torch.optim.RMSprop``, ...) gets the same
+  ``decay`` / ``no_decay`` groups through :func:`from_class`, its ``weight_decay`` on the ``decay`` group only.
 
-Every bad value raises ``ValueError`` naming the config key (``optimizer.lr`` ...).
+Every bad value raises ``ValueError`` naming the config key (``optimizer.lr ...``); the checks are those of
+:mod:`famlab.optim.fam_config`, each value checked in one place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from famlab.optim.fam_config import learning_rate, nonneg, positive, unit
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
 if hasattr(nn, "RMSNorm"):
     _NORM_TYPES = _NORM_TYPES + (nn.RMSNorm,)
 
 
-def _check_positive(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"optimizer.{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _check_nonneg(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"optimizer.{name} must be >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_unit(name: str, value: float, closed: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0)
-    if not ok:
-        raise ValueError(f"optimizer.{name} must lie in [0, 1{']' if closed else ')'}, got {value!r}")
-    return float(value)
-
-
 def _check_betas(betas: Sequence[float]) -> tuple[float, float]:
     if betas is None or len(betas) != 2:
         raise ValueError(f"optimizer.betas must be a pair [beta1, beta2], got {betas!r}")
-    return _check_unit("betas[0]", betas[0]), _check_unit("betas[1]", betas[1])
+    return unit("betas[0]", betas[0]), unit("betas[1]", betas[1])
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -75,8 +64,8 @@ def _params_on_cuda(model: nn.Module) -> bool:
 
 def _adam_family(cls, model, lr, weight_decay, betas, eps, fused):
     """Validated ``cls`` (Adam or AdamW) over :func:`decay_groups`; fused iff all params on CUDA when ``None``."""
-    lr, weight_decay = _check_positive("lr", lr), _check_nonneg("weight_decay", weight_decay)
-    eps, betas = _check_positive("eps", eps), _check_betas(betas)
+    lr, weight_decay = learning_rate(lr), nonneg("weight_decay", weight_decay)
+    eps, betas = positive("eps", eps), _check_betas(betas)
     fused = _params_on_cuda(model) if fused is None else bool(fused)
     kwargs = {"fused": True} if fused else {"foreach": True}
     return cls(decay_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, **kwargs)
@@ -114,8 +103,8 @@ def sgd(
     weight_decay: float = 0.0,
 ) -> torch.optim.SGD:
     """SGD (heavy-ball, optionally Nesterov) with coupled L2 on ``>= 2``-D weights only."""
-    lr, weight_decay = _check_positive("lr", lr), _check_nonneg("weight_decay", weight_decay)
-    momentum = _check_unit("momentum", momentum)
+    lr, weight_decay = learning_rate(lr), nonneg("weight_decay", weight_decay)
+    momentum = unit("momentum", momentum)
     if nesterov and momentum == 0:
         raise ValueError("optimizer.nesterov=true needs optimizer.momentum > 0")
     return torch.optim.SGD(
@@ -180,6 +169,46 @@ fam.needs_whole_tensors = True  # what FAMOptimizer.needs_whole_tensors says, re
 
 def _plain(node):
     """A DictConfig (Hydra passes nested nodes as such) as plain containers; anything else unchanged."""
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def from_class(cls: type[torch.optim.Optimizer], model: nn.Module, *args, weight_decay=None, **settings):
+    """``cls(decay_groups(model, weight_decay), *args, **settings)`` for a ``torch.optim.Optimizer`` subclass.
+
+    ``weight_decay`` (default: the class's own default, else 0) applies to the ``decay`` group; ``no_decay``
+    gets 0. A class that takes no ``weight_decay`` (nor ``**kwargs``) gets groups without it. ``lr`` is checked here, every other
+    setting by the class itself; config lists arrive as tuples (``betas``).
+    """
+    accepted = inspect.signature(cls).parameters
+    if "weight_decay" in accepted or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        default = accepted["weight_decay"].default if "weight_decay" in accepted else 0.0
+        groups = decay_groups(model, nonneg("weight_decay", default if weight_decay is None else weight_decay))
+    elif weight_decay is not None:
+        raise ValueError(f"optimizer.weight_decay: {cls.__module__}.{cls.__qualname__} takes no weight_decay")
+    else:
+        groups = [{k: v for k, v in g.items() if k != "weight_decay"} for g in decay_groups(model, 0.0)]
+    settings = {k: _plain_setting(v) for k, v in settings.items()}
+    if "lr" in settings:
+        settings["lr"] = learning_rate(settings["lr"])
+    return cls(groups, *args, **settings)
+
+
+def for_model(factory: Callable) -> Callable[[nn.Module], torch.optim.Optimizer]:
+    """The callable that builds the optimizer from the model, for an instantiated ``conf/optimizer`` node.
+
+    A partial whose target is a ``torch.optim.Optimizer`` subclass becomes ``from_class(cls, model, ...)``;
+    anything else (a factory of this module, your own factory) is returned unchanged and called with the model.
+    """
+    func = factory.func if isinstance(factory, functools.partial) else factory
+    if isinstance(func, type) and issubclass(func, torch.optim.Optimizer):
+        args, keywords = (factory.args, factory.keywords) if isinstance(factory, functools.partial) else ((), {})
+        return functools.partial(from_class, func, *args, **keywords)
+    return factory
+
+
+def _plain_setting(value):
+    """A config value as a plain Python value; a list becomes a tuple (``betas``)."""
+    value = _plain(value)
+    return tuple(value) if isinstance(value, list) else value

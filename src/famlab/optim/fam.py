@@ -59,6 +59,23 @@ OPTIMIZER_KEYS = (
 )
 
 
+#: Checks of the per-group values a param group may set for itself (``n_bands`` depends on the handler).
+_GROUP_CHECKS = {
+    "lr": cfg.learning_rate,
+    "weight_decay": lambda v: cfg.nonneg("weight_decay", v),
+    "alpha": lambda v: cfg.unit("alpha", v),
+    "beta": lambda v: cfg.unit("beta", v),
+    "eps": lambda v: cfg.positive("eps", v),
+    "fam_start_step": lambda v: cfg.integer("fam_start_step", v, 0),
+    "min_size": lambda v: cfg.integer("min_size", v, 0),
+}
+
+
+def _same(a, b) -> bool:
+    """``a`` is ``b`` or equals it as a plain number (a tensor-valued group setting always counts as its own)."""
+    return a is b or (not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a == b)
+
+
 class FAMOptimizer(torch.optim.Optimizer):
     """Frequency-Adaptive Momentum. Group keys (``lr, weight_decay, alpha, beta, eps, n_bands, handler,
     fam_start_step, min_size``) override the constructor values, as in the seed; the settings in
@@ -94,15 +111,15 @@ class FAMOptimizer(torch.optim.Optimizer):
         debug_every: int = 10,
     ):
         defaults = dict(
-            lr=lr,
-            alpha=alpha,
-            beta=beta,
-            eps=eps,
-            weight_decay=weight_decay,
-            n_bands=n_bands,
+            lr=cfg.learning_rate(lr),
+            alpha=cfg.unit("alpha", alpha),
+            beta=cfg.unit("beta", beta),
+            eps=cfg.positive("eps", eps),
+            weight_decay=cfg.nonneg("weight_decay", weight_decay),
+            n_bands=n_bands,  # checked per group: the smallest count depends on the group's handler
             handler="default",
-            fam_start_step=fam_start_step,
-            min_size=min_size,
+            fam_start_step=cfg.integer("fam_start_step", fam_start_step, 0),
+            min_size=cfg.integer("min_size", min_size, 0),
             base=cfg.choice("base", base, "base"),
             spectrum=cfg.choice("spectrum", spectrum, "spectrum"),
             analysis=bool(analysis),
@@ -159,9 +176,9 @@ class FAMOptimizer(torch.optim.Optimizer):
                     f"({self.defaults[key]!r}); param group {g.get('group', len(self.param_groups))!r} "
                     "cannot change it"
                 )
-        cfg.positive("lr", value("lr")), cfg.nonneg("weight_decay", value("weight_decay"))
-        cfg.unit("alpha", value("alpha")), cfg.unit("beta", value("beta")), cfg.positive("eps", value("eps"))
-        cfg.integer("fam_start_step", value("fam_start_step"), 0), cfg.integer("min_size", value("min_size"), 0)
+        for key, check in _GROUP_CHECKS.items():  # the defaults were checked in __init__
+            if key in g and not _same(g[key], self.defaults[key]):
+                check(g[key])
         handler = cfg.choice("handler", g.get("handler", "default"), "handler")
         cfg.integer(
             "n_bands",

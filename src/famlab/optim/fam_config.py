@@ -78,6 +78,13 @@ def positive(key: str, value) -> float:
     return _number(key, value, lambda v: v > 0, "a number > 0")
 
 
+def learning_rate(value) -> float:
+    """``optimizer.lr``, checked here for every optimizer famlab builds (factories, FAMOptimizer, torch classes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"optimizer.lr must be positive, got {value!r}")
+    return float(value)
+
+
 def nonneg(key: str, value) -> float:
     return _number(key, value, lambda v: v >= 0, "a number >= 0")
 
@@ -176,18 +183,19 @@ def analysis_settings(analysis) -> dict | None:
 def fam_arguments(lr, weight_decay, base, groups, analysis, beta2, adam_eps) -> tuple[dict, dict, dict]:
     """``(table, optimizer_kwargs, group_scalars)`` from a FAM config.
 
-    ``table``: the merged per-group rows for :func:`famlab.optim.groups.get_parameter_groups`;
+    ``table``: the validated per-group rows for :func:`famlab.optim.groups.get_parameter_groups`;
     ``optimizer_kwargs``: FAMOptimizer keyword arguments; ``group_scalars``: ``lr`` and ``weight_decay``.
+    The top-level values (``lr``, ``weight_decay``, ``base``, ``beta2``, ``adam_eps``) have the same names
+    as FAMOptimizer's arguments and are checked by FAMOptimizer alone; the nested ``groups`` and
+    ``analysis`` tables are checked here, so a message names their full key.
     """
-    lr, weight_decay = positive("lr", lr), nonneg("weight_decay", weight_decay)
-    base = choice("base", base, "base")
     if base == "sgd" and (beta2 is not None or adam_eps is not None):
         key = "beta2" if beta2 is not None else "adam_eps"
         raise ValueError(f"optimizer.{key} applies to optimizer.base=adam only (use optimizer=fam_adam)")
     kwargs: dict[str, Any] = dict(base=base)
     if base == "adam":
-        kwargs["beta2"] = unit("beta2", 0.999 if beta2 is None else beta2)
-        kwargs["adam_eps"] = positive("adam_eps", 1e-8 if adam_eps is None else adam_eps)
+        kwargs["beta2"] = 0.999 if beta2 is None else beta2
+        kwargs["adam_eps"] = 1e-8 if adam_eps is None else adam_eps
     table = group_table(groups)
     settings = analysis_settings(analysis)
     if settings is None:
