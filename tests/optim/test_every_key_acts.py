@@ -170,4 +170,4 @@ def test_every_scheduler_key_changes_the_schedule(option):
 def test_the_perturbation_walk_sees_every_table_entry():
     keys = [k for k, _ in _perturbations(_compose("optimizer", "fam"))]
     assert {"groups.norm.wd_scale", "analysis.handlers.conv.n_bands", "analysis.seed", "lr", "grouping"} <= set(keys)
-    assert len(keys) == 4 + 5 * 3 + 7 + 5 * 2  # lr, weight_decay, base, grouping; groups; analysis; handlers
+    assert len(keys) == 4 + 5 * 3 + 8 + 5 * 2  # lr, weight_decay, base, grouping; groups; analysis; handlers
