@@ -17,23 +17,49 @@ import math
 import torch
 
 
-def momentum_update(ms, grads, alpha: float, adaptive: dict[int, torch.Tensor], params=None, wd: float = 0.0):
-    """``m <- lerp(m, g + wd*p, 1 - a)`` with ``a = adaptive[i]`` (0-dim tensor) where given, else ``alpha``.
+def lerp_weights(ms, alpha: float, adaptive: dict[int, torch.Tensor]) -> list:
+    """``1 - a`` per tensor: a 0-dim tensor (dtype of its momentum) where ``adaptive`` gives ``a``, else the float
+    ``1 - alpha``."""
+    weights: list = [1.0 - alpha] * len(ms)
+    if adaptive:
+        ada = list(adaptive)
+        for i, w in zip(ada, torch.stack([adaptive[i] for i in ada]).neg_().add_(1.0).unbind(0)):
+            weights[i] = w if w.dtype == ms[i].dtype else w.to(ms[i].dtype)
+    return weights
 
-    The coupled L2 term is added to the momentum (``m <- lerp(m, g, 1-a) + (1-a)*wd*p``) rather than to a
-    decayed copy of the gradient: the same update without allocating a gradient-sized tensor per step."""
-    fixed = [i for i in range(len(ms)) if i not in adaptive]
-    ada = list(adaptive)
+
+def momentum_update(ms, grads, weights: list, params=None, wd: float = 0.0) -> None:
+    """``m <- lerp(m, g + wd*p, w)`` for the weights of :func:`lerp_weights` (foreach ops).
+
+    The coupled L2 term is added to the momentum (``m <- lerp(m, g, w) + w*wd*p``) rather than to a decayed
+    copy of the gradient: the same update without allocating a gradient-sized tensor per step."""
+    fixed = [i for i, w in enumerate(weights) if not isinstance(w, torch.Tensor)]
+    ada = [i for i, w in enumerate(weights) if isinstance(w, torch.Tensor)]
     if fixed:
-        torch._foreach_lerp_([ms[i] for i in fixed], [grads[i] for i in fixed], 1.0 - alpha)
+        torch._foreach_lerp_([ms[i] for i in fixed], [grads[i] for i in fixed], weights[fixed[0]])
         if wd != 0:
-            torch._foreach_add_([ms[i] for i in fixed], [params[i] for i in fixed], alpha=(1.0 - alpha) * wd)
+            torch._foreach_add_([ms[i] for i in fixed], [params[i] for i in fixed], alpha=weights[fixed[0]] * wd)
     if ada:
-        weights = torch.stack([adaptive[i] for i in ada]).neg_().add_(1.0).unbind(0)  # 1 - alpha_eff, 0-dim each
-        weights = [w if w.dtype == ms[i].dtype else w.to(ms[i].dtype) for w, i in zip(weights, ada)]
-        torch._foreach_lerp_([ms[i] for i in ada], [grads[i] for i in ada], weights)
+        torch._foreach_lerp_([ms[i] for i in ada], [grads[i] for i in ada], [weights[i] for i in ada])
         if wd != 0:
-            torch._foreach_addcmul_([ms[i] for i in ada], [params[i] for i in ada], weights, value=wd)
+            torch._foreach_addcmul_([ms[i] for i in ada], [params[i] for i in ada], [weights[i] for i in ada], value=wd)
+
+
+def sgd_update(params, grads, ms, weights: list, lr: float, wd: float, per_tensor: bool) -> None:
+    """``m <- lerp(m, g, w) + w*wd*p``; ``p <- p - lr*m``. ``per_tensor``: the three ops tensor by tensor, so each
+    tensor's momentum and parameter are still in cache for the second and third op (on a CPU one pass over
+    memory instead of three); otherwise foreach ops over all tensors (one kernel launch per op on a GPU)."""
+    if not per_tensor:
+        momentum_update(ms, grads, weights, params, wd)
+        torch._foreach_add_(params, ms, alpha=-lr)
+        return
+    for p, g, m, w in zip(params, grads, ms, weights):
+        m.lerp_(g, w)
+        if wd != 0 and isinstance(w, float):
+            m.add_(p, alpha=w * wd)
+        elif wd != 0:
+            m.addcmul_(p, w, value=wd)
+        p.add_(m, alpha=-lr)
 
 
 def apply_update(
@@ -51,11 +77,11 @@ def apply_update(
     their 0-dim ``alpha_eff``."""
     lr, alpha, wd = group["lr"], float(group["alpha"]), group["weight_decay"]
     ms = [st["exp_avg"] for st in states]
+    weights = lerp_weights(ms, alpha, adaptive)
     if base == "sgd":
-        momentum_update(ms, grads, alpha, adaptive, params, wd)
-        torch._foreach_add_(params, ms, alpha=-lr)
+        sgd_update(params, grads, ms, weights, lr, wd, per_tensor=all(p.device.type == "cpu" for p in params))
         return
-    momentum_update(ms, grads, alpha, adaptive)
+    momentum_update(ms, grads, weights)
     fixed = [i for i in range(len(params)) if i not in adaptive]
     ada = list(adaptive)
     vs, prods = [st["exp_avg_sq"] for st in states], [st["beta1_prod"] for st in states]
