@@ -158,7 +158,9 @@ def main() -> None:
         help="cpu: this process's CPU time (steadier on a shared machine; default on --device cpu); "
         "wall: perf_counter with synchronize (default and only choice on cuda)",
     )
-    parser.add_argument("--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)")
+    parser.add_argument(
+        "--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
