@@ -7,11 +7,11 @@ Per parameter ``p`` with gradient ``g`` (``base="sgd"``, ``spectrum="spatial"``)
 2. The analysis reaches ``p`` iff ``numel(p) > min_size`` and its step ``> fam_start_step`` (both strict,
    Python ints); it runs at the first such step and then every ``interval`` optimizer steps
    (:func:`famlab.optim.fam_analysis.analysis_due`).
-3. At an analysis step: a seeded sample of ``g`` (:mod:`famlab.optim.sampling`), band energies ``b [n_bands]``
+3. At an analysis step: a seeded sample of ``g + wd*p`` (:mod:`famlab.optim.sampling`), band energies ``b [n_bands]``
    of its normalised ``|rfft|`` (:mod:`famlab.optim.frequency`), EMA ``H <- beta^interval*H +
    (1-beta^interval)*b`` (first analysis: ``H <- b``), ``alpha_eff = handler.momentum(H, alpha)``.
 4. ``a = alpha_eff`` of the last analysis (the group's ``alpha`` before the first);
-   ``m <- a*m + (1-a)*g``; ``p <- p - lr*m`` (:mod:`famlab.optim.fam_update`).
+   ``m <- a*m + (1-a)*(g + wd*p)``; ``p <- p - lr*m`` (:mod:`famlab.optim.fam_update`).
 
 Options of the same class: ``base="adam"`` (``alpha_eff`` as Adam's beta1, second moment, bias corrections,
 decoupled decay), ``spectrum="temporal"`` (rfft over a ring buffer of one statistic per step, so high bands
