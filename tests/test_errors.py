@@ -42,6 +42,10 @@ CASES = [
         ["optimizer=fam", "optimizer.groups.attention.alpha=1.5"],
         r"optimizer.groups.attention.alpha=1.5 must be a number in \[0, 1\)",
     ),
+    (
+        ["optimizer=fam", "optimizer.analysis.interval=0"],
+        r"optimizer.analysis.interval=0 must be an integer >= 1",
+    ),
 ]
 
 

@@ -90,6 +90,22 @@ def test_exact_resume_of_fam_sampling_generator_on_a_large_weight(tmp_path):
     assert any(v.numel() > 10_000 for k, v in ckpt.items() if k.startswith("model.") and k.endswith("weight"))
 
 
+def test_exact_resume_in_the_middle_of_a_fam_analysis_interval(tmp_path):
+    """FAM analyses at steps 3 and 6 (fam_start_step 2, interval 3); the run stops after step 5, between two
+    analyses: the optimizer's step counter must travel with the checkpoint for step 6 to analyse again."""
+    _stop_resume_compare(
+        tmp_path,
+        "optimizer=fam",
+        "optimizer.analysis.fam_start_step=2",
+        "optimizer.analysis.interval=3",
+        "optimizer.lr=0.05",
+    )
+    ckpt = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["optimizer_states"][0]["fam_steps"] == 8
+    counts = {s["fam_count"] for s in ckpt["optimizer_states"][0]["state"].values() if "fam_count" in s}
+    assert counts == {2}  # steps 3 and 6
+
+
 def test_checkpoint_carries_cuda_generator_states_when_cuda_is_in_use(monkeypatch):
     """With CUDA in use, every device's generator state is saved and restored (mocked on a CPU machine)."""
     saved = [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 9, dtype=torch.uint8)]

@@ -94,7 +94,7 @@ class Zoo(nn.Module):
         self.norm = nn.LayerNorm(300)  # norm, 300 elements: analysed at min_size 256, not at 513
 
 
-STEPS = 104  # past the shipped fam_start_step (100) and its perturbation
+STEPS = 110  # past the shipped fam_start_step (100) and a second analysis at the shipped interval (8)
 
 
 def _gradients():
@@ -171,4 +171,4 @@ def test_every_scheduler_key_changes_the_schedule(option):
 def test_the_perturbation_walk_sees_every_table_entry():
     keys = [k for k, _ in _perturbations(_compose("optimizer", "fam"))]
     assert {"groups.norm.wd_scale", "analysis.handlers.conv.n_bands", "analysis.seed", "lr", "grouping"} <= set(keys)
-    assert len(keys) == 4 + 5 * 3 + 7 + 5 * 2  # lr, weight_decay, base, grouping; groups; analysis; handlers
+    assert len(keys) == 4 + 5 * 3 + 8 + 5 * 2  # lr, weight_decay, base, grouping; groups; analysis; handlers

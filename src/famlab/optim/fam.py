@@ -1,49 +1,51 @@
-"""FAMOptimizer: frequency-adaptive momentum, device-resident and sync-free.
+"""FAMOptimizer: frequency-adaptive momentum (SGD-type EMA momentum whose coefficient each tensor chooses from
+the band energies of its gradient's spectrum), device-resident and free of host syncs.
 
-Per parameter ``p`` with gradient ``g`` (faithful default ``base="sgd"``, ``spectrum="spatial"``):
+Per parameter ``p`` with gradient ``g`` (``base="sgd"``, ``spectrum="spatial"``):
 
-1. ``step += 1``; coupled L2 ``g <- g + wd*p``.
-2. FAM is active iff ``step > fam_start_step`` and ``numel(p) > min_size`` (both strict, Python ints).
-3. Sample ``g`` (numel > 10000: 64 random rows x 64 random cols for >= 2-D, 1000 random entries for 1-D; else
-   all of ``g``) with a seeded ``torch.Generator`` on the param's device; band energies of ``|rfft|``
-   (:mod:`famlab.optim.frequency`), EMA ``H <- beta*H + (1-beta)*b`` (first active step: ``H <- b``).
-4. ``alpha_eff = handler.momentum(H, alpha)``; ``m <- alpha_eff*m + (1-alpha_eff)*g``; ``p <- p - lr*m``.
+1. ``step += 1``; coupled L2: the update and the analysis use ``g + wd*p``.
+2. The analysis reaches ``p`` iff ``numel(p) > min_size`` and its step ``> fam_start_step`` (both strict,
+   Python ints); it runs at the first such step and then every ``interval`` optimizer steps
+   (:func:`famlab.optim.fam_analysis.analysis_due`).
+3. At an analysis step: a seeded sample of ``g + wd*p`` (:mod:`famlab.optim.sampling`), band energies ``b [n_bands]``
+   of its normalised ``|rfft|`` (:mod:`famlab.optim.frequency`), EMA ``H <- beta^interval*H +
+   (1-beta^interval)*b`` (first analysis: ``H <- b``), ``alpha_eff = handler.momentum(H, alpha)``.
+4. ``a = alpha_eff`` of the last analysis (the group's ``alpha`` before the first);
+   ``m <- a*m + (1-a)*(g + wd*p)``; ``p <- p - lr*m`` (:mod:`famlab.optim.fam_update`).
 
-Extensions (options of the same class, not in the seed):
+Options of the same class: ``base="adam"`` (``alpha_eff`` as Adam's beta1, second moment, bias corrections,
+decoupled decay), ``spectrum="temporal"`` (rfft over a ring buffer of one statistic per step, so high bands
+measure step-to-step oscillation), ``analysis=False`` (each group's constant ``alpha``).
 
-* ``base="adam"``: alpha_eff is Adam's beta1; second moment ``v`` (``beta2``), bias correction
-  ``1 - prod_t(alpha_eff_t)`` (exact for a time-varying beta1) and ``1 - beta2^t``, decoupled weight decay.
-* ``spectrum="temporal"``: every eligible tensor keeps a ring buffer (``window`` steps) of one cheap statistic,
-  the gradient's projection on a fixed seeded sparse random +-1 direction (256 entries); the rfft runs over
-  TIME, so high bands measure step-to-step oscillation (what the seed's README described). Every band layout
-  then covers the Nyquist bin (period-2 flips), which the spatial layouts drop as the seed does.
-* ``analysis=False``: each group's constant alpha (ablation of the analysis).
-
-``step()`` runs with autocast disabled for the parameters' device types, so a call inside a user's
-``torch.autocast`` region computes the spectrum, band energies and update in the parameters' dtype.
-
-Differs from the seed: no host sync (band EMAs, alpha_eff, generator state are tensors in optimizer state,
-the gating uses Python int step counters), seeded sampling instead of the global CPU RNG, batched rfft and
-band sums (one matmul per group and signal length), no swallowed exceptions, ``layer_boost`` is stored but
-unused (as in the seed), debug output is JSON Lines (:mod:`famlab.optim.fam_debug`).
+State: per tensor see :mod:`famlab.optim.fam_state`; the optimizer's step counter (``fam_steps``) and the
+sampling generators' states (``fam_rng``) travel in ``state_dict()``, so a resumed run continues exactly, in
+the middle of an analysis interval too. ``step()`` disables autocast for the parameters' device types.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections import defaultdict
-
 import torch
 
 from famlab.optim import fam_config as cfg
+from famlab.optim.fam_analysis import TemporalProbes, analysis_due, analyze, record_traces
 from famlab.optim.fam_debug import FAMDebugWriter
+from famlab.optim.fam_state import (
+    FLOAT32_STATE,
+    SamplingGenerators,
+    autocast_off,
+    by_type,
+    init_state,
+    refuse_sharded,
+    rng_key,
+)
+from famlab.optim.fam_update import apply_update
 from famlab.optim.frequency import HANDLERS, make_handler
 from famlab.optim.groups import add_handlers_to_groups
-from famlab.optim.sampling import spatial_samples, temporal_probe
 
-_FLOAT32_STATE = ("band_ema", "alpha_eff", "beta1_prod", "trace")
+__all__ = ["OPTIMIZER_KEYS", "FAMOptimizer", "rng_key"]
 
+# names imported from here by older code and tests
+_by_type, _refuse_sharded, _autocast_off, _FLOAT32_STATE = by_type, refuse_sharded, autocast_off, FLOAT32_STATE
 
 #: Settings of the whole optimizer (kept in ``defaults``, so every param group and ``state_dict`` carries them).
 OPTIMIZER_KEYS = (
@@ -55,6 +57,7 @@ OPTIMIZER_KEYS = (
     "adam_eps",
     "window",
     "seed",
+    "interval",
     "layer_boost",
 )
 
@@ -78,9 +81,10 @@ def _same(a, b) -> bool:
 
 class FAMOptimizer(torch.optim.Optimizer):
     """Frequency-Adaptive Momentum. Group keys (``lr, weight_decay, alpha, beta, eps, n_bands, handler,
-    fam_start_step, min_size``) override the constructor values, as in the seed; the settings in
-    :data:`OPTIMIZER_KEYS` hold for the whole optimizer. Every hyperparameter lives in ``defaults`` and the
-    param groups, so ``state_dict()``, pickling and ``deepcopy`` carry them."""
+    fam_start_step, min_size``) override the constructor values; the settings in :data:`OPTIMIZER_KEYS` hold
+    for the whole optimizer. Every hyperparameter lives in ``defaults`` and the param groups, so
+    ``state_dict()``, pickling and ``deepcopy`` carry them. ``interval`` (>= 1): optimizer steps between two
+    analyses (1 = every step); ``layer_boost`` is accepted for signature compatibility and unused."""
 
     needs_whole_tensors = True  # the spectrum is taken over each whole parameter (trainer=fsdp refuses it)
 
@@ -108,6 +112,7 @@ class FAMOptimizer(torch.optim.Optimizer):
         adam_eps: float = 1e-8,
         window: int = 64,
         seed: int = 0,
+        interval: int = 1,
         debug_every: int = 10,
     ):
         defaults = dict(
@@ -128,37 +133,20 @@ class FAMOptimizer(torch.optim.Optimizer):
             adam_eps=cfg.positive("adam_eps", adam_eps),
             window=cfg.integer("window", window, 4),
             seed=cfg.integer("seed", seed, 0),
+            interval=cfg.integer("interval", interval, 1),
             layer_boost=layer_boost,
-        )  # layer_boost: stored, unused (as in the seed)
+        )
         cfg.integer("debug_interval", debug_interval, 1)
         super().__init__(add_handlers_to_groups(params), defaults)
-        _refuse_sharded(self.param_groups)
+        refuse_sharded(self.param_groups)
         self._handlers = {name: make_handler(name, attention_layout) for name in HANDLERS}
-        self._generators: dict[str, torch.Generator] = {}
-        self._by_device: dict[torch.device, torch.Generator] = {}
-        self._pending_rng: dict[str, torch.Tensor] = {}
-        self._probes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rng = SamplingGenerators()
+        self._probes = TemporalProbes()
         self._steps = 0
         self.debug = bool(debug)
-        self._debug = (
-            FAMDebugWriter(
-                debug_dir,
-                debug_interval,
-                debug_every,
-                dict(
-                    lr=lr,
-                    alpha=alpha,
-                    beta=beta,
-                    n_bands=n_bands,
-                    fam_start_step=fam_start_step,
-                    base=base,
-                    spectrum=spectrum,
-                    analysis=analysis,
-                ),
-            )
-            if debug
-            else None
-        )
+        settings = dict(lr=lr, alpha=alpha, beta=beta, n_bands=n_bands, fam_start_step=fam_start_step)
+        settings.update(base=base, spectrum=spectrum, analysis=analysis, interval=interval)
+        self._debug = FAMDebugWriter(debug_dir, debug_interval, debug_every, settings) if debug else None
 
     def __getattr__(self, name: str):
         """``opt.base``, ``opt.spectrum``, ... read the optimizer-wide settings from ``defaults``."""
@@ -191,12 +179,12 @@ class FAMOptimizer(torch.optim.Optimizer):
         g.setdefault("names", [f"{g['group']}.{j}" for j in range(len(g["params"]))])
         super().add_param_group(param_group)
 
+    # ------------------------------------------------------------------ saving and loading
     def __getstate__(self) -> dict:
         """Pickle / deepcopy: the base class keeps defaults (every setting), state and param_groups; add the
         step counter and the sampling generators' states."""
         state = super().__getstate__()
-        state["_steps"], state["debug"] = self._steps, self.debug
-        state["fam_rng"] = {**self._pending_rng, **{k: g.get_state() for k, g in self._generators.items()}}
+        state["_steps"], state["debug"], state["fam_rng"] = self._steps, self.debug, self._rng.states()
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -204,56 +192,19 @@ class FAMOptimizer(torch.optim.Optimizer):
         rng = state.pop("fam_rng", {})
         super().__setstate__(state)
         self._handlers = {name: make_handler(name, self.attention_layout) for name in HANDLERS}
-        self._generators, self._by_device, self._pending_rng, self._probes = {}, {}, _by_type(rng), {}
+        self._rng, self._probes = SamplingGenerators(rng), TemporalProbes()
         self._debug = None  # a copy does not write the original's debug file
-
-    # ------------------------------------------------------------------ RNG and state
-    def _generator(self, device: torch.device) -> torch.Generator:
-        """The seeded sampling generator of ``device``, saved under :func:`rng_key` (``"cuda"``, not ``"cuda:1"``),
-        so a checkpoint written by one rank restores on a rank with another device index."""
-        gen = self._by_device.get(device)
-        if gen is None:
-            key = rng_key(device)
-            if key in self._generators:  # a second device of the same type in one process keeps its index
-                key = str(device)
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            if key in self._pending_rng:
-                gen.set_state(self._pending_rng.pop(key))
-            self._generators[key] = gen
-            self._by_device[device] = gen
-        return gen
-
-    def _probe(self, p: torch.Tensor, ordinal: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fixed sparse random direction of ``p`` (indices, signs), cached; see :func:`temporal_probe`."""
-        probe = self._probes.get(id(p))
-        if probe is None:
-            probe = self._probes[id(p)] = temporal_probe(p.numel(), self.seed, ordinal, p.device)
-        return probe
-
-    def _init_state(self, p: torch.Tensor, st: dict, group: dict) -> None:
-        st["step"] = 0
-        st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if self.base == "adam":
-            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            st["beta1_prod"] = torch.ones((), dtype=torch.float32, device=p.device)
-        if self.analysis and p.numel() > group["min_size"]:
-            st["fam_count"] = 0
-            st["band_ema"] = torch.zeros(group["n_bands"], dtype=torch.float32, device=p.device)
-            st["alpha_eff"] = torch.full((), float(group["alpha"]), dtype=torch.float32, device=p.device)
-            if self.spectrum == "temporal":
-                st["trace"] = torch.zeros(self.window, dtype=torch.float32, device=p.device)
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
-        rng = dict(self._pending_rng)
-        rng.update({key: gen.get_state() for key, gen in self._generators.items()})
-        sd["fam_rng"] = rng
+        sd["fam_rng"] = self._rng.states()
+        sd["fam_steps"] = self._steps
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         rng = state_dict.pop("fam_rng", {})
+        steps = state_dict.pop("fam_steps", None)
         super().load_state_dict(state_dict)
         for group in self.param_groups:  # checkpoints from before the settings lived in the groups
             for key, value in self.defaults.items():
@@ -261,13 +212,13 @@ class FAMOptimizer(torch.optim.Optimizer):
         self.defaults.update({key: self.param_groups[0][key] for key in OPTIMIZER_KEYS})  # the saved settings
         self._handlers = {name: make_handler(name, self.attention_layout) for name in HANDLERS}
         for st in self.state.values():  # base class casts state to the param dtype; FAM statistics stay fp32
-            for key in _FLOAT32_STATE:
+            for key in FLOAT32_STATE:
                 if key in st:
                     st[key] = st[key].float()
-        self._pending_rng = {k: v.detach().cpu().to(torch.uint8) for k, v in _by_type(rng).items()}
-        for key, gen in self._generators.items():
-            if key in self._pending_rng:
-                gen.set_state(self._pending_rng.pop(key))
+        if steps is None:  # checkpoints without the counter: the most steps any tensor took
+            steps = max((st.get("step", 0) for st in self.state.values()), default=0)
+        self._steps = int(steps)
+        self._rng.load(rng)
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
@@ -278,7 +229,7 @@ class FAMOptimizer(torch.optim.Optimizer):
                 loss = closure()
         self._steps += 1
         ordinal = 0
-        with _autocast_off(self.param_groups):  # a user's autocast region would run the band matmul in bf16
+        with autocast_off(self.param_groups):  # a user's autocast region would run the band matmul in bf16
             for group in self.param_groups:
                 self._group_step(group, ordinal)
                 ordinal += len(group["params"])
@@ -295,96 +246,42 @@ class FAMOptimizer(torch.optim.Optimizer):
                 raise RuntimeError(f"FAMOptimizer does not support sparse gradients ({name}); use sparse=False")
             st = self.state[p]
             if not st:
-                self._init_state(p, st, group)
+                init_state(
+                    p, st, group, base=self.base, analysis=self.analysis, spectrum=self.spectrum, window=self.window
+                )
             st["step"] += 1
             params.append(p), grads.append(p.grad), states.append(st), names.append(name), ords.append(ordinal + j)
         if not params:
             return
-        if self.base == "sgd" and group["weight_decay"] != 0:
-            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        wd = group["weight_decay"] if self.base == "sgd" else 0.0  # coupled L2: the analysis sees g + wd*p
         eligible = [i for i, st in enumerate(states) if "band_ema" in st]
-        if self.spectrum == "temporal" and eligible:
-            self._record_traces(eligible, params, grads, states, ords)
-        active = [i for i in eligible if states[i]["step"] > group["fam_start_step"]]
-        adaptive = self._analyze(group, active, grads, states) if active else {}
-        self._apply(group, params, grads, states, adaptive)
+        temporal = self.spectrum == "temporal"
+        if temporal and eligible:
+            record_traces(eligible, params, grads, states, ords, self._probes, self.seed, self.window, wd)
+        start = group["fam_start_step"]
+        if eligible and analysis_due(self._steps, start, self.interval):
+            due = [i for i in eligible if states[i]["step"] > start]
+            if due:
+                analyze(
+                    self._handlers[group["handler"]],
+                    group,
+                    due,
+                    grads,
+                    states,
+                    params=params,
+                    wd=wd,
+                    temporal=temporal,
+                    interval=self.interval,
+                    generator_for=lambda device: self._rng.get(device, self.seed),
+                )
+        adaptive = {i: states[i]["alpha_eff"] for i in eligible if states[i]["fam_count"] > 0}
+        apply_update(group, params, grads, states, adaptive, base=self.base, beta2=self.beta2, adam_eps=self.adam_eps)
         if self._debug is not None:
-            for i in active:
+            for i in adaptive:
                 st = states[i]
                 self._debug.record(
                     st["step"], names[i], group["group"], group["handler"], st["alpha_eff"], st["band_ema"]
                 )
-
-    def _record_traces(self, eligible, params, grads, states, ords) -> None:
-        """Write this step's projection of each eligible gradient into its ring buffer (slot ``(step-1) % W``)."""
-        stats, slots = [], []
-        for i in eligible:
-            idx, sign = self._probe(params[i], ords[i])
-            stats.append(torch.dot(grads[i].reshape(-1).index_select(0, idx).float(), sign))
-            slots.append(states[i]["trace"].select(0, (states[i]["step"] - 1) % self.window))
-        torch._foreach_copy_(slots, stats)
-
-    def _analyze(self, group, active, grads, states) -> dict[int, torch.Tensor]:
-        """Band EMAs and alpha_eff of the active params; returns ``{index: alpha_eff 0-dim tensor}``."""
-        handler = self._handlers[group["handler"]]
-        if self.spectrum == "temporal":
-            signals = [states[i]["trace"] for i in active]
-        else:
-            signals = spatial_samples([grads[i] for i in active], self._generator)
-        buckets: dict[tuple, list] = defaultdict(list)  # same signal length and device -> one batched rfft
-        for i, signal in zip(active, signals):
-            buckets[(signal.shape[0], signal.device)].append((i, signal))
-        out: dict[int, torch.Tensor] = {}
-        for items in buckets.values():
-            idx = [i for i, _ in items]
-            bands = handler.analyze(
-                torch.stack([s for _, s in items]), group["n_bands"], group["eps"], nyquist=self.spectrum == "temporal"
-            )  # [P, n]
-            emas = [states[i]["band_ema"] for i in idx]
-            smoothed = torch.stack(emas).lerp_(bands, 1.0 - group["beta"])
-            for row, i in enumerate(idx):
-                if states[i]["fam_count"] == 0:  # first analysis: H <- b (seed)
-                    smoothed[row].copy_(bands[row])
-                states[i]["fam_count"] += 1
-            alpha_eff = handler.momentum(smoothed, float(group["alpha"]))  # [P]
-            torch._foreach_copy_(emas, list(smoothed.unbind(0)))
-            torch._foreach_copy_([states[i]["alpha_eff"] for i in idx], list(alpha_eff.unbind(0)))
-            out.update(zip(idx, alpha_eff.unbind(0)))
-        return out
-
-    def _apply(self, group, params, grads, states, adaptive: dict[int, torch.Tensor]) -> None:
-        lr, alpha, wd = group["lr"], float(group["alpha"]), group["weight_decay"]
-        ms = [st["exp_avg"] for st in states]
-        fixed = [i for i in range(len(params)) if i not in adaptive]
-        ada = list(adaptive)
-        if fixed:
-            torch._foreach_lerp_([ms[i] for i in fixed], [grads[i] for i in fixed], 1.0 - alpha)
-        if ada:
-            weights = torch._foreach_neg([adaptive[i] for i in ada])
-            torch._foreach_add_(weights, 1.0)  # 1 - alpha_eff
-            weights = [w if w.dtype == ms[i].dtype else w.to(ms[i].dtype) for w, i in zip(weights, ada)]
-            torch._foreach_lerp_([ms[i] for i in ada], [grads[i] for i in ada], weights)
-        if self.base == "sgd":
-            torch._foreach_add_(params, ms, alpha=-lr)
-            return
-        vs, prods = [st["exp_avg_sq"] for st in states], [st["beta1_prod"] for st in states]
-        if wd != 0:
-            torch._foreach_mul_(params, 1.0 - lr * wd)
-        torch._foreach_mul_(vs, self.beta2)
-        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - self.beta2)
-        if fixed:
-            torch._foreach_mul_([prods[i] for i in fixed], alpha)
-        if ada:
-            torch._foreach_mul_([prods[i] for i in ada], [adaptive[i] for i in ada])
-        # update = lr * (m / bc1) / (sqrt(v) / sqrt(bc2) + eps) = lr * m / (sqrt(v) * bc1/sqrt(bc2) + eps*bc1)
-        bias1 = torch._foreach_neg(prods)
-        torch._foreach_add_(bias1, 1.0)  # bc1 = 1 - prod_t beta1_t (0-dim tensors)
-        eps_scaled = torch._foreach_mul(bias1, self.adam_eps)
-        torch._foreach_mul_(bias1, [1.0 / math.sqrt(1.0 - self.beta2 ** st["step"]) for st in states])
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_mul_(denom, bias1)
-        torch._foreach_add_(denom, eps_scaled)
-        torch._foreach_addcdiv_(params, ms, denom, value=-lr)
 
     # ------------------------------------------------------------------ diagnostics
     @torch.no_grad()
@@ -410,38 +307,3 @@ class FAMOptimizer(torch.optim.Optimizer):
         """Write buffered debug records now (no-op unless ``debug=True``)."""
         if self._debug is not None:
             self._debug.flush()
-
-
-def _autocast_off(groups) -> contextlib.ExitStack:
-    """Autocast disabled for every device type holding parameters (the analysis and update stay fp32)."""
-    stack = contextlib.ExitStack()
-    for device_type in sorted({p.device.type for g in groups for p in g["params"]}):
-        stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
-    return stack
-
-
-def rng_key(device: torch.device) -> str:
-    """Checkpoint key of a device's sampling generator: its type (``cuda:0`` and ``cuda:1`` both -> ``cuda``)."""
-    return torch.device(device).type
-
-
-def _by_type(rng: dict) -> dict:
-    """Saved generator states with index-free keys: the lowest-index ``cuda:N`` key (older checkpoints) becomes
-    ``cuda`` unless a ``cuda`` entry exists; further indexed keys stay as they are."""
-    out = {k: v for k, v in rng.items() if ":" not in k}
-    for key in sorted((k for k in rng if ":" in k), key=lambda k: (k.split(":")[0], int(k.split(":")[1]))):
-        out[key if key.split(":")[0] in out else key.split(":")[0]] = rng[key]
-    return out
-
-
-def _refuse_sharded(groups) -> None:
-    """FAM's spectrum needs whole tensors; FSDP hands the optimizer shards (DTensors)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - builds without distributed
-        return
-    if any(isinstance(p, DTensor) for g in groups for p in g["params"]):
-        raise ValueError(
-            "optimizer=fam needs whole parameter tensors for its frequency analysis and does not "
-            "support FSDP-sharded parameters; use trainer=ddp, or optimizer=adamw|adam|sgd with trainer=fsdp"
-        )

@@ -9,8 +9,9 @@ The config has three parts:
   (``conv``, ``attention``, ``embedding``, ``norm``, ``default``) with ``alpha`` (momentum, the base of the
   handler rule), ``lr_scale`` and ``wd_scale`` (multipliers of ``lr`` and ``weight_decay``);
 * ``analysis``: the frequency analysis, or ``None`` for each group's constant ``alpha`` (ablation). Keys
-  ``spectrum`` (``spatial`` | ``temporal``), ``beta``, ``eps``, ``fam_start_step``, ``min_size``, ``seed``,
-  ``attention_layout``, ``window`` (temporal only) and ``handlers``: per group ``handler`` and ``n_bands``.
+  ``spectrum`` (``spatial`` | ``temporal``), ``interval`` (optimizer steps between analyses), ``beta``,
+  ``eps``, ``fam_start_step``, ``min_size``, ``seed``, ``attention_layout``, ``window`` (temporal only) and
+  ``handlers``: per group ``handler`` and ``n_bands``.
 
 Every bad value raises ``ValueError("optimizer.<key>=<value> must be <allowed>")``, which the CLI prints as
 one line before anything is written.
@@ -34,6 +35,7 @@ ROW_KEYS = ("alpha", "lr_scale", "wd_scale")
 HANDLER_KEYS = ("handler", "n_bands")
 ANALYSIS_KEYS = (
     "spectrum",
+    "interval",
     "beta",
     "eps",
     "fam_start_step",
@@ -44,9 +46,10 @@ ANALYSIS_KEYS = (
     "handlers",
 )
 
-#: The seed's analysis settings (used when ``analysis`` is not given).
+#: The original optimizer's analysis settings (used when ``analysis`` is not given): every step.
 SEED_ANALYSIS: dict[str, Any] = dict(
     spectrum="spatial",
+    interval=1,
     beta=0.99,
     eps=1e-8,
     fam_start_step=100,
@@ -155,6 +158,7 @@ def analysis_settings(analysis) -> dict | None:
         raise ValueError(f"optimizer.analysis is missing {missing}")
     out = dict(
         spectrum=choice("analysis.spectrum", a["spectrum"], "spectrum"),
+        interval=integer("analysis.interval", a["interval"], 1),
         beta=unit("analysis.beta", a["beta"]),
         eps=positive("analysis.eps", a["eps"]),
         fam_start_step=integer("analysis.fam_start_step", a["fam_start_step"], 0),

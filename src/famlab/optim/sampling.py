@@ -54,8 +54,11 @@ def sample_indices(shape: tuple[int, ...], count: int, gen: torch.Generator, dev
     return idx.reshape(count, -1)
 
 
-def spatial_samples(grads: list[torch.Tensor], generator_for) -> list[torch.Tensor]:
-    """Seed samples ``[L_i]`` of each gradient; ``generator_for(device)`` returns the seeded generator."""
+def spatial_samples(grads: list[torch.Tensor], generator_for, decay=None) -> list[torch.Tensor]:
+    """Seed samples ``[L_i]`` of each gradient; ``generator_for(device)`` returns the seeded generator.
+
+    ``decay=(params, wd)``: samples of the coupled-L2 gradient ``g_i + wd * p_i`` at the same indices, computed
+    on the sampled entries only (``params[i]`` has the shape of ``grads[i]``)."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for k, g in enumerate(grads):
         groups[(tuple(g.shape), g.device)].append(k)
@@ -65,6 +68,9 @@ def spatial_samples(grads: list[torch.Tensor], generator_for) -> list[torch.Tens
         for row, k in enumerate(members):
             flat = grads[k].reshape(-1)  # a view for contiguous gradients (the usual case)
             out[k] = flat if idx is None else flat.index_select(0, idx[row])
+            if decay is not None:
+                p = decay[0][k].detach().reshape(-1)
+                out[k] = torch.add(out[k], p if idx is None else p.index_select(0, idx[row]), alpha=decay[1])
     return out
 
 
