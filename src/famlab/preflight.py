@@ -50,7 +50,7 @@ def _fail(error: ConfigError) -> None:
 
 
 class Preflight(Callback):
-    """Hydra callback: check the seed and the run (or sweep) directory before Hydra creates it."""
+    """Hydra callback: check the ``seed`` setting and the run (or sweep) directory before Hydra creates it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "run")

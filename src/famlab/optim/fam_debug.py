@@ -5,9 +5,9 @@ are cloned on device; every ``interval`` optimizer steps (and on :meth:`flush` /
 synced once and appended to ``{debug_dir}/fam_debug_{MMDD_HHMMSS}.jsonl``, one object per line:
 ``{"step", "name", "group", "handler", "alpha_eff", "bands"}``. Settings go to a sidecar ``.settings.json``.
 
-Differs from the seed optimizer's debug dump: append-only JSONL instead of re-reading and rewriting one JSON file per
-dump (which lost points after truncation), unique parameter names across groups, reliable final flush via
-``weakref.finalize`` instead of ``__del__``.
+The file is append-only, so no record is ever rewritten or dropped; parameter names are unique across groups;
+the final flush runs from ``weakref.finalize``, so it happens at interpreter exit even when the optimizer is never
+garbage-collected. docs/provenance.md §1.5 compares this with the reference debug dump.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """FAM frequency handlers: band layouts over rfft bins and the momentum rule of each parameter kind.
 
 A *layout* maps the ``T = N//2 + 1`` rfft bins of a length-``N`` signal onto ``n`` bands by half-open edges
-``[(start_i, end_i)]``; bins outside every band are dropped (the seed drops them too).
+``[(start_i, end_i)]``; bins outside every band are dropped (they contribute to no band).
 
-Spatial versus temporal spectrum: the spatial analysis (the seed's) uses the layouts exactly as below, so the
+Spatial versus temporal spectrum: the spatial analysis (the default) uses the layouts exactly as below, so the
 ``linear``, ``log`` and ``legacy`` layouts drop the highest bin(s), among them the Nyquist bin. Over time
 (``spectrum="temporal"``) the Nyquist bin is the period-2 oscillation, a gradient component that flips sign
 every step, the case the temporal analysis exists for; there the layouts are built with ``nyquist=True``, which
@@ -11,22 +11,21 @@ extends the last band to the end of the spectrum (``end_{n-1} = T``), so every l
 once per ``(T, n, layout)`` as a bin->band one-hot matrix ``[T, n]`` so band energies of a whole batch of
 spectra are one matmul (no Python loop, no host sync).
 
-Layouts (the seed's exact edges unless marked):
+Layouts (the edges of the reference FAM handlers unless marked; docs/provenance.md §1.2):
 
 * ``linear`` (FrequencyHandler, EmbeddingFrequencyHandler): width ``w = T//n``, band i = ``[i*w, (i+1)*w)``;
   ``w == 0`` -> no bins (all bands 0); bins ``>= n*w`` dropped.
 * ``log`` (ConvFrequencyHandler): ``start_i = max(0, floor(T^(i/n) - 1))``, ``end_i = min(floor(T^((i+1)/n) - 1), T)``;
   the last bin is always dropped; low bands are empty for small T.
-* ``legacy`` (the seed's AttentionFrequencyHandler): each half cut into equal bands of equal width, so in
+* ``legacy`` (the reference AttentionFrequencyHandler): each half cut into equal bands of equal width, so in
   effect the linear layout again (high half offset to start at ``T//2``; bins past the last band dropped).
-* ``high`` (new, AttentionFrequencyHandler default): the low half ``[0, T//2)`` gets ``max(1, n//3)`` bands and
-  the high half the other ``n - n//3``, so high-frequency bands are about twice as narrow (what the seed's
-  comment "more bands in high frequencies" claimed); every bin is covered. Band values are bin-count
-  corrected (``energy_i * (T/n) / bins_i``), otherwise the wider low bands would win the argmax by bin count;
-  a flat spectrum gives ``1/n`` per band as in the equal-width layouts.
+* ``high`` (famlab's layout, AttentionFrequencyHandler default): the low half ``[0, T//2)`` gets ``max(1, n//3)``
+  bands and the high half the other ``n - n//3``, so high-frequency bands are about twice as narrow; every bin is
+  covered. Band values are bin-count corrected (``energy_i * (T/n) / bins_i``), otherwise the wider low bands
+  would win the argmax by bin count; a flat spectrum gives ``1/n`` per band as in the equal-width layouts.
 
 Band energies are sums of the magnitude spectrum ``|rfft|`` normalised to sum 1 (``P/(sum P + eps)``).
-Momentum rules (the seed's thresholds and caps) take smoothed bands ``H [..., n]`` and the group alpha;
+Momentum rules (the reference thresholds and caps) take smoothed bands ``H [..., n]`` and the group alpha;
 tensor inputs give tensor outputs via ``torch.where`` (no sync), sequences give a Python float.
 """
 
@@ -53,11 +52,11 @@ def band_edges(T: int, n: int, layout: str, nyquist: bool = False) -> tuple[tupl
         w = T // n
         return tuple((i * w, min((i + 1) * w, T)) for i in range(n))
     if layout == "log":
-        # int() truncation == floor for the non-negative values here (as the seed's int(...)).
+        # int() truncation == floor for the non-negative values here.
         return tuple((max(0, int(T ** (i / n) - 1)), min(int(T ** ((i + 1) / n) - 1), T)) for i in range(n))
     if layout == "legacy":
         if n < 2:
-            raise ValueError("optimizer.n_bands must be >= 2 for the attention 'legacy' layout (seed divides by 0)")
+            raise ValueError("optimizer.n_bands must be >= 2 for the attention 'legacy' layout (one band per half)")
         h, half = n // 2, T // 2
         wl, wh = half // h, (T - half) // (n - h)
         low = [(i * wl, min((i + 1) * wl, half)) for i in range(h)]
@@ -139,7 +138,7 @@ class FrequencyHandler:
         return torch.where(hi > 0.3, min(0.95, alpha + 0.05), alpha).to(torch.float32)
 
     def get_adaptive_momentum(self, H: torch.Tensor | Sequence[float], alpha: float):
-        """Seed API: bands (tensor or list of floats) -> alpha_eff (tensor, or float for list input)."""
+        """Bands (tensor or list of floats) -> alpha_eff (tensor, or float for list input)."""
         t, is_tensor = _as_tensor(H)
         out = self.momentum(t, float(alpha))
         return out if is_tensor else float(out)
@@ -164,8 +163,8 @@ class AttentionFrequencyHandler(FrequencyHandler):
     k > 3n//4 (strict) -> min(0.98, alpha + 0.08); else alpha.
 
     ``band_layout="high"`` (default) gives the high half of the spectrum twice as many, narrower bands;
-    ``"legacy"`` is the seed's layout, whose bands are all equal-width despite its comment. Differs from the seed: n_bands < 2 is rejected with
-    a clear error instead of a swallowed ZeroDivisionError.
+    ``"legacy"`` splits each half into equal-width bands, so all bands are equal-width. ``"legacy"`` needs
+    ``n_bands >= 2`` (one band per half) and rejects fewer with a ValueError.
     """
 
     name = "attention"
@@ -177,7 +176,7 @@ class AttentionFrequencyHandler(FrequencyHandler):
 
     def momentum(self, H: torch.Tensor, alpha: float) -> torch.Tensor:
         n = H.shape[-1]
-        k = H.argmax(-1)  # first maximum, as numpy.argmax in the seed
+        k = H.argmax(-1)  # ties go to the first maximum
         up = torch.where(k > (3 * n) // 4, min(0.98, alpha + 0.08), alpha)
         return torch.where(k < n // 4, max(0.85, alpha - 0.05), up).to(torch.float32)
 

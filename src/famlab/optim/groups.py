@@ -1,6 +1,6 @@
 """FAM parameter groups: each trainable parameter goes to exactly one handler group.
 
-Group table of the seed (alpha, handler, n_bands, lr and weight-decay multipliers); ``conf/optimizer/fam.yaml``
+The reference FAM group table (alpha, handler, n_bands, lr and weight-decay multipliers); ``conf/optimizer/fam.yaml``
 carries the same table as configuration (``groups`` and ``analysis.handlers``) and passes it as ``table``:
 
 ======== ====== ========= ======= ====== =====
@@ -13,12 +13,12 @@ norm     0.90   default   4       lr     0
 default  0.90   default   8       lr     wd
 ======== ====== ========= ======= ====== =====
 
-Differences from the seed: classification uses the *module type* first (norm layers and every 1-D/scalar
-parameter -> ``norm``, i.e. no weight decay; ``nn.Embedding`` -> embedding; ``nn.Conv*`` -> conv; anything
-inside a :class:`famlab.attention.core.AttentionBase` subclass or ``nn.MultiheadAttention`` -> attention) and
-falls back to lower-cased name keywords (now including ``attn``, ``q_proj``, ``self_attn``, ...; the seed's
-``layer`` keyword, which swallowed every ``layers.N`` weight into the norm group, is gone). Names come from
-``named_parameters`` so tied weights appear once, under their first name.
+Classification uses the *module type* first (norm layers and every 1-D/scalar parameter -> ``norm``, i.e. no
+weight decay; ``nn.Embedding`` -> embedding; ``nn.Conv*`` -> conv; anything inside a
+:class:`famlab.attention.core.AttentionBase` subclass or ``nn.MultiheadAttention`` -> attention) and falls back
+to the lower-cased name keywords of ``NAME_KEYWORDS``, first match wins. There is no ``layer`` keyword, so the
+``layers.N`` prefix of a transformer block does not put its weights in the norm group (docs/provenance.md §1.3).
+Names come from ``named_parameters`` so tied weights appear once, under their first name.
 """
 
 from __future__ import annotations
@@ -141,8 +141,9 @@ def get_parameter_groups(
 def add_handlers_to_groups(params: Iterable) -> list[dict]:
     """Normalise user ``params`` (tensors or dicts) into groups that all carry ``handler`` and ``group``.
 
-    Fixes the seed's ``_add_handlers_to_groups``: plain tensors -> one ``default`` group; dicts without
-    ``handler`` -> classified by their ``names`` (majority keyword), default if they have none.
+    Plain tensors -> one group with the ``default`` handler; dicts without ``handler`` -> the handler of the
+    majority keyword of their ``names`` (``default`` if they have none); a group without ``group`` is named
+    ``group{i}``.
     """
     params = list(params)
     if not params:

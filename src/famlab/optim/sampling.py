@@ -1,12 +1,12 @@
-"""Gradient sampling for FAM: the seed's random rows x cols sample (spatial) and the temporal probe.
+"""Gradient sampling for FAM: the random rows x cols sample (spatial) and the temporal probe.
 
-Spatial (the seed's sample): ``numel > 10000`` and ``dim > 1`` -> 64 random rows x 64 random cols (trailing
-conv-kernel dims kept), flattened; ``numel > 10000`` and 1-D -> 1000 random entries; otherwise the whole
-gradient flattened. Differs from the seed: indices come from a seeded ``torch.Generator`` on the gradient's
-device (not the global CPU RNG); the flat row-major indices of all same-shaped tensors are built in one batch
-(one uniform draw and one ``topk`` per axis and shape, whatever the number of tensors of that shape) and each
-sample is one ``index_select`` on the flattened gradient, so the sample length is a function of the shape only
-and nothing syncs with the host.
+Spatial (the reference FAM sample sizes, docs/provenance.md §1.1): ``numel > 10000`` and ``dim > 1`` -> 64 random
+rows x 64 random cols (trailing conv-kernel dims kept), flattened; ``numel > 10000`` and 1-D -> 1000 random
+entries; otherwise the whole gradient flattened. Indices come from a seeded ``torch.Generator`` on the gradient's
+device, so runs are reproducible and resume exactly. The flat row-major indices of all same-shaped tensors are
+built in one batch (one uniform draw and one ``topk`` per axis and shape, whatever the number of tensors of that
+shape) and each sample is one ``index_select`` on the flattened gradient, so the sample length is a function of
+the shape only and nothing syncs with the host.
 
 Temporal: a fixed sparse random direction per tensor (``PROBE_SIZE`` entries, signs +-1/sqrt(K)), a pure
 function of ``(seed, ordinal)`` so it needs no checkpointing.
@@ -39,7 +39,7 @@ def _first_k_of_permutations(count: int, n: int, k: int, gen: torch.Generator, d
 
 def sample_indices(shape: tuple[int, ...], count: int, gen: torch.Generator, device) -> torch.Tensor | None:
     """Flat (row-major) indices ``[count, L]`` of ``count`` independent samples of a tensor of ``shape``,
-    or None when the seed uses the whole tensor."""
+    or None when the sample is the whole tensor (``numel <= SAMPLE_ABOVE``)."""
     numel = math.prod(shape)
     if numel <= SAMPLE_ABOVE:
         return None
@@ -55,7 +55,7 @@ def sample_indices(shape: tuple[int, ...], count: int, gen: torch.Generator, dev
 
 
 def spatial_samples(grads: list[torch.Tensor], generator_for, decay=None) -> list[torch.Tensor]:
-    """Seed samples ``[L_i]`` of each gradient; ``generator_for(device)`` returns the seeded generator.
+    """Spatial samples ``[L_i]`` of each gradient; ``generator_for(device)`` returns the seeded generator.
 
     ``decay=(params, wd)``: samples of the coupled-L2 gradient ``g_i + wd * p_i`` at the same indices, computed
     on the sampled entries only (``params[i]`` has the shape of ``grads[i]``)."""
@@ -75,7 +75,7 @@ def spatial_samples(grads: list[torch.Tensor], generator_for, decay=None) -> lis
 
 
 def spatial_sample(g: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Seed sample ``[L]`` of one gradient (``L`` depends only on ``g.shape``)."""
+    """Spatial sample ``[L]`` of one gradient (``L`` depends only on ``g.shape``)."""
     return spatial_samples([g], lambda device: gen)[0]
 
 

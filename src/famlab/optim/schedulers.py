@@ -5,12 +5,12 @@ LitLM steps them once per optimizer step (Lightning ``interval="step"``). Factor
 
 * :func:`warmup_cosine` - linear warm-up to the base lr, cosine down to ``min_lr_ratio * base``.
 * :func:`constant` - optional linear warm-up, then the base lr.
-* :func:`fam` - the seed's :class:`FAMScheduler` (warm-up from ``warmup_start_lr``, cosine to ``eta_min``).
+* :func:`fam` - :class:`FAMScheduler`, FAM's schedule (warm-up from ``warmup_start_lr``, cosine to ``eta_min``).
 
-Differences from the seed's scheduler: :class:`FAMScheduler` clamps ``e`` at ``max_epochs`` (the seed's cosine
-rises again after E), accepts ``warmup_epochs=0`` and rejects ``max_epochs <= warmup_epochs`` (the seed divides
-by zero). :class:`FAMScheduler2` keeps the seed's ``+1e-8`` offset of the decay phase and clamps after
-``total_steps``.
+:class:`FAMScheduler` clamps ``e`` at ``max_epochs`` (so the lr stays at ``eta_min`` after the cosine instead
+of rising again), accepts ``warmup_epochs=0`` and rejects ``max_epochs <= warmup_epochs`` (a cosine phase of
+zero length). :class:`FAMScheduler2` (warm-up, plateau, cosine) ends ``1e-8`` above ``eta_min`` and clamps after
+``total_steps``; no config selects it. docs/provenance.md §1.4 compares both with the reference schedulers.
 """
 
 from __future__ import annotations
@@ -87,9 +87,9 @@ class ConstantLR(_ClosedForm):
 
 
 class FAMScheduler(_ClosedForm):
-    """Seed scheduler: ``e < W``: ``s0 + (base-s0)*e/W``; else ``eta + (base-eta)*(1+cos(pi*(e-W)/(E-W)))/2``.
+    """Warm-up and cosine: ``e < W``: ``s0 + (base-s0)*e/W``; else ``eta + (base-eta)*(1+cos(pi*(e-W)/(E-W)))/2``.
 
-    ``e`` is clamped at ``E = max_epochs`` (the seed rises again after E). One ``step()`` per optimizer step.
+    ``e`` is clamped at ``E = max_epochs``, so the lr stays at ``eta_min`` after E. One ``step()`` per optimizer step.
     """
 
     def __init__(
@@ -122,7 +122,7 @@ class FAMScheduler(_ClosedForm):
 
 
 class FAMScheduler2(_ClosedForm):
-    """Seed step scheduler: linear warm-up, plateau until ``decay_start_step``, cosine to ``eta_min`` (+1e-8)."""
+    """Step scheduler: linear warm-up, plateau until ``decay_start_step``, cosine to ``eta_min`` (+1e-8)."""
 
     def __init__(
         self,
