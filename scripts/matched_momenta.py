@@ -18,13 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from famlab.optim.fam_config import SEED_GROUPS
+from famlab.optim.fam_config import REFERENCE_GROUPS
 
 
 def matched_momenta(run_dir: Path, from_step: int = 0) -> tuple[dict[str, dict], dict[str, int]]:
     """``({group: row with alpha replaced by the mean alpha_eff}, {group: number of records averaged})``."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    table = config["optimizer"].get("groups") or SEED_GROUPS  # runs from before the table was configuration
+    table = config["optimizer"].get("groups") or REFERENCE_GROUPS  # runs from before the table was configuration
     values: dict[str, list[float]] = defaultdict(list)
     for line in (run_dir / "fam_bands.jsonl").read_text().splitlines():
         rec = json.loads(line)

@@ -124,7 +124,7 @@ def fam(
     base: str = "sgd",
     grouping: str = "per_type",
     groups: Mapping | None = None,
-    analysis: Mapping | None | str = "seed",
+    analysis: Mapping | None | str = "reference",
     beta2: float | None = None,
     adam_eps: float | None = None,
     debug: bool = False,
@@ -134,19 +134,21 @@ def fam(
 ):
     """FAMOptimizer over :func:`get_parameter_groups` with the configured group table.
 
-    ``groups``: per-group ``alpha``, ``lr_scale``, ``wd_scale`` (default: the seed's table); ``analysis``: the
-    frequency-analysis node (default ``"seed"``: the seed's settings and handler table; ``None``: each
-    group's constant alpha). ``base``: ``sgd`` (seed: EMA momentum + coupled L2) or ``adam`` (extension:
-    alpha_eff drives Adam's beta1, decoupled wd; ``beta2`` / ``adam_eps`` apply to it only). See
+    ``groups``: per-group ``alpha``, ``lr_scale``, ``wd_scale`` (default:
+    :data:`famlab.optim.fam_config.REFERENCE_GROUPS`); ``analysis``: the frequency-analysis node (default
+    ``"reference"``, or its alias ``"seed"``: :data:`famlab.optim.fam_config.REFERENCE_ANALYSIS`; ``None``: each
+    group's constant alpha). ``base``: ``sgd`` (EMA momentum + coupled L2, the reference update) or ``adam``
+    (alpha_eff drives Adam's beta1, decoupled wd; ``beta2`` / ``adam_eps`` apply to it only). See
     :mod:`famlab.optim.fam_config` for every key and its allowed values. ``debug*``: the JSONL trace of
     :mod:`famlab.optim.fam_debug` (off in the YAMLs; ``+optimizer.debug=true`` turns it on).
     """
     from famlab.optim.fam import FAMOptimizer
-    from famlab.optim.fam_config import SEED_ANALYSIS, SEED_GROUPS, choice, fam_arguments
+    from famlab.optim.fam_config import REFERENCE_ANALYSIS, REFERENCE_GROUPS, choice, fam_arguments
     from famlab.optim.groups import get_parameter_groups
 
-    groups = SEED_GROUPS if groups is None else _plain(groups)
-    analysis = SEED_ANALYSIS if isinstance(analysis, str) and analysis == "seed" else _plain(analysis)
+    groups = REFERENCE_GROUPS if groups is None else _plain(groups)
+    named = isinstance(analysis, str) and analysis in ("reference", "seed")  # "seed": alias of "reference"
+    analysis = REFERENCE_ANALYSIS if named else _plain(analysis)
     table, kwargs, scalars = fam_arguments(lr, weight_decay, base, groups, analysis, beta2, adam_eps)
     single = choice("grouping", grouping, "grouping") == "single"
     param_groups = get_parameter_groups(

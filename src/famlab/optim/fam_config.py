@@ -46,8 +46,10 @@ ANALYSIS_KEYS = (
     "handlers",
 )
 
-#: The original optimizer's analysis settings (used when ``analysis`` is not given): every step.
-SEED_ANALYSIS: dict[str, Any] = dict(
+#: The reference FAM analysis settings (used when ``analysis`` is not given): the spatial spectrum at every step
+#: (``interval=1``), the reference smoothing, start step and size threshold, and the handler and ``n_bands`` of
+#: each group of :data:`GROUP_TABLE`; the attention handler uses the ``high`` layout (docs/provenance.md §1.2).
+REFERENCE_ANALYSIS: dict[str, Any] = dict(
     spectrum="spatial",
     interval=1,
     beta=0.99,
@@ -58,8 +60,12 @@ SEED_ANALYSIS: dict[str, Any] = dict(
     attention_layout="high",
     handlers={k: {"handler": row["handler"], "n_bands": row["n_bands"]} for k, row in GROUP_TABLE.items()},
 )
-#: The seed's update table.
-SEED_GROUPS: dict[str, dict] = {k: {key: row[key] for key in ROW_KEYS} for k, row in GROUP_TABLE.items()}
+#: The reference FAM update table: ``alpha``, ``lr_scale`` and ``wd_scale`` of each group of :data:`GROUP_TABLE`.
+REFERENCE_GROUPS: dict[str, dict] = {k: {key: row[key] for key in ROW_KEYS} for k, row in GROUP_TABLE.items()}
+#: Alias of :data:`REFERENCE_ANALYSIS` (the same object), kept for existing imports.
+SEED_ANALYSIS = REFERENCE_ANALYSIS
+#: Alias of :data:`REFERENCE_GROUPS` (the same object), kept for existing imports.
+SEED_GROUPS = REFERENCE_GROUPS
 
 
 def _fail(key: str, value, allowed: str):
