@@ -107,6 +107,7 @@ def lightning_run(args, root: str, i: int) -> float:
             f"out_root={root}",
             f"run_name=l{i}",
             "+callbacks.clock._target_=__main__.StepClock",
+            "allow_targets=[__main__.StepClock]",
         ],
         run_dir=f"{root}/l{i}",
     )
