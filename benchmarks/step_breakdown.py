@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import throughput as tp
 import torch
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
 from lightning.pytorch.loops import fetchers
 from lightning.pytorch.trainer import call
 
@@ -70,12 +71,18 @@ def install() -> None:
     )
 
     def callback_hooks(trainer, hook_name, *args, monitoring_callbacks=None, **kwargs):
+        """Lightning's ``_call_callback_hooks`` (the hook's name set on the module, so callbacks can log),
+        each callback's hook timed."""
+        pl_module = trainer.lightning_module
+        previous, pl_module._current_fx_name = pl_module._current_fx_name, hook_name
+        monitoring = (EarlyStopping, Checkpoint)
         for cb in trainer.callbacks:
+            if monitoring_callbacks is not None and isinstance(cb, monitoring) != monitoring_callbacks:
+                continue
             fn = getattr(cb, hook_name)
             if callable(fn):
-                timed(
-                    f"callback {type(cb).__name__}.{hook_name}", fn, trainer, trainer.lightning_module, *args, **kwargs
-                )
+                timed(f"callback {type(cb).__name__}.{hook_name}", fn, trainer, pl_module, *args, **kwargs)
+        pl_module._current_fx_name = previous
 
     call._call_callback_hooks = callback_hooks
     call._call_lightning_module_hook = lambda trainer, hook_name, *a, pl_module=None, **k: timed(
