@@ -12,18 +12,23 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 
 def split_heads(x: torch.Tensor, head: int) -> torch.Tensor:
-    """``[B, T, H*hd] -> [B, H, T, hd]``."""
-    return rearrange(x, "b t (h d) -> b h t d", h=head)
+    """``[B, T, H*hd] -> [B, H, T, hd]`` (a view)."""
+    if x.dim() != 3 or x.shape[-1] % head:
+        raise ValueError(
+            f"split_heads: expected [B, T, H*hd] with H={head} dividing the last dim, got {tuple(x.shape)}"
+        )
+    return x.unflatten(-1, (head, x.shape[-1] // head)).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """``[B, H, T, hd] -> [B, T, H*hd]``."""
-    return rearrange(x, "b h t d -> b t (h d)")
+    if x.dim() != 4:
+        raise ValueError(f"merge_heads: expected [B, H, T, hd], got {tuple(x.shape)}")
+    return x.transpose(1, 2).flatten(2)
 
 
 def causal_mask(q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
