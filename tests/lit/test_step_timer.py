@@ -81,3 +81,16 @@ def test_wall_clock_adds_the_earlier_attempts():
     clock.start()
     time.sleep(0.01)
     assert 5.01 <= clock.elapsed() < 6.0
+
+
+def test_training_rows_reach_the_loggers_and_the_monitors(tmp_path):
+    """The module writes one row per logging step straight to the loggers (with Lightning's epoch
+    column and step) and into trainer.callback_metrics, where ModelCheckpoint(monitor=train/loss) finds it."""
+    cfg = api.compose(
+        [*TINY, "log_every_n_steps=2", "callbacks.model_checkpoint.monitor=train/loss"], run_dir=tmp_path / "r"
+    )
+    assert api.train(cfg)["status"] == "completed"
+    rows = [r for r in _rows(tmp_path / "r" / "metrics.csv") if r.get("train/loss")]
+    assert [int(r["step"]) for r in rows] == [2, 4, 6] and all(r["epoch"] == "0" for r in rows)
+    assert all(r["perf/tokens_per_s"] and r["lr"] and r["attn/l0.entropy"] for r in rows)  # one row per step
+    assert list((tmp_path / "r" / "checkpoints").glob("best-*.ckpt"))

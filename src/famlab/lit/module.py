@@ -21,6 +21,7 @@ from famlab.data.synthetic import IGNORE
 from famlab.lit import rng_state
 from famlab.lit.fsdp import is_fsdp, record_unsharded_shapes
 from famlab.lit.mfu import device_peak_flops, model_flops_per_token
+from famlab.lit.step_row import StepRow
 from famlab.lit.step_timer import WallClock
 
 
@@ -52,6 +53,7 @@ class LitLM(pl.LightningModule):
         self.flops_per_token = model_flops_per_token(model) if hasattr(model, "blocks") else None
         record_unsharded_shapes(model)  # decay groups under FSDP follow these
         self.progress: dict[str, float] = {}  # CPU numbers for the progress bar (famlab.lit.progress)
+        self._row = StepRow()  # this step's training metrics, written once to the loggers
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -129,27 +131,25 @@ class LitLM(pl.LightningModule):
         """Wall time spent training, across resumed attempts."""
         return self.clock.elapsed()
 
+    def log_step_metrics(self, metrics: dict) -> None:
+        """Add ``metrics`` (tensors or numbers) to this training step's row of the loggers, which
+        ``on_train_batch_end`` writes once (:mod:`famlab.lit.step_row`); callbacks call it from their
+        ``on_train_batch_end``, which runs before the module's."""
+        self._row.add(metrics)
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         step = self.global_step
-        if step % self.log_every or self._loss_count == 0 or step == getattr(self, "_logged_step", -1):
-            return
-        self._logged_step = step
-        metrics = {
-            "train/loss": self._loss_sum / self._loss_count,
-            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
-        }
-        metrics.update(self.model.metrics())
-        self.log_dict(
-            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
-            prog_bar=False,
-            on_step=True,
-            on_epoch=False,
-        )
-        # the progress bar's numbers: read once here (one host sync per log step), never logged with prog_bar=True
-        # (Lightning would .item() those device tensors after every batch for the rest of the epoch)
-        self.progress["loss"] = float(metrics["train/loss"])
-        self._loss_sum.zero_()
-        self._loss_count = 0
+        if step % self.log_every == 0 and self._loss_count and step != getattr(self, "_logged_step", -1):
+            self._logged_step = step
+            self._row.add({"train/loss": self._loss_sum / self._loss_count})
+            self._row.add({"lr": self.trainer.optimizers[0].param_groups[0]["lr"], **self.model.metrics()})
+            self._loss_sum.zero_()
+            self._loss_count = 0
+        # one host read per value on logging steps only; nothing is logged with prog_bar=True (Lightning
+        # would .item() those device tensors after every batch for the rest of the epoch)
+        written = self._row.write(self.trainer)
+        if "train/loss" in written:  # the progress bar's number
+            self.progress["loss"] = written["train/loss"]
 
     # --- validation ----------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -45,7 +45,9 @@ class StepTimer(pl.Callback):
     * ``perf/mfu``: model FLOPs utilisation, when ``pl_module.peak_flops()`` knows the device's peak
       and ``pl_module.flops_per_token`` is set.
 
-    The tokens/s figure also goes to ``pl_module.progress["tok/s"]`` for the progress bar.
+    With a module that has ``log_step_metrics`` (``LitLM``) the figures join the module's row of the
+    step; otherwise they go through ``pl_module.log_dict``. The tokens/s figure also goes to
+    ``pl_module.progress["tok/s"]`` for the progress bar.
     :meth:`optimizer_ms` is the update's mean over every step of this attempt (``summary.json``).
     """
 
@@ -105,13 +107,16 @@ class StepTimer(pl.Callback):
         flops = getattr(pl_module, "flops_per_token", None)
         if self._peak and flops:
             metrics["perf/mfu"] = mfu(flops, metrics["perf/tokens_per_s"], self._peak)
-        # host (CPU) float32 tensors: a Python number would be copied to the module's device
-        pl_module.log_dict(
-            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
-            prog_bar=False,
-            on_step=True,
-            on_epoch=False,
-        )
+        log_row = getattr(pl_module, "log_step_metrics", None)  # LitLM: one row per step, written by the module
+        if callable(log_row):
+            log_row(metrics)
+        else:  # host (CPU) float32 tensors: a Python number would be copied to the module's device
+            pl_module.log_dict(
+                {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
+                prog_bar=False,
+                on_step=True,
+                on_epoch=False,
+            )
         progress = getattr(pl_module, "progress", None)
         if isinstance(progress, dict):
             progress["tok/s"] = metrics["perf/tokens_per_s"]
