@@ -141,8 +141,9 @@ class LitLM(pl.LightningModule):
         step = self.global_step
         if step % self.log_every == 0 and self._loss_count and step != getattr(self, "_logged_step", -1):
             self._logged_step = step
-            self._row.add({"train/loss": self._loss_sum / self._loss_count})
-            self._row.add({"lr": self.trainer.optimizers[0].param_groups[0]["lr"], **self.model.metrics()})
+            mean_loss = self._loss_sum / self._loss_count  # a new tensor: zeroing the sum below keeps it
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self._row.add({"train/loss": mean_loss, "lr": lr, **self.model.metrics()})
             self._loss_sum.zero_()
             self._loss_count = 0
         # one host read per value on logging steps only; nothing is logged with prog_bar=True (Lightning
