@@ -96,8 +96,10 @@ class NonFiniteGuard(pl.Callback):
             values = [*column, self._zero if loss is None else loss.reshape(())]
             if all(t.dtype == row.dtype for t in values):
                 torch.stack(values, out=row)  # the row: every gradient's norm, then the loss (one op)
-            else:  # half-precision gradients: their norms in float32 (finiteness is kept)
-                torch.stack([t.float() for t in values], out=row)
+            else:  # half-precision gradients: their norms cast to float32 at once (finiteness is kept)
+                if column:
+                    row[:-1].copy_(torch.stack([t.to(column[0].dtype) for t in column]))
+                row[-1].copy_(values[-1])
         self._row_steps.append(int(trainer.global_step))
         if self.policy == "skip":  # decided at once: the buffer holds this step only
             bad = self._bad(rows[:1]).any()
