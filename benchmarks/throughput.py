@@ -46,6 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from machine import record  # noqa: E402
 
 from famlab import api  # noqa: E402
 from famlab.build import build_datamodule, build_optimization  # noqa: E402
@@ -107,6 +108,7 @@ def lightning_run(args, root: str, i: int) -> float:
             f"out_root={root}",
             f"run_name=l{i}",
             "+callbacks.clock._target_=__main__.StepClock",
+            "allow_targets=[__main__.StepClock]",
         ],
         run_dir=f"{root}/l{i}",
     )
@@ -270,6 +272,7 @@ def main() -> None:
         choices=["cpu", "cuda"],
         help="cuda: trainer=gpu (bf16) against a bf16-autocast loop, synchronised around every step",
     )
+    ap.add_argument("--results-dir", default=None, help="where the dated result JSON goes (default benchmarks/results)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device")
@@ -297,18 +300,26 @@ def main() -> None:
     print(f"{'variant':<12}{'median tok/s':>14}   runs")
     for k, v in results.items():
         print(f"{k:<12}{med[k]:>14.0f}   {', '.join(f'{x:.0f}' for x in v)}")
-    print(
-        json.dumps(
-            {
-                "shape": args.shape,
-                "clock": args.clock,
-                "lightning_over_plain": round(med["lightning"] / med["plain"], 3),
-                "lightning_over_minimal": round(med["lightning"] / med["minimal"], 3),
-                "plain_over_minimal": round(med["plain"] / med["minimal"], 3),
-                "overhead_ms_per_step": round(overhead_ms, 2),
-            }
-        )
+    ratios = {
+        "shape": args.shape,
+        "clock": args.clock,
+        "lightning_over_plain": round(med["lightning"] / med["plain"], 3),
+        "lightning_over_minimal": round(med["lightning"] / med["minimal"], 3),
+        "plain_over_minimal": round(med["plain"] / med["minimal"], 3),
+        "overhead_ms_per_step": round(overhead_ms, 2),
+    }
+    setup = {k: v for k, v in vars(args).items() if k != "results_dir"}
+    record(
+        f"throughput-{args.shape}" + ("" if args.device == "cpu" else f"-{args.device}"),
+        {
+            "ratios": ratios,
+            "tokens_per_s": {k: [round(x, 1) for x in v] for k, v in results.items()},
+            "setup": setup,
+            "load_average": [round(x, 2) for x in os.getloadavg()],  # other jobs on the machine after the run
+        },
+        args.results_dir,
     )
+    print(json.dumps(ratios))
 
 
 if __name__ == "__main__":

@@ -8,21 +8,27 @@ other convention at the boundary.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 
 def split_heads(x: torch.Tensor, head: int) -> torch.Tensor:
-    """``[B, T, H*hd] -> [B, H, T, hd]``."""
-    return rearrange(x, "b t (h d) -> b h t d", h=head)
+    """``[B, T, H*hd] -> [B, H, T, hd]`` (a view)."""
+    if x.dim() != 3 or x.shape[-1] % head:
+        raise ValueError(
+            f"split_heads: expected [B, T, H*hd] with H={head} dividing the last dim, got {tuple(x.shape)}"
+        )
+    return x.unflatten(-1, (head, x.shape[-1] // head)).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """``[B, H, T, hd] -> [B, T, H*hd]``."""
-    return rearrange(x, "b h t d -> b t (h d)")
+    if x.dim() != 4:
+        raise ValueError(f"merge_heads: expected [B, H, T, hd], got {tuple(x.shape)}")
+    return x.transpose(1, 2).flatten(2)
 
 
 def causal_mask(q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
@@ -42,6 +48,26 @@ def attention_stats(scores: torch.Tensor, mask: torch.Tensor | None) -> tuple[to
     entropy = -(probs * logp).sum(-1).mean()
     max_logit = scores.masked_fill(torch.isinf(scores), float("-inf")).amax()
     return entropy.detach(), max_logit.detach()
+
+
+@lru_cache(maxsize=16)
+def _causal_bias(tq: int, tk: int, device: torch.device) -> torch.Tensor:
+    """``[Tq, Tk]`` float32: 0 where query ``i`` may attend key ``j`` (``j <= i + Tk - Tq``), -inf elsewhere."""
+    return torch.full((tq, tk), float("-inf"), device=device).triu_(tk - tq + 1)
+
+
+def causal_attention_stats_(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_stats` of float32 ``scores`` ``[..., Tq, Tk]`` under the causal mask (query ``i``
+    sees keys ``j <= i + Tk - Tq``), overwriting ``scores``. The same values (a masked-out ``-0.0``
+    aside, which becomes ``+0.0``) with in-place ops and no boolean mask: the masked entries are
+    zeroed by ``tril_`` and set to -inf by adding a cached bias, and the largest logit ignores
+    infinities through ``nan_to_num_``."""
+    tq, tk = scores.shape[-2:]
+    scores.tril_(tk - tq).add_(_causal_bias(tq, tk, scores.device))
+    probs = scores.softmax(dim=-1)
+    entropy = -probs.clamp_min(1e-30).log_().mul_(probs).sum(-1).mean()
+    max_logit = scores.nan_to_num_(nan=float("nan"), posinf=float("-inf"), neginf=float("-inf")).amax()
+    return entropy, max_logit
 
 
 class AttentionBase(nn.Module):
@@ -86,11 +112,11 @@ class AttentionBase(nn.Module):
 
     def _record(self, q, k, mask, is_causal) -> None:
         with torch.no_grad():
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            scores = (q @ k.transpose(-2, -1)).div_(math.sqrt(q.shape[-1])).float()  # a new tensor
             if mask is None and is_causal:
-                tq, tk = scores.shape[-2:]
-                mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
-            entropy, max_logit = attention_stats(scores.float(), mask)
+                entropy, max_logit = causal_attention_stats_(scores)
+            else:
+                entropy, max_logit = attention_stats(scores, mask)
         self._stats = {"attn/entropy": entropy, "attn/max_logit": max_logit}
 
     def out(self, y: torch.Tensor) -> torch.Tensor:

@@ -74,17 +74,23 @@ def _close_all(fds: list[int]) -> None:
             pass
 
 
+IN_MEMORY_BYTES = 16 << 20  # a store this small is read whole once and windows are gathered in memory
+
+
 class TokenStore:
     """Tokens ``[start, stop)`` of a sharded stream, read with positional reads (``os.preadv``)
     straight into the output array. Resident memory holds only the windows asked for: pages of a
     memory map stay mapped once touched (and the kernel maps up to 64 KiB around each fault), so a
-    long run over a memory map would grow towards the corpus size."""
+    long run over a memory map would grow towards the corpus size. A store of at most
+    ``IN_MEMORY_BYTES`` is read whole at its first window request and its windows are gathered with
+    one indexing op (a batch of windows costs one call instead of one read per window)."""
 
     def __init__(self, root: Path, shards: list[dict], dtype, start: int, stop: int):
         self.root, self.shards, self.dtype = Path(root), list(shards), np.dtype(dtype)
         self.start, self.stop = int(start), int(stop)
         self.offsets = np.cumsum([0] + [s["tokens"] for s in self.shards])
         self._fds: list | None = None
+        self._tokens: np.ndarray | None = None  # the whole store, when it is small
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -93,7 +99,7 @@ class TokenStore:
         return len(self)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fds": None}
+        return {**self.__dict__, "_fds": None, "_tokens": None}
 
     def _fd(self, i: int) -> int:
         if self._fds is None:
@@ -126,6 +132,10 @@ class TokenStore:
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
         """``[len(starts), length]`` int64 windows beginning at ``starts`` (offsets into this store)."""
+        if self._tokens is None and len(self) * self.dtype.itemsize <= IN_MEMORY_BYTES:
+            self._tokens = self.read(0, len(self))
+        if self._tokens is not None:
+            return self._tokens[np.asarray(starts)[:, None] + np.arange(length)].astype(np.int64)
         out = np.empty((len(starts), length), dtype=self.dtype)
         for row, s in enumerate(starts.tolist()):
             self._read_into(int(s), out[row])

@@ -12,9 +12,14 @@ import torch
 from torch.utils.data import IterableDataset
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The fixed integer mix of (seed, step) that seeds step ``step``'s generator."""
+    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """A CPU generator seeded by (seed, step) through a fixed integer mix."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1))
+    return torch.Generator().manual_seed(step_seed(seed, step))
 
 
 def world() -> tuple[int, int]:
@@ -54,8 +59,8 @@ class StepWindows(IterableDataset):
         rank, size = world()
         if self.global_batch % size:
             raise ValueError(f"data.batch_size={self.global_batch} must be divisible by the {size} processes")
-        step = self.start_step
+        step, generator = self.start_step, torch.Generator()  # reseeded each step: step_generator's state
         while True:
-            batch = self.make_batch(step_generator(self.seed, step), self.global_batch)
-            yield {k: v[rank::size] for k, v in batch.items()}
+            batch = self.make_batch(generator.manual_seed(step_seed(self.seed, step)), self.global_batch)
+            yield batch if size == 1 else {k: v[rank::size] for k, v in batch.items()}
             step += 1

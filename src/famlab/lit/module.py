@@ -3,11 +3,12 @@
 It adds the mixers' ``aux_loss()`` to the loss, calls ``post_step(loss)`` after every optimizer
 step, and keeps every diagnostic on device: the training loss is summed into a buffer and
 logged as a mean every ``log_every_n_steps`` steps, so the step itself never syncs with the host.
+Throughput and update timings are :class:`famlab.lit.step_timer.StepTimer`'s (a callback); the
+module keeps the training wall time (``clock``), which checkpoints carry.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import lightning.pytorch as pl
@@ -19,7 +20,9 @@ from torch import nn
 from famlab.data.synthetic import IGNORE
 from famlab.lit import rng_state
 from famlab.lit.fsdp import is_fsdp, record_unsharded_shapes
-from famlab.lit.mfu import device_peak_flops, mfu, model_flops_per_token
+from famlab.lit.mfu import device_peak_flops, model_flops_per_token
+from famlab.lit.step_row import StepRow
+from famlab.lit.step_timer import WallClock
 
 
 class LitLM(pl.LightningModule):
@@ -44,25 +47,17 @@ class LitLM(pl.LightningModule):
             self.save_hyperparameters({"config": config}, logger=False)
         self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)
         self._loss_count = 0
-        self._opt_time = 0.0
-        self._opt_steps = 0
-        self._opt_total, self._opt_total_steps = 0.0, 0
-        self._t_last: float | None = None
         self._grad_norms: dict[int, torch.Tensor] | None = None  # this step's gradient 2-norms (NonFiniteGuard)
-        self.train_start_time: float | None = None
-        self.elapsed_before = 0.0  # wall time of earlier attempts (restored on resume)
-        self._peak_flops: float | None = None  # the GPU's peak bf16 FLOP/s (None: perf/mfu not logged)
+        self.clock = WallClock()  # training wall time across attempts (restored on resume)
         # analytic FLOPs of a TransformerLM, on the whole model before any sharding (None: no perf/mfu)
-        self._flops_per_token = model_flops_per_token(model) if hasattr(model, "blocks") else None
+        self.flops_per_token = model_flops_per_token(model) if hasattr(model, "blocks") else None
         record_unsharded_shapes(model)  # decay groups under FSDP follow these
         self.progress: dict[str, float] = {}  # CPU numbers for the progress bar (famlab.lit.progress)
+        self._row = StepRow()  # this step's training metrics, written once to the loggers
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.model)
-        # time the update alone: Lightning passes the forward+backward closure to optimizer.step(), which
-        # runs it first, so the clock starts in on_before_optimizer_step (after backward) and stops here
-        optimizer.register_step_post_hook(self._step_finished)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.total_steps)
@@ -115,19 +110,8 @@ class LitLM(pl.LightningModule):
         self._last_loss = loss.detach()
         return loss if aux is None else loss + aux
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Called inside optimizer.step() after the closure's backward, before clipping and the update."""
-        self._t_step = time.perf_counter()
-
-    def _step_finished(self, optimizer, args, kwargs) -> None:
-        dt = time.perf_counter() - self._t_step
-        self._opt_time += dt
-        self._opt_total += dt
-        self._opt_total_steps += 1
-
     def optimizer_step(self, *args, **kwargs):
         out = super().optimizer_step(*args, **kwargs)
-        self._opt_steps += 1
         self.model.post_step(loss=getattr(self, "_last_loss", None))
         return out
 
@@ -135,51 +119,38 @@ class LitLM(pl.LightningModule):
         for logger in self.trainer.loggers:  # a resumed run drops rows logged after its checkpoint
             if hasattr(logger, "truncate"):
                 logger.truncate(self.global_step)
-        self.train_start_time = time.perf_counter()
-        self._t_last = time.perf_counter()
-        self._peak_flops = device_peak_flops(self.device)
-        if self._peak_flops:  # per device: the global tokens/s is shared by world_size GPUs
-            self._peak_flops *= self.trainer.world_size
+        self.clock.start()
 
-    def optimizer_ms(self) -> float | None:
-        """Mean wall time of the parameter update (gradient clipping and ``optimizer.step()``'s own work,
-        not the forward/backward closure it runs) over this attempt, in ms (host clock: on a GPU it
-        measures the launch, not the kernels, unless something synchronises)."""
-        return 1000.0 * self._opt_total / self._opt_total_steps if self._opt_total_steps else None
+    def peak_flops(self) -> float | None:
+        """Peak bf16 FLOP/s of all devices training together (None: unknown device, e.g. a CPU); the
+        global tokens/s is shared by ``world_size`` devices."""
+        peak = device_peak_flops(self.device)
+        return peak * self.trainer.world_size if peak else None
 
     def elapsed(self) -> float:
         """Wall time spent training, across resumed attempts."""
-        now = time.perf_counter()
-        return self.elapsed_before + (now - self.train_start_time if self.train_start_time else 0.0)
+        return self.clock.elapsed()
+
+    def log_step_metrics(self, metrics: dict) -> None:
+        """Add ``metrics`` (tensors or numbers) to this training step's row of the loggers, which
+        ``on_train_batch_end`` writes once (:mod:`famlab.lit.step_row`); callbacks call it from their
+        ``on_train_batch_end``, which runs before the module's."""
+        self._row.add(metrics)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         step = self.global_step
-        if step % self.log_every or self._loss_count == 0 or step == getattr(self, "_logged_step", -1):
-            return
-        self._logged_step = step
-        now = time.perf_counter()
-        dt = max(now - (self._t_last or now), 1e-9)
-        metrics = {
-            "train/loss": self._loss_sum / self._loss_count,
-            "perf/tokens_per_s": self.tokens_per_step * self._opt_steps / dt if self._opt_steps else 0.0,
-            "perf/optimizer_ms": 1000.0 * self._opt_time / max(1, self._opt_steps),
-            "perf/elapsed_s": self.elapsed(),
-            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
-        }
-        if self._peak_flops and self._flops_per_token:
-            metrics["perf/mfu"] = mfu(self._flops_per_token, metrics["perf/tokens_per_s"], self._peak_flops)
-        metrics.update(self.model.metrics())
-        self.log_dict(
-            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
-            prog_bar=False,
-            on_step=True,
-            on_epoch=False,
-        )
-        # the progress bar's numbers: read once here (one host sync per log step), never logged with prog_bar=True
-        # (Lightning would .item() those device tensors after every batch for the rest of the epoch)
-        self.progress.update({"loss": float(metrics["train/loss"]), "tok/s": float(metrics["perf/tokens_per_s"])})
-        self._loss_sum.zero_()
-        self._loss_count, self._opt_time, self._opt_steps, self._t_last = 0, 0.0, 0, now
+        if step % self.log_every == 0 and self._loss_count and step != getattr(self, "_logged_step", -1):
+            self._logged_step = step
+            mean_loss = self._loss_sum / self._loss_count  # a new tensor: zeroing the sum below keeps it
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self._row.add({"train/loss": mean_loss, "lr": lr, **self.model.metrics()})
+            self._loss_sum.zero_()
+            self._loss_count = 0
+        # one host read per value on logging steps only; nothing is logged with prog_bar=True (Lightning
+        # would .item() those device tensors after every batch for the rest of the epoch)
+        written = self._row.write(self.trainer)
+        if "train/loss" in written:  # the progress bar's number
+            self.progress["loss"] = written["train/loss"]
 
     # --- validation ----------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -216,4 +187,4 @@ class LitLM(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("famlab", {})
         rng_state.restore(state)
-        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.clock.before = float(state.get("elapsed_s", 0.0))

@@ -2,10 +2,12 @@
 
 Every step, before the optimizer runs, the guard takes every gradient's 2-norm in one foreach call
 (a NaN or Inf anywhere makes it non-finite, and so does a norm that overflows float32, entries
-beyond ~1e19, which gradient clipping could not scale either) and folds it with ``isfinite`` of the
-loss into device tensors (the first bad step and the first bad parameter): a fixed handful of ops
-whatever the number of parameters. The host reads those flags only every ``check_every`` steps and
-before any checkpoint is written, so ``last.ckpt`` always holds the last good state.
+beyond ~1e19, which gradient clipping could not scale either) and writes the norms and the loss
+into one row of a preallocated device buffer (``[check_every, parameters + 1]``): two ops whatever
+the number of parameters. When the buffer is full, and whenever the flags are read, its rows are
+reduced on the device into the first bad step and the first bad parameter. The host reads those
+flags only every ``check_every`` steps and before any checkpoint is written, so ``last.ckpt``
+always holds the last good state.
 
 The 2-norms are the ones gradient clipping needs: they are handed to the module as ``_grad_norms``
 (``{id(param): norm}``) and ``LitLM`` clips with them instead of reading every gradient again. (An
@@ -51,6 +53,8 @@ class NonFiniteGuard(pl.Callback):
         self.policy, self.check_every = policy, max(1, int(check_every))
         self.max_loss = None if max_loss is None else float(max_loss)
         self.first_step = self.first_param = self.skipped = None
+        self._rows: torch.Tensor | None = None  # [check_every, P + 1]: per step, each gradient's 2-norm and the loss
+        self._row_steps: list[int] = []  # the step of each filled row
 
     def setup(self, trainer, pl_module, stage=None) -> None:
         device = pl_module.device
@@ -58,63 +62,87 @@ class NonFiniteGuard(pl.Callback):
         self.first_param = torch.full((), -1, dtype=torch.long, device=device)
         self.skipped = torch.zeros((), dtype=torch.long, device=device)
         self.names = [n for n, p in pl_module.named_parameters() if p.requires_grad]
-        self._index_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
         self._params: list[torch.nn.Parameter] | None = None
+        self._rows, self._row_steps = None, []
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._params = None  # collected at the first step, after the strategy has wrapped the module
 
-    def _indices(self, with_grad: tuple[int, ...], device) -> torch.Tensor:
-        """Parameter indices of the gradients present this step (a device tensor, rebuilt only when
-        the set of parameters with gradients changes)."""
-        if self._index_cache is None or self._index_cache[0] != with_grad:
-            self._index_cache = (with_grad, torch.tensor(with_grad, dtype=torch.long, device=device))
-        return self._index_cache[1]
-
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self._params is None:
             self._params = [p for p in pl_module.parameters() if p.requires_grad]
-        params = self._params
+            self._ids = [id(p) for p in self._params]
+            device = self.first_step.device
+            self._rows = torch.zeros(self.check_every, len(self._params) + 1, device=device)
+            self._zero = torch.zeros((), device=device)  # the norm of a missing gradient, the loss before any
+            self._row_steps = []
+        params, rows = self._params, self._rows
+        if len(self._row_steps) == len(rows):
+            self._fold()
         loss = getattr(pl_module, "_last_loss", None)
-        device = self.first_step.device
+        row = rows[len(self._row_steps)]
         with torch.no_grad():
-            with_grad = tuple(i for i, p in enumerate(params) if p.grad is not None)
-            grads = [params[i].grad for i in with_grad]
-            if grads:  # one 2-norm per gradient in one foreach call: NaN and Inf survive the sum
-                norms = torch._foreach_norm(grads, 2)  # the call clip_grad_norm_ makes; LitLM's clipping reuses them
-                pl_module._grad_norms = {id(params[i]): n for i, n in zip(with_grad, norms)}
-                finite = torch.stack(norms).isfinite()
-                grads_ok = finite.all()
-                first_bad = torch.where(
-                    grads_ok,
-                    torch.full_like(self.first_param, -1),
-                    self._indices(with_grad, device)[(~finite).int().argmax()],
-                )
-            else:
-                grads_ok, first_bad = (
-                    torch.ones((), dtype=torch.bool, device=device),
-                    torch.full_like(self.first_param, -1),
-                )
-            loss_ok = torch.ones((), dtype=torch.bool, device=device) if loss is None else loss.isfinite()
-            if loss is not None and self.max_loss is not None:
-                loss_ok = loss_ok & (loss <= self.max_loss)
-            bad = ~(grads_ok & loss_ok)
-            if self.policy == "skip" and _distributed(trainer):  # every rank skips the same steps
+            grads = [p.grad for p in params]
+            if any(g is None for g in grads):  # only the gradients present this step are read
+                present = [i for i, g in enumerate(grads) if g is not None]
+                norms = torch._foreach_norm([grads[i] for i in present], 2) if present else []
+                pl_module._grad_norms = {self._ids[i]: n for i, n in zip(present, norms)}
+                column = [self._zero] * len(params)
+                for i, n in zip(present, norms):
+                    column[i] = n
+            else:  # one 2-norm per gradient in one foreach call: NaN and Inf survive the sum
+                column = norms = torch._foreach_norm(grads, 2)  # the call clip_grad_norm_ makes; clipping reuses them
+                pl_module._grad_norms = dict(zip(self._ids, norms))
+            values = [*column, self._zero if loss is None else loss.reshape(())]
+            if all(t.dtype == row.dtype for t in values):
+                torch.stack(values, out=row)  # the row: every gradient's norm, then the loss (one op)
+            else:  # half-precision gradients: their norms cast to float32 at once (finiteness is kept)
+                if column:
+                    row[:-1].copy_(torch.stack([t.to(column[0].dtype) for t in column]))
+                row[-1].copy_(values[-1])
+        self._row_steps.append(int(trainer.global_step))
+        if self.policy == "skip":  # decided at once: the buffer holds this step only
+            bad = self._bad(rows[:1]).any()
+            if _distributed(trainer):  # every rank skips the same steps
                 bad = bad.to(torch.int32)
                 torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-                bad = bad.bool()
-            new = bad & (self.first_step < 0)
-            self.first_step.copy_(
-                torch.where(new, torch.full_like(self.first_step, trainer.global_step), self.first_step)
-            )
-            self.first_param.copy_(torch.where(new, first_bad, self.first_param))
-        if self.policy == "skip":
             if bool(bad):  # the one host read per step that skipping needs
                 pl_module._grad_norms = None
                 for p in params:
                     p.grad = None
                 self.skipped += 1
-                self.first_step.fill_(-1)
+            self._row_steps = []
+
+    def _bad(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[n]`` bool: the rows with a non-finite norm or loss (or a loss above ``max_loss``)."""
+        bad = ~rows.isfinite().all(dim=1)
+        if self.max_loss is not None:
+            bad |= rows[:, -1] > self.max_loss
+        return bad
+
+    def _fold(self) -> None:
+        """Reduce the filled rows, on the device, into the first bad step and parameter (kept if one was
+        already flagged) and empty the buffer."""
+        n, steps = len(self._row_steps), self._row_steps
+        if n == 0 or self._rows is None:
+            return
+        with torch.no_grad():
+            rows = self._rows[:n]
+            bad = self._bad(rows)
+            first = bad.int().argmax()  # the first bad row (0 when none is)
+            if steps == list(range(steps[0], steps[0] + n)):  # consecutive steps: no copy to the device
+                step = first + steps[0]
+            else:
+                step = torch.tensor(steps, device=rows.device)[first]
+            if rows.shape[1] > 1:
+                grads_bad = ~rows[first, :-1].isfinite()
+                param = torch.where(grads_bad.any(), grads_bad.int().argmax(), -1)
+            else:  # no trainable parameter: only the loss can be bad
+                param = torch.full_like(self.first_param, -1)
+            new = bad.any() & (self.first_step < 0)
+            self.first_step.copy_(torch.where(new, step, self.first_step))
+            self.first_param.copy_(torch.where(new, param, self.first_param))
+        self._row_steps = []
 
     def _reduced(self, trainer) -> tuple[int, int]:
         """(first bad step, first bad parameter) over all ranks: the earliest step any rank flagged,
@@ -134,6 +162,7 @@ class NonFiniteGuard(pl.Callback):
         """Host read of the device flags (reduced over ranks); raises NonFiniteError under policy=stop."""
         if self.first_step is None or self.policy != "stop":
             return
+        self._fold()
         step, idx = self._reduced(trainer)
         if step >= 0:
             where = (

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from famlab.lit.step_timer import StepTimer
 from famlab.lit.summary import update_summary
 
 
@@ -60,7 +61,7 @@ class RunRecorder(pl.Callback):
             "best_val_step": best["step"] if best else None,
             "wall_time_s": elapsed,
             "tokens_per_s": steps * self.tokens_per_step / elapsed if elapsed > 0 else None,
-            "optimizer_ms": pl_module.optimizer_ms(),
+            "optimizer_ms": optimizer_ms(trainer),
             "target": {
                 "metric": "val/loss",
                 "value": self.target,
@@ -72,3 +73,9 @@ class RunRecorder(pl.Callback):
         if fields["optimizer_ms"] is None:  # no step timed in this attempt (a relaunch of a finished run)
             del fields["optimizer_ms"]  # keep the previous attempt's figure
         return fields
+
+
+def optimizer_ms(trainer: pl.Trainer) -> float | None:
+    """The :class:`StepTimer` callback's mean update time over this attempt (None without one)."""
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, StepTimer)), None)
+    return timer.optimizer_ms() if timer is not None else None

@@ -112,11 +112,16 @@ class TransformerLM(nn.Module):
 
     # --- hooks collected from the mixers and position schemes -----------------------------
     def _hooked(self, name: str):
+        """``(layer, bound hook)`` for every mixer and position scheme that defines ``name``; looked up on
+        the class first, so modules without it cost no failed attribute lookup (an exception)."""
         for i, block in enumerate(self.blocks):
-            for module in (block.attn, getattr(block.attn, "position", None)):
-                fn = getattr(module, name, None)
-                if callable(fn):
-                    yield i, fn
+            attn = block.attn
+            position = attn._modules.get("position")  # a registered submodule, else any attribute
+            for module in (attn, position if position is not None else getattr(attn, "position", None)):
+                if module is not None and (hasattr(type(module), name) or name in module.__dict__):
+                    fn = getattr(module, name)
+                    if callable(fn):
+                        yield i, fn
 
     def aux_loss(self) -> torch.Tensor | None:
         """Sum of the mixers' auxiliary losses (span penalties, policy losses), or None."""
