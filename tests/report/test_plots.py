@@ -118,3 +118,18 @@ def test_lr_sensitivity_clips_at_the_initial_loss(tmp_path):
     assert got == {1e-3: (2.5, False), 1e-2: (2.0, False), 1e-1: (4.0, True), 1.0: (4.0, True)}
     assert round(max(caps), 4) == round(float(np.log(64)), 4)
     assert plot_lr_sensitivity(stats, tmp_path / "lr.png").read_bytes().startswith(PNG)
+
+
+def test_lr_sensitivity_joins_the_points_of_an_lr_point_grid(tmp_path):
+    """CPU-tier lr sweeps pick each optimizer's lr through ``lr_point=pN``: one line per optimizer."""
+    from famlab.report.plots import lr_points
+
+    for opt, grid in (("adam", (1e-3, 3e-3)), ("fam", (0.3, 1.0))):
+        for i, lr in enumerate(grid):
+            write_run(tmp_path, f"{opt}_{i}", opt, 0, lr=lr, extra_overrides=(f"lr_point=p{i}",))
+    stats = [group_stats(g) for g in group_runs(discover_runs([tmp_path]))]
+    points, _ = lr_points(stats)
+    assert {k: sorted(lr for lr, _, _ in v) for k, v in points.items()} == {
+        "optimizer=adam": [1e-3, 3e-3],
+        "optimizer=fam": [0.3, 1.0],
+    }

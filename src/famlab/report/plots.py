@@ -147,8 +147,13 @@ def plot_loss_curves(stats: list[GroupStats], metric: str, path: Path, baseline:
     return _save(fig, path)
 
 
+# Settings that only choose the learning rate: ``optimizer.lr`` itself and the ``lr_point`` key the
+# CPU-tier lr sweeps use to pick a point of each optimizer's own grid (experiment_meta.lr_grid).
+LR_SETTINGS = ("lr", "lr_point")
+
+
 def _without_lr(stats: GroupStats) -> str:
-    kept = {k: v for k, v in stats.group.shown.items() if k.split(".")[-1] != "lr"}
+    kept = {k: v for k, v in stats.group.shown.items() if k.split(".")[-1] not in LR_SETTINGS}
     return ",".join(f"{k}={v}" for k, v in kept.items()) or stats.group.settings.get("optimizer", "all")
 
 
